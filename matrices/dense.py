@@ -1,0 +1,44 @@
+"""Dense baseline: the ``nn.Linear`` every family is measured against."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench.registry import register_family
+from structbench.structured import StructuredLinear
+
+
+@register_family("dense")
+class DenseLinear(StructuredLinear):
+    """The reference every row is compared with; it ignores rho (always keeps everything)."""
+
+    compressible = False
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.weight
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def weight_params(cls, out_features: int, in_features: int) -> int:
+        return out_features * in_features
+
+    @classmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        return {}
+
+    def _project(self, weight: torch.Tensor) -> None:
+        self.weight.copy_(weight)

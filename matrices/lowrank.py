@@ -1,0 +1,60 @@
+"""Low-rank ``W = U V``: the classic compression baseline, projected by truncated SVD."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench.errors import StructbenchError
+from structbench.linalg import svd_factors
+from structbench.registry import register_family
+from structbench.structured import StructuredLinear, check_positive_int
+
+
+@register_family("lowrank")
+class LowRankLinear(StructuredLinear):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rank: int) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.rank = check_positive_int("rank", rank, self.family)
+        if rank > min(in_features, out_features):
+            raise StructbenchError(
+                f"lowrank: rank {rank} exceeds min(out, in) = {min(in_features, out_features)} "
+                f"for shape {out_features}x{in_features}"
+            )
+        self.U = nn.Parameter(torch.empty(out_features, rank))
+        self.V = nn.Parameter(torch.empty(rank, in_features))
+        # Each factor preserves variance: x V^T has var rank/n * var(V)*n..., so the product
+        # has the variance of a dense layer initialised with std 1/sqrt(n).
+        nn.init.normal_(self.V, std=1.0 / math.sqrt(in_features))
+        nn.init.normal_(self.U, std=1.0 / math.sqrt(rank))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.V), self.U)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.U @ self.V
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"rank": self.rank}
+
+    @classmethod
+    def weight_params(cls, out_features: int, in_features: int, rank: int) -> int:
+        return rank * (out_features + in_features)
+
+    @classmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        rank = min(int(rho * out_features * in_features // (out_features + in_features)), min(out_features, in_features))
+        if rank < 1:
+            raise StructbenchError(
+                f"lowrank: rho={rho} leaves no rank-1 factor for shape {out_features}x{in_features}"
+            )
+        return {"rank": rank}
+
+    def _project(self, weight: torch.Tensor) -> None:
+        u, v = svd_factors(weight, self.rank)
+        self.U.copy_(u)
+        self.V.copy_(v)

@@ -1,0 +1,18 @@
+"""structbench: benchmark structured weight matrices against dense ones on one footing."""
+from structbench.errors import StructbenchError
+from structbench.registry import FAMILIES, Registry, build, get_family, hparams_for, list_families
+from structbench.structured import Fit, StructuredLinear
+from structbench.swap import swap_linears
+
+__all__ = [
+    "FAMILIES",
+    "Fit",
+    "Registry",
+    "StructbenchError",
+    "StructuredLinear",
+    "build",
+    "get_family",
+    "hparams_for",
+    "list_families",
+    "swap_linears",
+]

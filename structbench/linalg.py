@@ -1,0 +1,36 @@
+"""Shared linear algebra used by several families' projections."""
+from __future__ import annotations
+
+import torch
+
+
+def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors ``(U sqrt(S), sqrt(S) V^T)`` of ``w`` (batched over leading dims).
+
+    Splitting ``sqrt(S)`` over both sides keeps the factors' scales balanced, which
+    matters when they are trained further.
+    """
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[..., :rank].sqrt()
+    return u[..., :, :rank] * root.unsqueeze(-2), root.unsqueeze(-1) * vh[..., :rank, :]
+
+
+def relative_error(w: torch.Tensor, approx: torch.Tensor) -> float:
+    """``||w - approx||_F / ||w||_F`` (0 for a zero ``w`` only when ``approx`` is zero too)."""
+    num = torch.linalg.matrix_norm(w - approx).item()
+    den = torch.linalg.matrix_norm(w).item()
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def solve_right(grad: torch.Tensor, gram: torch.Tensor, delta: float | torch.Tensor) -> torch.Tensor:
+    """``grad @ (gram + delta I)^-1`` for batched symmetric positive semi-definite ``gram``.
+
+    Cholesky first (the common, fast case); fall back to a general solve where the
+    damped Gram matrix is numerically indefinite.
+    """
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    damped = gram + delta * eye
+    chol, info = torch.linalg.cholesky_ex(damped)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(grad.transpose(-1, -2), chol).transpose(-1, -2)
+    return torch.linalg.solve(damped, grad.transpose(-1, -2)).transpose(-1, -2)

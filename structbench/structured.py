@@ -1,0 +1,176 @@
+"""The one interface every structured-matrix family implements.
+
+A family is an ``nn.Module`` that replaces ``nn.Linear(in_features, out_features)``:
+``y = x W^T + bias`` with ``W`` (``m x n`` = out x in) held in factored form. Subclasses
+implement the weight-only pieces (``_forward``, ``to_dense``, ``weight_params``,
+``_hparams_for``, ``_project``); this base adds bias, leading batch dims, validation
+and the bookkeeping every suite relies on (``num_params``, ``macs``, ``rho``).
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from structbench.errors import StructbenchError
+
+ProgressFn = Callable[[int, float], None]
+"""Called as ``progress(iteration, relative_error)`` by iterative projections."""
+
+
+class Fit(NamedTuple):
+    """Hyperparameters chosen for a target ``rho`` and the fraction they actually keep."""
+
+    hparams: dict[str, Any]
+    rho: float
+
+
+def check_rho(rho: float) -> float:
+    if not isinstance(rho, (int, float)) or not (0.0 < float(rho) <= 1.0) or math.isnan(rho):
+        raise StructbenchError(f"rho must be a number in (0, 1], got {rho!r}")
+    return float(rho)
+
+
+def check_positive_int(name: str, value: Any, family: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructbenchError(f"{family}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def divisors(k: int) -> list[int]:
+    return [d for d in range(1, k + 1) if k % d == 0]
+
+
+class StructuredLinear(nn.Module, abc.ABC):
+    """Base class of all families; see the module docstring for the contract."""
+
+    family: ClassVar[str] = "?"  # set by ``register_family``
+    exact_projection: ClassVar[bool] = True
+    """Whether ``from_dense`` recovers any member of the family exactly (else iterative)."""
+    projection_tolerance: ClassVar[float] = 1e-5
+    compressible: ClassVar[bool] = True
+    """False only for the dense baseline, whose ``hparams_for`` ignores ``rho``."""
+    """Relative error ``from_dense`` must reach on a random member of its own family."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features, self.family)
+        self.out_features = check_positive_int("out_features", out_features, self.family)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    # ---- what a family implements -------------------------------------------------
+    @abc.abstractmethod
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is ``(N, n)`` contiguous; return ``x @ W^T`` as ``(N, m)`` without forming ``W``."""
+
+    @abc.abstractmethod
+    def to_dense(self) -> torch.Tensor:
+        """The ``m x n`` weight this module applies (no bias)."""
+
+    @property
+    @abc.abstractmethod
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters that rebuild this module's structure (not its values)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def weight_params(cls, out_features: int, in_features: int, **hparams: Any) -> int:
+        """Stored weight parameters for these hyperparameters (bias excluded)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        """Largest structure with ``weight_params <= rho * m * n``; raise if none exists."""
+
+    @abc.abstractmethod
+    def _project(self, weight: torch.Tensor, **options: Any) -> None:
+        """Set this module's factors to approximate ``weight`` (``m x n``, float)."""
+
+    # ---- shared behaviour ----------------------------------------------------------
+    def macs_per_token(self) -> int:
+        """Multiply-adds of one token through the weight; equals the weight params by default."""
+        return self.weight_params(self.out_features, self.in_features, **self.hparams)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise StructbenchError(
+                f"{self.family}: input has {x.shape[-1]} features, layer expects {self.in_features}"
+            )
+        lead = x.shape[:-1]
+        y = self._forward(x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def num_params(self) -> int:
+        """Trainable parameters, bias included; tests check this against the module itself."""
+        bias = self.out_features if self.bias is not None else 0
+        return self.weight_params(self.out_features, self.in_features, **self.hparams) + bias
+
+    def macs(self, tokens: int = 1) -> int:
+        """Multiply-adds for ``tokens`` rows through the weight (bias adds are not MACs)."""
+        return int(tokens) * self.macs_per_token()
+
+    @property
+    def rho(self) -> float:
+        """Kept fraction of the dense weight's parameters."""
+        return self.weight_params(self.out_features, self.in_features, **self.hparams) / (
+            self.out_features * self.in_features
+        )
+
+    @classmethod
+    def hparams_for(cls, out_features: int, in_features: int, rho: float) -> Fit:
+        rho = check_rho(rho)
+        check_positive_int("out_features", out_features, cls.family)
+        check_positive_int("in_features", in_features, cls.family)
+        hp = cls._hparams_for(out_features, in_features, rho)
+        actual = cls.weight_params(out_features, in_features, **hp) / (out_features * in_features)
+        return Fit(hp, actual)
+
+    @classmethod
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        rho: float | None = None,
+        progress: ProgressFn | None = None,
+        **hparams_and_options: Any,
+    ) -> "StructuredLinear":
+        """Project a dense ``m x n`` weight onto the family.
+
+        Give either ``rho`` (hyperparameters chosen by ``hparams_for``) or the family's
+        hyperparameters; any other keyword is an option of the projection itself.
+        """
+        if weight.dim() != 2:
+            raise StructbenchError(f"{cls.family}: from_dense needs a 2-D weight, got shape {tuple(weight.shape)}")
+        m, n = weight.shape
+        hp_names = cls.hparam_names()
+        hparams = {k: v for k, v in hparams_and_options.items() if k in hp_names}
+        options = {k: v for k, v in hparams_and_options.items() if k not in hp_names}
+        if rho is not None:
+            if hparams:
+                raise StructbenchError(f"{cls.family}: give rho or hyperparameters {sorted(hparams)}, not both")
+            hparams = cls.hparams_for(m, n, rho).hparams
+        module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=weight.dtype)
+        if progress is not None:
+            options["progress"] = progress
+        with torch.no_grad():
+            module._project(weight.detach(), **options)
+            if bias is not None:
+                module.bias.copy_(bias.detach())
+        return module
+
+    @classmethod
+    def hparam_names(cls) -> frozenset[str]:
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        return frozenset(p for p in params if p not in ("self", "in_features", "out_features", "bias"))
+
+    def extra_repr(self) -> str:
+        hp = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
+        return f"in_features={self.in_features}, out_features={self.out_features}, {hp}, bias={self.bias is not None}"

@@ -1,0 +1,89 @@
+"""Swap chosen ``nn.Linear`` layers of any model for a structured family at a target rho."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from structbench.errors import StructbenchError
+from structbench.linalg import relative_error
+from structbench.registry import get_family
+from structbench.structured import ProgressFn, StructuredLinear
+
+LayerFilter = Callable[[str, nn.Linear], bool]
+
+
+@dataclass
+class SwapRecord:
+    """What happened to one layer, so callers can report projection quality per layer."""
+
+    name: str
+    shape: tuple[int, int]
+    hparams: dict[str, Any]
+    rho: float
+    rel_error: float | None
+
+
+def _matcher(include: str | LayerFilter | None) -> LayerFilter:
+    if include is None:
+        return lambda name, layer: True
+    if callable(include):
+        return include
+    pattern = re.compile(include)
+    return lambda name, layer: pattern.search(name) is not None
+
+
+def swap_linears(
+    model: nn.Module,
+    family: str,
+    rho: float,
+    *,
+    include: str | LayerFilter | None = None,
+    project: bool = True,
+    measure_error: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+    layer_progress: ProgressFn | None = None,
+    **projection_options: Any,
+) -> list[SwapRecord]:
+    """Replace every ``nn.Linear`` whose qualified name matches ``include`` (a regex or a
+    predicate) by ``family`` at ``rho``, in place.
+
+    With ``project`` the pretrained weight is projected onto the family (``from_dense``);
+    without it the new layer keeps its own from-scratch initialisation. ``progress`` is
+    called as ``progress(layer_name, k, K)`` before each layer.
+    """
+    cls = get_family(family)
+    match = _matcher(include)
+    targets = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and not isinstance(mod, StructuredLinear) and match(name, mod)
+    ]
+    if not targets:
+        raise StructbenchError(f"swap_linears: no nn.Linear layer matches {include!r}")
+    records: list[SwapRecord] = []
+    for k, (name, layer) in enumerate(targets):
+        if progress is not None:
+            progress(name, k, len(targets))
+        weight = layer.weight.detach()
+        if project:
+            new = cls.from_dense(
+                weight.float(), None if layer.bias is None else layer.bias.detach().float(),
+                rho=rho, progress=layer_progress, **projection_options,
+            )
+        else:
+            hp = cls.hparams_for(layer.out_features, layer.in_features, rho).hparams
+            new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **hp)
+        new = new.to(device=weight.device, dtype=weight.dtype)
+        err = None
+        if measure_error and project:
+            with torch.no_grad():
+                err = relative_error(weight.float(), new.to_dense().float())
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        records.append(SwapRecord(name, (layer.out_features, layer.in_features), new.hparams, new.rho, err))
+    return records
