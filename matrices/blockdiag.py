@@ -14,6 +14,8 @@ from structbench.structured import StructuredLinear, check_positive_int, divisor
 
 @register_family("blockdiag")
 class BlockDiagLinear(StructuredLinear):
+    rho_margin = 0.5  # 1/b jumps between divisors of gcd(m, n)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:
         super().__init__(in_features, out_features, bias)
         self.blocks = check_positive_int("blocks", blocks, self.family)

@@ -1,0 +1,141 @@
+"""Contract tests generated from the registry: registering a family is enough to test it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from fvcore.nn import FlopCountAnalysis
+
+from structbench.errors import StructbenchError
+from structbench.linalg import relative_error
+from structbench.registry import get_family, list_families
+
+FAMILIES = list_families()
+COMPRESSIBLE = [f for f in FAMILIES if get_family(f).compressible]
+SHAPES = [(64, 64), (64, 128), (128, 64)]  # (out_features, in_features)
+RHOS = [0.5, 0.25]
+# Real layer shapes the suites use: every family must choose hyperparameters for them.
+REAL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]
+
+
+def make(family: str, out_f: int, in_f: int, rho: float, bias: bool = True) -> torch.nn.Module:
+    cls = get_family(family)
+    hp = cls.hparams_for(out_f, in_f, rho).hparams
+    return cls(in_f, out_f, bias=bias, **hp).double()
+
+
+def test_all_seven_families_registered() -> None:
+    assert set(FAMILIES) >= {"dense", "lowrank", "blockdiag", "monarch", "blast", "pixelfly", "gaudi"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rho", RHOS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_matches_dense(family: str, shape: tuple[int, int], rho: float, bias: bool) -> None:
+    module = make(family, *shape, rho, bias).eval()
+    if bias:
+        torch.nn.init.normal_(module.bias)
+    with torch.no_grad():
+        dense = module.to_dense()
+        for lead in [(1,), (7,), (32,), (2, 3)]:
+            x = torch.randn(*lead, shape[1], dtype=torch.float64)
+            expected = x @ dense.T + (module.bias if bias else 0)
+            got = module(x)
+            assert got.shape == (*lead, shape[0])
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_never_builds_dense(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = make(family, 64, 128, 0.5).eval()
+    monkeypatch.setattr(type(module), "to_dense", lambda self: pytest.fail("forward called to_dense"))
+    module(torch.randn(5, 128, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_num_params_counts_trainable(family: str, shape: tuple[int, int], bias: bool) -> None:
+    module = make(family, *shape, 0.5, bias)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert module.num_params() == trainable
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_macs_match_fvcore(family: str, shape: tuple[int, int], tokens: int) -> None:
+    module = make(family, *shape, 0.5).float().eval()
+    x = torch.randn(tokens, shape[1])
+    counter = FlopCountAnalysis(module, x)
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert counter.total() == module.macs(tokens)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_reach_every_parameter(family: str) -> None:
+    module = make(family, 64, 128, 0.5).train()
+    module(torch.randn(9, 128, dtype=torch.float64)).square().sum().backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None, f"{family}.{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{family}.{name} got a zero gradient"
+
+
+@pytest.mark.parametrize("family", COMPRESSIBLE)
+@pytest.mark.parametrize("shape", SHAPES + REAL_SHAPES)
+@pytest.mark.parametrize("rho", [0.8, 0.5, 0.25, 0.1])
+def test_hparams_for_stays_within_rho(family: str, shape: tuple[int, int], rho: float) -> None:
+    cls = get_family(family)
+    fit = cls.hparams_for(*shape, rho)
+    assert 0 < fit.rho <= rho + 1e-12
+    if shape in REAL_SHAPES:  # small test shapes are too coarse-grained for a tight margin
+        assert fit.rho >= rho * (1 - cls.rho_margin), f"{family} {shape}: rho {fit.rho:.4f} for target {rho}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_projection_recovers_own_family(family: str, shape: tuple[int, int]) -> None:
+    cls = get_family(family)
+    target = make(family, *shape, 0.5).eval()
+    weight = target.to_dense().detach()
+    projected = cls.from_dense(weight, **target.hparams).eval()
+    err = relative_error(weight, projected.to_dense().detach())
+    assert err < cls.projection_tolerance, f"{family} {shape}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_dense_with_rho_and_bias(family: str) -> None:
+    weight, bias = torch.randn(64, 128, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    module = get_family(family).from_dense(weight, bias, rho=0.5)
+    assert module.rho <= 0.5 + 1e-12 or not module.compressible
+    torch.testing.assert_close(module.bias.detach(), bias)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("rho", [0, -0.1, 1.5, float("nan"), "half"])
+def test_bad_rho_rejected(family: str, rho: object) -> None:
+    with pytest.raises(StructbenchError, match="rho must be"):
+        get_family(family).hparams_for(64, 64, rho)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_shape_and_input_rejected(family: str) -> None:
+    cls = get_family(family)
+    with pytest.raises(StructbenchError, match="in_features"):
+        cls.hparams_for(64, 0, 0.5)
+    module = make(family, 64, 128, 0.5)
+    with pytest.raises(StructbenchError, match="128"):
+        module(torch.randn(3, 100, dtype=torch.float64))
+    with pytest.raises(StructbenchError, match="2-D"):
+        cls.from_dense(torch.randn(4, 64, 128))
+
+
+@pytest.mark.parametrize("family", COMPRESSIBLE)
+def test_bad_hparams_rejected(family: str) -> None:
+    """Every hyperparameter rejects a non-positive value with a message naming it."""
+    cls = get_family(family)
+    hp = cls.hparams_for(64, 64, 0.5).hparams
+    for name, value in hp.items():
+        if isinstance(value, int):
+            with pytest.raises(StructbenchError, match=name):
+                cls(64, 64, **{**hp, name: 0})
