@@ -86,7 +86,13 @@ def test_gradients_reach_every_parameter(family: str) -> None:
 @pytest.mark.parametrize("rho", [0.8, 0.5, 0.25, 0.1])
 def test_hparams_for_stays_within_rho(family: str, shape: tuple[int, int], rho: float) -> None:
     cls = get_family(family)
-    fit = cls.hparams_for(*shape, rho)
+    try:
+        fit = cls.hparams_for(*shape, rho)
+    except StructbenchError as err:
+        # Block families cannot go arbitrarily low on small shapes (Monarch needs b^2 | min(m, n));
+        # they must then say so clearly, and only for the lowest ratio of the grid.
+        assert rho == 0.1 and "rho <= 0.1" in str(err), str(err)
+        pytest.skip(f"infeasible for this family: {err}")
     assert 0 < fit.rho <= rho + 1e-12
     if shape in REAL_SHAPES:  # small test shapes are too coarse-grained for a tight margin
         assert fit.rho >= rho * (1 - cls.rho_margin), f"{family} {shape}: rho {fit.rho:.4f} for target {rho}"
