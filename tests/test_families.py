@@ -138,10 +138,10 @@ def test_bad_shape_and_input_rejected(family: str) -> None:
 
 @pytest.mark.parametrize("family", COMPRESSIBLE)
 def test_bad_hparams_rejected(family: str) -> None:
-    """Every hyperparameter rejects a non-positive value with a message naming it."""
+    """Every integer hyperparameter rejects a negative value with a message naming it."""
     cls = get_family(family)
     hp = cls.hparams_for(64, 64, 0.5).hparams
     for name, value in hp.items():
         if isinstance(value, int):
             with pytest.raises(StructbenchError, match=name):
-                cls(64, 64, **{**hp, name: 0})
+                cls(64, 64, **{**hp, name: -1})

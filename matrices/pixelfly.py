@@ -1,0 +1,139 @@
+"""Pixelfly (Chen et al. 2022): flat block butterfly plus low-rank, ``W = S + U V``.
+
+``S`` lives on a ``B x B`` grid of ``(m/B) x (n/B)`` tiles; tile ``(i, j)`` is non-zero iff
+``i == j`` or ``i XOR j == 2^t`` for ``t < k``, so every tile-row holds ``k + 1`` tiles.
+They are stored row-major as ``tiles (B, m/B, (k+1) n/B)``: the forward gathers each
+tile-row's ``k + 1`` input chunks and does one ``bmm``, never building ``S``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench.errors import StructbenchError
+from structbench.linalg import svd_factors
+from structbench.registry import register_family
+from structbench.structured import StructuredLinear, check_positive_int
+
+
+def butterfly_columns(tiles: int, butterfly: int) -> torch.Tensor:
+    """``(B, k+1)`` tile-column indices of each tile-row: ``i`` then ``i XOR 2^t``, ``t < k``."""
+    rows = torch.arange(tiles).unsqueeze(1)
+    offsets = torch.tensor([0] + [1 << t for t in range(butterfly)])
+    return rows ^ offsets
+
+
+def _check(out_features: int, in_features: int, tiles: int, butterfly: int, rank: int) -> None:
+    if tiles & (tiles - 1) or out_features % tiles or in_features % tiles:
+        raise StructbenchError(
+            f"pixelfly: tiles={tiles} must be a power of two dividing both dimensions of shape "
+            f"{out_features}x{in_features}"
+        )
+    if butterfly < 0 or (1 << butterfly) > tiles:
+        raise StructbenchError(f"pixelfly: butterfly={butterfly} must be in [0, log2(tiles)={tiles.bit_length() - 1}]")
+    if rank > min(out_features, in_features):
+        raise StructbenchError(f"pixelfly: rank {rank} exceeds min(out, in) = {min(out_features, in_features)}")
+
+
+@register_family("pixelfly")
+class PixelflyLinear(StructuredLinear):
+    exact_projection = False
+    projection_tolerance = 0.05
+    """Alternating projection (default 10 rounds) on a random member: the sparse and low-rank
+    parts overlap on the butterfly tiles, so alternation converges slowly; measured ~1e-2."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        tiles: int,
+        butterfly: int,
+        rank: int,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.tiles = check_positive_int("tiles", tiles, self.family)
+        self.butterfly = butterfly
+        self.rank = check_positive_int("rank", rank, self.family)
+        _check(out_features, in_features, tiles, butterfly, rank)
+        slots = butterfly + 1
+        p, q = out_features // tiles, in_features // tiles
+        self.register_buffer("columns", butterfly_columns(tiles, butterfly), persistent=False)
+        self.tile_weight = nn.Parameter(torch.empty(tiles, p, slots * q))
+        self.U = nn.Parameter(torch.empty(out_features, rank))
+        self.V = nn.Parameter(torch.empty(rank, in_features))
+        # Each part carries half the variance of a dense layer at std 1/sqrt(n): the sparse
+        # part sums (k+1) q inputs per output, the low-rank part n then r terms.
+        nn.init.normal_(self.tile_weight, std=1.0 / math.sqrt(2 * slots * q))
+        nn.init.normal_(self.V, std=1.0 / math.sqrt(in_features))
+        nn.init.normal_(self.U, std=1.0 / math.sqrt(2 * rank))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_tok = x.shape[0]
+        gathered = x.view(n_tok, self.tiles, -1)[:, self.columns]  # (N, B, k+1, q)
+        gathered = gathered.reshape(n_tok, self.tiles, -1).transpose(0, 1)  # (B, N, (k+1) q)
+        sparse = torch.bmm(gathered, self.tile_weight.transpose(1, 2)).transpose(0, 1)  # (N, B, p)
+        return sparse.reshape(n_tok, self.out_features) + F.linear(F.linear(x, self.V), self.U)
+
+    def _tile_grid(self) -> torch.Tensor:
+        """The non-zero tiles as ``(B, k+1, p, q)``, slot ``s`` of row ``i`` at column ``columns[i, s]``."""
+        b, p, _ = self.tile_weight.shape
+        return self.tile_weight.view(b, p, self.butterfly + 1, -1).transpose(1, 2)
+
+    def to_dense(self) -> torch.Tensor:
+        b = self.tiles
+        p, q = self.out_features // b, self.in_features // b
+        rows = torch.arange(b, device=self.columns.device).unsqueeze(1).expand_as(self.columns)
+        grid = self.tile_weight.new_zeros(b, b, p, q).index_put((rows, self.columns), self._tile_grid())
+        return grid.transpose(1, 2).reshape(self.out_features, self.in_features) + self.U @ self.V
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"tiles": self.tiles, "butterfly": self.butterfly, "rank": self.rank}
+
+    @classmethod
+    def weight_params(cls, out_features: int, in_features: int, tiles: int, butterfly: int, rank: int) -> int:
+        return (butterfly + 1) * out_features * in_features // tiles + rank * (out_features + in_features)
+
+    @classmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        """Give about half the budget to the butterfly (the split the Pixelfly paper favours),
+        the rest to the low-rank term; among butterflies of equal density prefer a real
+        butterfly (``k >= 1``) over plain block-diagonal, then bigger tiles."""
+        g = math.gcd(out_features, in_features)
+        options = [
+            ((k + 1) / b, b, k)
+            for b in (1 << e for e in range(1, g.bit_length()))
+            if g % b == 0
+            for k in range(b.bit_length())
+            if (1 << k) <= b and (k + 1) / b <= rho / 2
+        ]
+        if not options:
+            raise StructbenchError(f"pixelfly: no tile grid divides shape {out_features}x{in_features} with rho <= {rho}")
+        frac, tiles, butterfly = max(options, key=lambda o: (o[0], min(o[2], 1), -o[1]))
+        rank = int((rho - frac) * out_features * in_features // (out_features + in_features))
+        rank = min(rank, min(out_features, in_features))
+        if rank < 1:
+            raise StructbenchError(f"pixelfly: rho={rho} leaves no rank-1 term for shape {out_features}x{in_features}")
+        return {"tiles": tiles, "butterfly": butterfly, "rank": rank}
+
+    def _project(self, weight: torch.Tensor, *, rounds: int = 10) -> None:
+        """Alternate ``S = mask * (W - UV)`` and ``UV = SVD_r(W - S)``, starting from ``UV = 0``."""
+        check_positive_int("rounds", rounds, self.family)
+        b, (p, q) = self.tiles, (self.out_features // self.tiles, self.in_features // self.tiles)
+        rows = torch.arange(b, device=weight.device).unsqueeze(1).expand_as(self.columns)
+        grid = weight.reshape(b, p, b, q).transpose(1, 2)  # (B, B, p, q) view of W's tiles
+        low_rank = torch.zeros_like(weight)
+        for _ in range(rounds):
+            tiles = (grid - low_rank.reshape(b, p, b, q).transpose(1, 2))[rows, self.columns]  # (B, k+1, p, q)
+            sparse = weight.new_zeros(b, b, p, q).index_put((rows, self.columns), tiles)
+            u, v = svd_factors(weight - sparse.transpose(1, 2).reshape_as(weight), self.rank)
+            low_rank = u @ v
+        self.tile_weight.copy_(tiles.transpose(1, 2).reshape_as(self.tile_weight))
+        self.U.copy_(u)
+        self.V.copy_(v)
