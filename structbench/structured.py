@@ -96,9 +96,18 @@ class StructuredLinear(nn.Module, abc.ABC):
         """Set this module's factors to approximate ``weight`` (``m x n``, float)."""
 
     # ---- shared behaviour ----------------------------------------------------------
+    @classmethod
+    def effective_params(cls, out_features: int, in_features: int, **hparams: Any) -> int:
+        """Weight entries the structure actually uses, the quantity ``rho`` budgets.
+
+        Equal to the stored count for every family but Gaudi-GBLR, which stores
+        dense-sized factors and budgets the entries inside its learned bands.
+        """
+        return cls.weight_params(out_features, in_features, **hparams)
+
     def macs_per_token(self) -> int:
-        """Multiply-adds of one token through the weight; equals the weight params by default."""
-        return self.weight_params(self.out_features, self.in_features, **self.hparams)
+        """Multiply-adds of one token through the weight; equals the effective params by default."""
+        return self.effective_params(self.out_features, self.in_features, **self.hparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -122,10 +131,8 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     @property
     def rho(self) -> float:
-        """Kept fraction of the dense weight's parameters."""
-        return self.weight_params(self.out_features, self.in_features, **self.hparams) / (
-            self.out_features * self.in_features
-        )
+        """Kept fraction of the dense weight's (effective) parameters."""
+        return self.macs_per_token() / (self.out_features * self.in_features)
 
     @classmethod
     def hparams_for(cls, out_features: int, in_features: int, rho: float) -> Fit:
@@ -133,7 +140,7 @@ class StructuredLinear(nn.Module, abc.ABC):
         check_positive_int("out_features", out_features, cls.family)
         check_positive_int("in_features", in_features, cls.family)
         hp = cls._hparams_for(out_features, in_features, rho)
-        actual = cls.weight_params(out_features, in_features, **hp) / (out_features * in_features)
+        actual = cls.effective_params(out_features, in_features, **hp) / (out_features * in_features)
         if cls.compressible and actual > rho * (1 + 1e-9):
             raise AssertionError(f"{cls.family}: hparams {hp} keep rho={actual:.6f} > target {rho}")
         return Fit(hp, actual)

@@ -1,0 +1,59 @@
+"""Gaudi-GBLR-specific properties: masks, band-only forward, budget and projection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from matrices.gaudi import GaudiLinear, gaudi_mask, hard_mask
+from structbench.errors import StructbenchError
+from structbench.linalg import relative_error, svd_factors
+
+
+def test_hard_mask_is_a_circular_boxcar() -> None:
+    mask = hard_mask(torch.tensor([0.25, 0.5]), torch.tensor([0.875, 0.0]), 16)
+    assert mask[0].tolist() == [1, 1] + [0] * 12 + [1, 1]  # wraps around the end
+    assert mask[1].tolist() == [1] * 8 + [0] * 8
+
+
+def test_soft_mask_is_differentiable_and_sharpens_with_sigma() -> None:
+    width = torch.tensor([0.3], requires_grad=True)
+    loc = torch.tensor([0.2], requires_grad=True)
+    gaudi_mask(width, loc, 64, 8.0).sum().backward()
+    assert width.grad.abs() > 0 and loc.grad is not None
+    hard = hard_mask(torch.tensor([0.25]), torch.tensor([0.25]), 64)
+    errs = [(gaudi_mask(torch.tensor([0.25]), torch.tensor([0.25]), 64, s) - hard).abs().mean() for s in (2.0, 8.0, 32.0)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_eval_macs_count_band_entries() -> None:
+    layer = GaudiLinear(64, 32, components=8, budget=0.3).eval()
+    m_out, m_in = layer.masks()
+    active = (m_out.sum(1) > 0) & (m_in.sum(1) > 0)
+    assert layer.macs(5) == 5 * int(((m_out.sum(1) + m_in.sum(1)) * active).sum())
+    assert layer.rho <= 0.3
+
+
+def test_width_projection_meets_budget() -> None:
+    layer = GaudiLinear(64, 64, components=16, budget=0.2)
+    with torch.no_grad():
+        layer.width_in.fill_(1.0)
+        layer.width_out.uniform_(0.5, 1.5)
+    layer.project_widths_()
+    spent = float((layer.width_in * 64 + layer.width_out * 64).sum())
+    assert spent <= 0.2 * 64 * 64 * (1 + 1e-6)
+    assert (layer.width_in >= 0).all() and (layer.width_out <= 1).all()
+
+
+def test_projection_competes_with_svd_and_is_seeded() -> None:
+    weight = torch.randn(64, 64, dtype=torch.float64)
+    a = GaudiLinear.from_dense(weight, components=64, budget=0.5, steps=100, seed=1).eval()
+    b = GaudiLinear.from_dense(weight, components=64, budget=0.5, steps=100, seed=1).eval()
+    torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=0, atol=0)
+    u, v = svd_factors(weight, 16)  # low-rank with the same MACs: 16 * (64 + 64) = 0.5 * 64 * 64
+    assert relative_error(weight, a.to_dense().detach()) < 1.05 * relative_error(weight, u @ v)
+    assert a.rho <= 0.5
+
+
+def test_bad_hparams_are_clear() -> None:
+    with pytest.raises(StructbenchError, match="budget must be a fraction"):
+        GaudiLinear(64, 64, components=4, budget=1.5)
