@@ -26,28 +26,31 @@ def test_soft_mask_is_differentiable_and_sharpens_with_sigma() -> None:
 
 
 def test_eval_macs_count_band_entries() -> None:
-    layer = GaudiLinear(64, 32, components=8, budget=0.3).eval()
+    # budget_rank 6 on 64x32: at most 6 * (32 + 64) band MACs, rho <= 6 * 96 / 2048
+    layer = GaudiLinear(64, 32, components=8, budget_rank=6).eval()
     m_out, m_in = layer.masks()
     active = (m_out.sum(1) > 0) & (m_in.sum(1) > 0)
     assert layer.macs(5) == 5 * int(((m_out.sum(1) + m_in.sum(1)) * active).sum())
-    assert layer.rho <= 0.3
+    assert layer.macs(1) <= 6 * (32 + 64)
+    assert layer.rho <= 6 * 96 / 2048
 
 
 def test_width_projection_meets_budget() -> None:
-    layer = GaudiLinear(64, 64, components=16, budget=0.2)
+    layer = GaudiLinear(64, 64, components=16, budget_rank=6)
     with torch.no_grad():
         layer.width_in.fill_(1.0)
         layer.width_out.uniform_(0.5, 1.5)
     layer.project_widths_()
-    spent = float((layer.width_in * 64 + layer.width_out * 64).sum())
-    assert spent <= 0.2 * 64 * 64 * (1 + 1e-6)
+    spent = float((layer.width_in * 64 + layer.width_out * 64).sum().detach())
+    assert spent <= 6 * (64 + 64) * (1 + 1e-6)
+    assert spent >= 6 * (64 + 64) * (1 - 1e-3)  # the projection spends the whole budget
     assert (layer.width_in >= 0).all() and (layer.width_out <= 1).all()
 
 
 def test_projection_competes_with_svd_and_is_seeded() -> None:
     weight = torch.randn(64, 64, dtype=torch.float64)
-    a = GaudiLinear.from_dense(weight, components=64, budget=0.5, steps=100, seed=1).eval()
-    b = GaudiLinear.from_dense(weight, components=64, budget=0.5, steps=100, seed=1).eval()
+    a = GaudiLinear.from_dense(weight, components=64, budget_rank=16, steps=100, seed=1).eval()
+    b = GaudiLinear.from_dense(weight, components=64, budget_rank=16, steps=100, seed=1).eval()
     torch.testing.assert_close(a.to_dense(), b.to_dense(), rtol=0, atol=0)
     u, v = svd_factors(weight, 16)  # low-rank with the same MACs: 16 * (64 + 64) = 0.5 * 64 * 64
     assert relative_error(weight, a.to_dense().detach()) < 1.05 * relative_error(weight, u @ v)
@@ -55,5 +58,7 @@ def test_projection_competes_with_svd_and_is_seeded() -> None:
 
 
 def test_bad_hparams_are_clear() -> None:
-    with pytest.raises(StructbenchError, match="budget must be a fraction"):
-        GaudiLinear(64, 64, components=4, budget=1.5)
+    with pytest.raises(StructbenchError, match="budget_rank 5 exceeds components"):
+        GaudiLinear(64, 64, components=4, budget_rank=5)
+    with pytest.raises(StructbenchError, match="budget_rank must be a positive integer"):
+        GaudiLinear(64, 64, components=4, budget_rank=0)

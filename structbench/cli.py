@@ -1,0 +1,171 @@
+"""The command line: run a suite, list what exists, rebuild reports, compare two runs.
+
+Every user error ends as one ``error: ...`` line on stderr and exit status 2; results
+already written stay on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import torch
+
+from structbench.config import load_config
+from structbench.errors import StructbenchError
+from structbench.registry import get_family, list_families
+from structbench.results import RunWriter, list_runs, load_run
+from structbench.suite import SUITES, RunContext
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEFAULT_OUT = Path("results")
+DEFAULT_CACHE = Path(os.environ.get("STRUCTBENCH_CACHE", Path.home() / ".cache" / "structbench"))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise StructbenchError(f"{message} (see --help)")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="bench.py", description="Benchmark structured weight matrices against dense.",
+                      epilog="Subcommands: 'bench.py report [RUN_DIR ...]', 'bench.py compare RUN_A RUN_B'.")
+    p.add_argument("--suite", help="suite to run (see --list)")
+    p.add_argument("--list", action="store_true", help="list suites and families, then exit")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default float32)")
+    p.add_argument("--families", help="comma-separated families (default: the config's)")
+    p.add_argument("--quick", action="store_true", help="the suite's small, fast configuration")
+    p.add_argument("--config", type=Path, help="YAML config replacing the suite's default")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue an interrupted run (default: the newest unfinished run of --suite)")
+    return p
+
+
+def _check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise StructbenchError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        return device
+    raise StructbenchError(f"--device {device!r} not understood; accepted: cpu, cuda, cuda:N")
+
+
+def _list() -> int:
+    print("suites:")
+    for name in SUITES.names():
+        print(f"  {name:16s} {SUITES.get(name).description}")
+    print("families:")
+    for name in list_families():
+        cls = get_family(name)
+        print(f"  {name:16s} hyperparameters: {', '.join(sorted(cls.hparam_names())) or '-'}")
+    return 0
+
+
+def _find_resumable(out: Path, suite: str) -> Path:
+    for run in list_runs(out):
+        if run.suite == suite and run.meta.get("status") != "complete":
+            return run.run_dir
+    raise StructbenchError(f"--resume: no unfinished {suite} run under {out}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.suite:
+        raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
+    suite = SUITES.get(args.suite)
+    device = _check_device(args.device)
+    if args.dtype not in DTYPES:
+        raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
+    if args.threads < 1:
+        raise StructbenchError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+
+    if args.resume:
+        run_dir = _find_resumable(args.out, suite.name) if args.resume == "latest" else Path(args.resume)
+        writer = RunWriter.reopen(load_run(run_dir).run_dir)
+        config, cli = writer.meta["config"], writer.meta["cli"]
+        if writer.meta["suite"]["name"] != suite.name:
+            raise StructbenchError(f"--resume {run_dir} is a {writer.meta['suite']['name']} run, not {suite.name}")
+    else:
+        config = suite.validate(load_config(args.config or suite.config_path))
+        if args.families:
+            names = [f.strip() for f in args.families.split(",") if f.strip()]
+            for name in names:
+                get_family(name)
+            config["families"] = names
+        cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
+               "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None}
+        writer = RunWriter.create(args.out, suite, config, cli, args.seed)
+    torch.set_num_threads(cli["threads"])
+    ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
+                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=DEFAULT_CACHE, config=config,
+                     log=lambda msg: print(msg, file=sys.stderr))
+    from structbench.runner import run_suite
+
+    run_dir = run_suite(suite, writer, ctx)
+    _build_reports([run_dir], args.out)
+    print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {args.out / 'index.html'})")
+    return 0
+
+
+def _build_reports(run_dirs: Sequence[Path], root: Path) -> None:
+    from structbench.report.html import build_index, build_run_report
+
+    for run_dir in run_dirs:
+        build_run_report(run_dir)
+    build_index(root)
+
+
+def _report(argv: Sequence[str]) -> int:
+    p = OneLineParser(prog="bench.py report", description="Rebuild HTML reports from stored results.")
+    p.add_argument("runs", nargs="*", type=Path, help="run folders (default: every run under --out)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    runs = [load_run(r).run_dir for r in args.runs] if args.runs else [r.run_dir for r in list_runs(args.out)]
+    _build_reports(runs, args.out)
+    print(f"rebuilt {len(runs)} report(s); index: {args.out / 'index.html'}")
+    return 0
+
+
+def _compare(argv: Sequence[str]) -> int:
+    from structbench.compare import compare_runs
+    from structbench.report.tables import markdown
+
+    p = OneLineParser(prog="bench.py compare", description="Per-case latency ratios of run B against run A.")
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--threshold", type=float, default=1.1, help="flag ratios beyond this factor (default 1.1)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level of the rank test")
+    args = p.parse_args(argv)
+    table = compare_runs(load_run(args.run_a), load_run(args.run_b), args.threshold, args.alpha)
+    if table.empty:
+        raise StructbenchError("compare: the two runs share no measured case")
+    print(markdown(table.drop(columns=["median_a_s", "median_b_s"])))
+    flagged = table[table["flag"] != ""]
+    print(f"\n{len(flagged)} of {len(table)} cases changed beyond x{args.threshold} (p < {args.alpha}); "
+          f"geometric mean ratio {float((table['ratio'].map(float)).prod() ** (1 / len(table))):.3f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "report":
+            return _report(argv[1:])
+        if argv and argv[0] == "compare":
+            return _compare(argv[1:])
+        args = _run_parser().parse_args(argv)
+        if args.list:
+            return _list()
+        return _run(args)
+    except StructbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Measuring, one concern per module: timing, FLOP (MAC) counting, memory. No suite logic."""

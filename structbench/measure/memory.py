@@ -1,0 +1,55 @@
+"""Peak memory of one call: CUDA allocator statistics, or the Linux high-water mark on CPU.
+
+``tracemalloc`` does not see torch's allocations; on CPU the process's resident-set
+high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs``, does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int | None:
+    """Growth of the resident-set high-water mark during ``fn()``; None where Linux's
+    ``/proc`` interface is unavailable. Memory the allocator already holds is not counted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    base = _status_kb("VmRSS")
+    fn()
+    peak = _status_kb("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(0, peak - base) * 1024
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: str) -> int:
+    """Peak allocated bytes above what was allocated before ``fn()``."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def peak_bytes(fn: Callable[[], object], device: str) -> int | None:
+    return cuda_peak_bytes(fn, device) if device.startswith("cuda") else cpu_peak_bytes(fn)
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Exact bytes of a module's parameters."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -1,0 +1,132 @@
+"""Self-contained HTML pages that work offline: one local plotly.js under the results root,
+sortable tables, and an index of every run."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from structbench.report.tables import display_frame
+from structbench.results import RunData, list_runs, load_run
+
+PLOTLY_FILE = "plotly.min.js"
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
+h1{margin-bottom:.2em} .meta{color:#555;font-size:.9em} .meta td{padding:0 1.2em 0 0}
+table.data{border-collapse:collapse;font-size:.85em;margin:1em 0;display:block;overflow-x:auto}
+table.data th,table.data td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+table.data th{background:#f4f4f8;cursor:pointer;position:sticky;top:0}
+table.data th:hover{background:#e6e6f0} .note{color:#444;max-width:75em}
+"""
+
+# Click a header to sort by it; numbers compare numerically, the rest as text.
+SORT_JS = """
+window.__errors=[];window.addEventListener('error',e=>{window.__errors.push(String(e.message));
+document.getElementById('js-errors').textContent=window.__errors.join('\\n');});
+document.addEventListener('click',e=>{const th=e.target.closest('table.data th');if(!th)return;
+const table=th.closest('table'),body=table.tBodies[0],i=[...th.parentNode.children].indexOf(th);
+const asc=th.dataset.dir!=='asc';th.dataset.dir=asc?'asc':'desc';
+const key=r=>{const t=r.children[i].textContent.trim(),n=parseFloat(t);return isNaN(n)||!/^[-+0-9.]/.test(t)?t:n;};
+[...body.rows].sort((a,b)=>{const x=key(a),y=key(b);const c=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare(String(y));
+return asc?c:-c;}).forEach(r=>body.appendChild(r));});
+"""
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    figures: list[go.Figure] = field(default_factory=list)
+    tables: list[pd.DataFrame] = field(default_factory=list)
+
+
+def table_html(frame: pd.DataFrame, metrics: dict[str, Any] | None = None, escape: bool = True) -> str:
+    return display_frame(frame, metrics).to_html(index=False, classes="data", border=0, escape=escape)
+
+
+def render_page(title: str, header_html: str, sections: list[Section], plotly_src: str, metrics: dict[str, Any] | None = None) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style><script src='{plotly_src}'></script></head><body>",
+             f"<h1>{html.escape(title)}</h1>{header_html}<pre id='js-errors' hidden></pre><script>{SORT_JS}</script>"]
+    for n, section in enumerate(sections):
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p class='note'>{html.escape(section.text)}</p>")
+        for k, fig in enumerate(section.figures):
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{n}-{k}",
+                                     config={"displaylogo": False, "responsive": True}))
+        for table in section.tables:
+            parts.append(table_html(table, metrics))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def ensure_plotly(root: Path) -> None:
+    path = root / PLOTLY_FILE
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(get_plotlyjs())
+
+
+def run_header(run: RunData) -> str:
+    m = run.meta
+    env, git, cli = m.get("env", {}), m.get("git", {}), m.get("cli", {})
+    commit = (git.get("commit") or "no git")[:10] + (" (dirty)" if git.get("dirty") else "")
+    cells = {
+        "suite": f"{m['suite']['name']} v{m['suite']['version']}", "status": m.get("status"),
+        "started": m.get("started"), "finished": m.get("finished"), "device": env.get("device_name"),
+        "dtype": cli.get("dtype"), "threads": env.get("threads"), "quick": cli.get("quick"), "commit": commit,
+        "torch": env.get("torch"), "python": env.get("python"), "cases": f"{m.get('n_done')}/{m.get('n_cases')}",
+    }
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in cells.items())
+    return f"<table class='meta'>{rows}</table><p class='meta'>{html.escape(m['suite'].get('description', ''))}</p>"
+
+
+def generic_sections(run: RunData) -> list[Section]:
+    frame = run.frame()
+    return [Section("All rows", tables=[frame])] if not frame.empty else [Section("No rows yet")]
+
+
+def build_run_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` for one run from its stored rows (never re-measures)."""
+    run = load_run(run_dir)
+    root = run.run_dir.parent.parent
+    ensure_plotly(root)
+    from structbench.suite import SUITES
+
+    suite = SUITES.get(run.suite) if run.suite in SUITES else None
+    sections = suite.report(run) if suite is not None and suite.report is not None and run.rows else generic_sections(run)
+    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run), sections, f"../../{PLOTLY_FILE}", run.meta.get("metrics"))
+    out = run.run_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def build_index(root: str | Path) -> Path:
+    """``<root>/index.html``: every run, newest first, linked to its report."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ensure_plotly(root)
+    rows = []
+    for run in list_runs(root):
+        m = run.meta
+        link = f"{run.suite}/{run.run_dir.name}/report.html"
+        rows.append({
+            "run": f"<a href='{html.escape(link)}'>{html.escape(run.run_dir.name)}</a>", "suite": run.suite,
+            "device": m.get("env", {}).get("device_name"), "dtype": m.get("cli", {}).get("dtype"),
+            "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
+            "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
+            "status": m.get("status"), "rows": len(run.rows),
+        })
+    body = table_html(pd.DataFrame(rows), escape=False) if rows else "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"
+    page = render_page("structbench results", "<p class='meta'>Every stored run; click a column to sort.</p>",
+                       [Section("Runs")], PLOTLY_FILE).replace("</body>", body + "</body>")
+    out = root / "index.html"
+    out.write_text(page)
+    return out

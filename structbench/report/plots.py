@@ -1,0 +1,83 @@
+"""Plotly figure builders shared by every suite's report, one colour per family everywhere."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
+FAMILY_ORDER = ["dense", "lowrank", "blockdiag", "monarch", "blast", "pixelfly", "gaudi"]
+
+
+def family_color(family: str) -> str:
+    index = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER) + sum(map(ord, family))
+    return PALETTE[index % len(PALETTE)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def lines_by_family(
+    frame: pd.DataFrame, x: str, y: str, *, title: str, band: tuple[str, str] | None = None,
+    log_x: bool = False, log_y: bool = False, y_title: str | None = None, reference: float | None = None,
+) -> go.Figure:
+    """One line per family; ``band = (low_col, high_col)`` draws a shaded interval."""
+    fig = go.Figure()
+    for family, part in frame.groupby("family", sort=False):
+        part = part.sort_values(x)
+        color = family_color(str(family))
+        if band is not None:
+            fig.add_trace(go.Scatter(x=list(part[x]) + list(part[x])[::-1], y=list(part[band[1]]) + list(part[band[0]])[::-1],
+                                     fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0},
+                                     hoverinfo="skip", showlegend=False, legendgroup=str(family)))
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(family),
+                                 line={"color": color}, legendgroup=str(family)))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dot", line_color="grey")
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y_title or y, template="plotly_white", height=420)
+    fig.update_xaxes(type="log" if log_x else "linear")
+    fig.update_yaxes(type="log" if log_y else "linear")
+    return fig
+
+
+def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, text: str | None = None,
+                      log_x: bool = False, log_y: bool = False, pareto: bool = False, higher_is_better: bool = True) -> go.Figure:
+    """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn."""
+    fig = go.Figure()
+    for family, part in frame.groupby("family", sort=False):
+        color = family_color(str(family))
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(family), marker={"color": color, "size": 9},
+                                 text=part[text] if text else None, legendgroup=str(family)))
+        if pareto:
+            front = pareto_front(part, x, y, higher_is_better)
+            fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line={"color": color, "dash": "dash"},
+                                     showlegend=False, legendgroup=str(family)))
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=420)
+    fig.update_xaxes(type="log" if log_x else "linear")
+    fig.update_yaxes(type="log" if log_y else "linear")
+    return fig
+
+
+def pareto_front(frame: pd.DataFrame, x: str, y: str, higher_is_better: bool = True) -> pd.DataFrame:
+    """Points not dominated by any other with lower-or-equal cost ``x`` and a better ``y``."""
+    ordered = frame.sort_values([x, y], ascending=[True, not higher_is_better])
+    keep, best = [], None
+    for idx, value in zip(ordered.index, ordered[y]):
+        if best is None or (value > best if higher_is_better else value < best):
+            keep.append(idx)
+            best = value
+    return ordered.loc[keep]
+
+
+def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str, row_order: Sequence[str] | None = None) -> go.Figure:
+    table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
+    if row_order is not None:
+        table = table.reindex([r for r in row_order if r in table.index])
+    fig = go.Figure(go.Heatmap(z=table.values, x=[str(c) for c in table.columns], y=[str(r) for r in table.index],
+                               colorscale="Viridis", text=[[f"{v:.3g}" for v in row] for row in table.values],
+                               texttemplate="%{text}", colorbar={"title": value}))
+    fig.update_layout(title=title, template="plotly_white", height=120 + 40 * len(table.index))
+    return fig

@@ -1,0 +1,197 @@
+"""Run folders and the results schema, written so an interrupted run keeps what it did.
+
+A run lives in ``<out>/<suite>/<run_id>/`` (``run_id = YYYYmmdd-HHMMSS-<device>-<commit>``):
+
+- ``rows.jsonl``: one JSON row per line, appended and flushed as each case finishes;
+  the source of truth for ``--resume``.
+- ``run.json``: schema version, suite name/version/description, the resolved config, the
+  CLI options, git commit and dirty flag, environment, seed, start/finish times, status
+  (``running``, ``complete``, ``interrupted``, ``failed``), case counts, metric metadata
+  (unit, higher_is_better) and all rows; rewritten atomically after every case.
+- ``table.csv`` / ``table.md``: the rows as tables, written at the end (also on interrupt).
+- ``report.html``: built from the stored rows only (``structbench.report``).
+
+Rows are flat dicts: the case's fields, ``case_key``, ``status`` (``ok``, ``skipped``,
+``error``), ``reason`` and the suite's metrics, raw floats in SI units (seconds, bytes).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+SCHEMA_VERSION = 1
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str, threads: int) -> dict[str, Any]:
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": device,
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
+        "cuda": torch.version.cuda,
+        "mkl": torch.backends.mkl.is_available(),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunData:
+    """A stored run: ``meta`` is run.json without its rows."""
+
+    run_dir: Path
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def suite(self) -> str:
+        return self.meta["suite"]["name"]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "rows.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                continue
+    return rows
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.exists():
+        from structbench.errors import StructbenchError
+
+        raise StructbenchError(f"not a structbench run folder (no run.json): {run_dir}")
+    meta = json.loads(meta_path.read_text())
+    meta.pop("rows", None)
+    return RunData(run_dir, meta, read_rows(run_dir))
+
+
+def list_runs(root: str | Path) -> list[RunData]:
+    """Every run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first."""
+    runs = [load_run(p.parent) for p in Path(root).glob("*/*/run.json")]
+    return sorted(runs, key=lambda r: r.meta.get("started") or "", reverse=True)
+
+
+class RunWriter:
+    """Owns one run folder: appends rows as they finish and keeps run.json current."""
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.meta = meta
+        self.rows = read_rows(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._flush_meta()
+
+    @classmethod
+    def create(cls, out: Path, suite: Any, config: dict[str, Any], cli: dict[str, Any], seed: int) -> "RunWriter":
+        git = git_info()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        device = str(cli.get("device", "cpu")).replace(":", "")
+        run_dir = out / suite.name / f"{stamp}-{device}-{(git['commit'] or 'nogit')[:8]}"
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "suite": {"name": suite.name, "version": suite.version, "description": suite.description},
+            "config": config,
+            "cli": cli,
+            "git": git,
+            "env": environment(cli.get("device", "cpu"), cli.get("threads", 1)),
+            "seed": seed,
+            "started": now(),
+            "finished": None,
+            "status": "running",
+            "n_cases": None,
+            "n_done": 0,
+            "metrics": {k: vars(v) for k, v in suite.metrics.items()},
+        }
+        return cls(run_dir, meta)
+
+    @classmethod
+    def reopen(cls, run_dir: Path) -> "RunWriter":
+        meta = json.loads((run_dir / "run.json").read_text())
+        meta.pop("rows", None)
+        meta["status"] = "running"
+        meta.setdefault("resumed", []).append(now())
+        return cls(run_dir, meta)
+
+    def done_keys(self) -> set[str]:
+        return {row["case_key"] for row in self.rows if "case_key" in row}
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        with (self.run_dir / "rows.jsonl").open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows.extend(rows)
+        self.meta["n_done"] = len(self.done_keys())
+        self._flush_meta()
+
+    def finish(self, status: str) -> None:
+        self.meta["status"] = status
+        self.meta["finished"] = now()
+        self._flush_meta()
+        self.write_tables()
+
+    def write_tables(self) -> None:
+        from structbench.report.tables import write_tables
+
+        write_tables(RunData(self.run_dir, self.meta, self.rows))
+
+    def _flush_meta(self) -> None:
+        write_json_atomic(self.run_dir / "run.json", {**self.meta, "rows": self.rows})

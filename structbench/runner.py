@@ -1,0 +1,58 @@
+"""Runs a suite: expand cases, skip finished ones on resume, run the rest with progress.
+
+A case that raises is recorded as an ``error`` row and the run goes on, so one bad
+configuration does not cost hours of finished measurements; Ctrl-C marks the run
+``interrupted`` with every finished row kept, ready for ``--resume``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from structbench.errors import StructbenchError
+from structbench.results import RunWriter
+from structbench.suite import RunContext, Suite, case_key
+
+
+SHOWN = ("family", "shape", "matrix", "layer", "rho", "tokens", "mode", "method")
+
+
+def _log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
+    cases = suite.expand(ctx.config, ctx.quick)
+    done = writer.done_keys()
+    todo = [c for c in cases if case_key(c) not in done]
+    writer.meta["n_cases"] = len(cases)
+    _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
+    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True)
+    try:
+        for case in todo:
+            key = case_key(case)
+            bar.set_postfix_str(" ".join(str(v) for k, v in case.items() if k in SHOWN)[:60])
+            start = time.perf_counter()
+            try:
+                rows = suite.run_case(case, ctx)
+            except StructbenchError as err:
+                rows = [{"status": "skipped", "reason": str(err)}]
+            except Exception as err:  # noqa: BLE001 - recorded with its traceback, run goes on
+                rows = [{"status": "error", "reason": f"{type(err).__name__}: {err}"}]
+                _log(f"error in case {key}:\n{traceback.format_exc()}")
+            elapsed = time.perf_counter() - start
+            writer.append([{**case, "status": "ok", "reason": None, **row, "case_key": key, "case_seconds": elapsed} for row in rows])
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        writer.finish("interrupted")
+        _log(f"interrupted: {len(writer.done_keys())}/{len(cases)} cases kept; resume with --resume {writer.run_dir}")
+        raise
+    bar.close()
+    writer.finish("complete")
+    return writer.run_dir

@@ -1,0 +1,1 @@
+"""Suite definitions: one module (``SUITE``) and one YAML config per suite."""

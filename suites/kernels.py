@@ -1,0 +1,177 @@
+"""Suite ``kernels``: is each family's forward as fast as its MAC count promises?
+
+Per case (family, shape, rho, tokens, mode): check the kernel against ``to_dense`` first,
+then time it interleaved with a dense ``F.linear`` of the same shape in the same process,
+count MACs with fvcore next to the analytic formula, and record parameter bytes and the
+peak memory of one call. ``speedup = dense / family`` (medians), ``ideal = dense MACs /
+family MACs``, ``efficiency = speedup / ideal``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from structbench.config import check_keys, number_list
+from structbench.errors import StructbenchError
+from structbench.measure.flops import fvcore_macs
+from structbench.measure.memory import module_bytes, peak_bytes
+from structbench.measure.timing import Timing, cuda_event_times, cuda_graph_times, interleaved
+from structbench.registry import FAMILIES, build, get_family, list_families
+from structbench.suite import Metric, RunContext, Suite
+
+CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
+KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "quick"}
+MODES = ("eager", "cuda-graph", "compile")
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+NOISY = 0.1  # IQR / median above this flags a row as noisy (MEASURING.md)
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    check_keys("kernels config", config, KEYS)
+    check_keys("kernels config 'quick'", config.get("quick") or {}, KEYS - {"quick"})
+    for section in (config, quick_config(config)):
+        families = section.get("families", "all")
+        if families != "all":
+            if not isinstance(families, list) or not families:
+                raise StructbenchError(f"kernels config: families must be 'all' or a list of names, got {families!r}")
+            for name in families:
+                get_family(name)
+        shapes = section.get("shapes")
+        if not isinstance(shapes, dict) or not shapes:
+            raise StructbenchError("kernels config: shapes must be a mapping of name -> [out_features, in_features]")
+        for name, shape in shapes.items():
+            number_list(f"kernels config: shape {name!r}", shape, integer=True)
+            if len(shape) != 2:
+                raise StructbenchError(f"kernels config: shape {name!r} must be [out_features, in_features], got {shape!r}")
+        number_list("kernels config: rhos", section.get("rhos"), high=1.0)
+        number_list("kernels config: tokens", section.get("tokens"), integer=True)
+        number_list("kernels config: min_run_time", [section.get("min_run_time", 1.0)])
+        number_list("kernels config: rounds", [section.get("rounds", 5)], integer=True)
+        modes = section.get("modes", ["eager"])
+        if not isinstance(modes, list) or not set(modes) <= set(MODES):
+            raise StructbenchError(f"kernels config: modes must be a list from {list(MODES)}, got {modes!r}")
+    return config
+
+
+def quick_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``quick:`` keys replace the full config's whole values (a quick shape list is not
+    added to the full one)."""
+    return {**config, **(config.get("quick") or {})}
+
+
+def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    cfg = quick_config(config) if quick else config
+    families = list_families() if cfg.get("families", "all") == "all" else cfg["families"]
+    cases = []
+    for shape_name, (out_f, in_f) in cfg["shapes"].items():
+        for tokens in cfg["tokens"]:
+            for mode in cfg.get("modes", ["eager"]):
+                for family in families:
+                    rhos = cfg["rhos"] if FAMILIES.get(family).compressible else [1.0]
+                    for rho in rhos:
+                        cases.append(
+                            {"family": family, "shape": shape_name, "out_features": out_f, "in_features": in_f,
+                             "rho": rho, "tokens": tokens, "mode": mode,
+                             "min_run_time": cfg.get("min_run_time", 1.0), "rounds": cfg.get("rounds", 5)}
+                        )
+    return cases
+
+
+def _callables(
+    mode: str, module: torch.nn.Module, dense: Callable[[], torch.Tensor], x: torch.Tensor
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The two callables to time; ``compile`` wraps both so the comparison stays like for like."""
+    if mode == "compile":
+        compiled = torch.compile(module)
+        return (lambda: compiled(x)), torch.compile(dense)
+    return (lambda: module(x)), dense
+
+
+def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
+    device, mode = ctx.device, case["mode"]
+    if mode == "cuda-graph" and not device.startswith("cuda"):
+        raise StructbenchError("mode cuda-graph needs --device cuda")
+    dtype = getattr(torch, ctx.dtype)
+    out_f, in_f, tokens = case["out_features"], case["in_features"], case["tokens"]
+    cls = get_family(case["family"])
+    fit = cls.hparams_for(out_f, in_f, case["rho"])  # a shape the family cannot take -> skipped row
+    torch.manual_seed(ctx.seed)
+    module = build(case["family"], in_f, out_f, bias=True, **fit.hparams).to(device=device, dtype=dtype).eval()
+    x = torch.randn(tokens, in_f, device=device, dtype=dtype)
+    weight = torch.randn(out_f, in_f, device=device, dtype=dtype) / in_f**0.5
+    bias = torch.zeros(out_f, device=device, dtype=dtype)
+    row: dict[str, Any] = {"hparams": fit.hparams, "rho_actual": module.rho, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
+
+    with torch.inference_mode():
+        got = module(x)
+        ref = x @ module.to_dense().T + module.bias
+        err = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+        row["max_abs_err"] = float((got - ref).abs().max())
+        row["rel_err"] = err
+        if err > TOLERANCE[ctx.dtype]:
+            return [{**row, "status": "error", "reason": f"forward differs from to_dense: relative error {err:.3g}"}]
+
+        dense_fn = lambda: F.linear(x, weight, bias)  # noqa: E731
+        fam_fn, dense_fn = _callables(mode, module, dense_fn, x)
+        if mode == "cuda-graph":
+            fam_t, dense_t = cuda_graph_times(fam_fn), cuda_graph_times(dense_fn)
+        elif device.startswith("cuda"):
+            fam_t, dense_t = cuda_event_times(fam_fn), cuda_event_times(dense_fn)
+        else:
+            times = interleaved({"family": fam_fn, "dense": dense_fn}, threads=ctx.threads,
+                                min_run_time=case["min_run_time"], rounds=case["rounds"])
+            fam_t, dense_t = times["family"], times["dense"]
+        peak = peak_bytes(fam_fn, device)
+        dense_peak = peak_bytes(dense_fn, device)
+
+    macs = module.macs(tokens)
+    counted = fvcore_macs(module, x)
+    dense_macs = tokens * out_f * in_f
+    pbytes = module_bytes(module)
+    io_bytes = (x.numel() + tokens * out_f) * x.element_size()
+    speedup = dense_t.median / fam_t.median
+    ideal = dense_macs / macs if macs else float("inf")
+    row.update(
+        median_s=fam_t.median, iqr_s=fam_t.iqr, runs=fam_t.runs, samples_s=fam_t.samples,
+        dense_median_s=dense_t.median, dense_iqr_s=dense_t.iqr, dense_samples_s=dense_t.samples,
+        speedup=speedup, ideal_speedup=ideal, efficiency=speedup / ideal,
+        macs=macs, macs_fvcore=counted.total, macs_ratio=counted.total / macs if macs else None,
+        unsupported_ops=counted.unsupported_ops, dense_macs=dense_macs,
+        gflops=2 * macs / fam_t.median / 1e9, dense_gflops=2 * dense_macs / dense_t.median / 1e9,
+        intensity=2 * macs / (pbytes + io_bytes), param_bytes=pbytes, params=module.num_params(),
+        peak_mem_bytes=peak, dense_peak_mem_bytes=dense_peak,
+        noisy=bool(fam_t.iqr / fam_t.median > NOISY or dense_t.iqr / dense_t.median > NOISY),
+    )
+    return [row]
+
+
+def _report(run: Any) -> list[Any]:
+    from structbench.report.kernels import kernels_report
+
+    return kernels_report(run)
+
+
+SUITE = Suite(
+    name="kernels",
+    version="1",
+    description="Forward latency, MACs, bytes and peak memory of each family against dense",
+    config_path=CONFIG_PATH,
+    validate=validate,
+    expand=expand,
+    run_case=run_case,
+    report=_report,
+    metrics={
+        "median_s": Metric("s", False, "median forward latency"),
+        "iqr_s": Metric("s", False, "interquartile range of the latency"),
+        "speedup": Metric("x", True, "dense median / family median, same process"),
+        "ideal_speedup": Metric("x", True, "dense MACs / family MACs"),
+        "efficiency": Metric("", True, "speedup / ideal"),
+        "gflops": Metric("GFLOP/s", True, "2 x MACs / median"),
+        "macs": Metric("MAC", False, "analytic multiply-adds"),
+        "param_bytes": Metric("B", False, "bytes of parameters"),
+        "peak_mem_bytes": Metric("B", False, "peak memory of one forward"),
+    },
+)
