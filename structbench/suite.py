@@ -1,6 +1,7 @@
 """The contract between the runner and a suite, and the suite registry.
 
-A suite is data plus four functions: ``validate`` (YAML -> resolved config, or a
+Every ``suites/<name>.py`` module that defines ``SUITE`` is found automatically. A suite
+is data plus four functions: ``validate`` (YAML -> resolved config, or a
 ``StructbenchError`` naming the bad key), ``expand`` (config -> cases), ``run_case``
 (one case -> result rows) and ``report`` (stored rows -> report sections). The runner
 (``structbench.runner``) owns everything else: run folders, resume, progress,
@@ -58,6 +59,21 @@ def case_key(case: dict[str, Any]) -> str:
     return json.dumps(case, sort_keys=True, separators=(",", ":"), default=str)
 
 
-SUITES: Registry[Suite] = Registry("suite")
-for _name in ("kernels", "approx"):
-    SUITES.add(_name, f"suites.{_name.replace('-', '_')}:SUITE")
+def _load_suites() -> None:
+    """Register ``SUITE`` of every module in the ``suites`` package under the suite's name.
+
+    Suite modules keep heavy optional imports (transformers, ...) inside functions, so
+    listing suites stays cheap and works without the optional extras installed.
+    """
+    import importlib
+    import pkgutil
+
+    import suites
+
+    for info in pkgutil.iter_modules(suites.__path__):
+        suite = getattr(importlib.import_module(f"suites.{info.name}"), "SUITE", None)
+        if isinstance(suite, Suite):
+            SUITES.add(suite.name, suite)
+
+
+SUITES: Registry[Suite] = Registry("suite", loader=_load_suites)
