@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from structbench.errors import StructbenchError
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -24,7 +25,7 @@ class BlockDiagLinear(StructuredLinear):
                 f"blockdiag: blocks={blocks} must divide both dimensions of shape {out_features}x{in_features}"
             )
         self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, in_features // blocks))
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features // blocks))
+        unit_gain_(self.weight, fan_in=in_features // blocks)  # each block sums n/b inputs
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n_tok = x.shape[0]

@@ -1,13 +1,13 @@
 """Dense baseline: the ``nn.Linear`` every family is measured against."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear
 
@@ -20,7 +20,7 @@ class DenseLinear(StructuredLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+        unit_gain_(self.weight, fan_in=in_features)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)

@@ -39,8 +39,14 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error, svd_factors
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, StructuredLinear, check_positive_int
+
+TRAIN_SIGMA = (16.0, 32.0)
+"""Soft-mask sharpness at construction and at the end of width learning (``after_optimizer_step``)."""
+FREEZE_AT = 0.8
+"""Fraction of training after which the bands are frozen and training goes on with hard masks."""
 
 MIN_TILE = 64
 """Entries per tile the grid aims for: the band forward moves about ``1 / tile`` floats
@@ -128,8 +134,9 @@ class GaudiLinear(StructuredLinear):
     """Sum of ``components`` rank-``component_rank`` terms, each on a learnable band of rows
     and of columns, whose total band MACs ``budget_rank (m + n)`` caps (see module docstring).
 
-    ``sigma`` (a buffer) is the Gaussian window of the soft mask; a training loop anneals it up
-    and calls ``project_widths_`` after each optimizer step. The training-mode forward uses the
+    ``sigma`` (a buffer) is the Gaussian window of the soft mask; a training loop calls
+    ``after_optimizer_step`` after each optimizer step, which anneals it up, projects the
+    widths onto the budget and finally freezes the bands. The training-mode forward uses the
     soft masks, which have full support: it applies ``(U * m_out)`` and ``(V * m_in)`` as two
     thin products costing ``K r_c (m + n)`` MACs per token, never ``W`` itself; only the eval
     forward has the band cost ``macs()`` reports. ``to_dense`` follows the same mode, so
@@ -171,22 +178,33 @@ class GaudiLinear(StructuredLinear):
         self.width_out = nn.Parameter(torch.empty(k))
         self.loc_in = nn.Parameter(torch.rand(k))
         self.loc_out = nn.Parameter(torch.rand(k))
-        self.register_buffer("sigma", torch.tensor(16.0))
+        self.register_buffer("sigma", torch.tensor(TRAIN_SIGMA[0]))
+        self.bands_frozen = False
+        """Set by ``after_optimizer_step`` late in training: train with the hard bands too."""
         self._plan_cache: tuple[tuple[Any, ...], tuple[_Side, _Side]] | None = None
         self._packed_cache: tuple[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
-        # Equal widths spending the whole budget. Variance preservation: each V_k sums
-        # w n inputs (var 1/(w n) keeps var(x)); each output row is covered by about K w
-        # components of rank r_c (var 1/(K r_c w) for U keeps it again).
+        # Equal widths spending the whole budget, snapped to whole tiles so that a fresh
+        # layer's band forward already spends it (below one tile per band, flooring would
+        # leave every band empty). Unit gain (structbench.init) measured on the masks this
+        # layer applies: V_k sums the squared mask entries of its input band (at least one
+        # tile, so a band that starts empty is sized for when it grows); U sums, per output
+        # row, the squared masks of the components covering it, averaged over rows.
         w = budget_rank / (k * rc)
         nn.init.constant_(self.width_in, w)
         nn.init.constant_(self.width_out, w)
-        nn.init.normal_(self.V, std=1.0 / math.sqrt(max(1.0, w * n)))
-        nn.init.normal_(self.U, std=1.0 / math.sqrt(k * rc * max(w, 1.0 / m)))
+        self.snap_widths_()
+        with torch.no_grad():
+            m_out, m_in = self.masks()
+            fan_v = m_in.square().sum(1).clamp(min=n // tile_count(n)).view(k, 1, 1)
+            fan_u = rc * m_out.square().sum(0).mean().clamp(min=1.0)
+        unit_gain_(self.V, fan_in=fan_v)
+        unit_gain_(self.U, fan_in=fan_u)
 
     # ---- masks -----------------------------------------------------------------
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m_out (K, m), m_in (K, n))``: soft while training, hard boxcars in eval mode."""
-        if self.training:
+        """``(m_out (K, m), m_in (K, n))``: soft while training, hard boxcars in eval mode
+        and once the bands are frozen."""
+        if self.training and not self.bands_frozen:
             s = float(self.sigma)
             return (
                 gaudi_mask(self.width_out, self.loc_out, self.out_features, s),
@@ -285,7 +303,7 @@ class GaudiLinear(StructuredLinear):
         return torch.cat(out_t).T.contiguous()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and not self.bands_frozen:
             u, v = self._masked_factors()
             return F.linear(F.linear(x, v), u)
         return self._band_forward(x)
@@ -358,6 +376,34 @@ class GaudiLinear(StructuredLinear):
         new = (w - tau * cost).clamp(0, 1)
         self.width_in.copy_(new[: self.components])
         self.width_out.copy_(new[self.components :])
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        """Width learning while training from scratch; a training loop calls this after every
+        optimizer step with the fraction of training done (the hook every family may expose).
+
+        Before ``FREEZE_AT``: the proximal step of the budget constraint, ``project_widths_``.
+        Its solution ``clip(w - tau a, 0, 1)`` is the paper's cost-weighted l1 shrinkage
+        (soft threshold by ``tau`` times each width's MAC cost ``a``) with the l1 strength
+        ``tau`` chosen each step as the smallest that meets the budget, so no separate l1
+        step with a hand-tuned lambda is needed: gradients widen the useful bands and the
+        shrinkage takes the MACs back from all of them, driving unhelpful bands to zero
+        width. ``sigma`` anneals from ``TRAIN_SIGMA[0]`` (the value the initialisation was
+        measured at) to ``TRAIN_SIGMA[1]`` so the soft masks sharpen towards boxcars.
+        At ``FREEZE_AT``: widths snapped to whole tiles (spending the budget the hard masks'
+        flooring would waste) and bands frozen; the rest of training uses the hard masks and
+        the band forward (gradients reach ``U`` and ``V`` only), so the evaluated matrix is
+        the one trained, as in the polish phase of ``from_dense``.
+        """
+        if self.bands_frozen:
+            return
+        if progress < FREEZE_AT:
+            self.project_widths_()
+            self.sigma.fill_(TRAIN_SIGMA[0] + (TRAIN_SIGMA[1] - TRAIN_SIGMA[0]) * progress / FREEZE_AT)
+        else:
+            self.project_widths_()
+            self.snap_widths_()
+            self.bands_frozen = True
 
     @torch.no_grad()
     def snap_widths_(self, macs: float | None = None) -> None:

@@ -1,7 +1,6 @@
 """Low-rank ``W = U V``: the classic compression baseline, projected by truncated SVD."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int
 
@@ -26,10 +26,9 @@ class LowRankLinear(StructuredLinear):
             )
         self.U = nn.Parameter(torch.empty(out_features, rank))
         self.V = nn.Parameter(torch.empty(rank, in_features))
-        # Each factor preserves variance: x V^T has var rank/n * var(V)*n..., so the product
-        # has the variance of a dense layer initialised with std 1/sqrt(n).
-        nn.init.normal_(self.V, std=1.0 / math.sqrt(in_features))
-        nn.init.normal_(self.U, std=1.0 / math.sqrt(rank))
+        # Unit gain per factor (structbench.init): x V^T sums n inputs, then U sums r.
+        unit_gain_(self.V, fan_in=in_features)
+        unit_gain_(self.U, fan_in=rank)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.V), self.U)

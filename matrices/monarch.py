@@ -16,6 +16,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -42,8 +43,8 @@ class MonarchLinear(StructuredLinear):
         self.L = nn.Parameter(torch.empty(b, q, p))
         self.R = nn.Parameter(torch.empty(b, s, q))
         # Var(out) = q Var(R) * p Var(L) * Var(x): unit gain, like a dense layer at std 1/sqrt(n).
-        nn.init.normal_(self.L, std=1.0 / math.sqrt(p))
-        nn.init.normal_(self.R, std=1.0 / math.sqrt(q))
+        unit_gain_(self.L, fan_in=p)
+        unit_gain_(self.R, fan_in=q)
 
     @property
     def _rank(self) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
+from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int
 
@@ -69,9 +70,9 @@ class PixelflyLinear(StructuredLinear):
         self.V = nn.Parameter(torch.empty(rank, in_features))
         # Each part carries half the variance of a dense layer at std 1/sqrt(n): the sparse
         # part sums (k+1) q inputs per output, the low-rank part n then r terms.
-        nn.init.normal_(self.tile_weight, std=1.0 / math.sqrt(2 * slots * q))
-        nn.init.normal_(self.V, std=1.0 / math.sqrt(in_features))
-        nn.init.normal_(self.U, std=1.0 / math.sqrt(2 * rank))
+        unit_gain_(self.tile_weight, fan_in=slots * q, share=0.5)
+        unit_gain_(self.V, fan_in=in_features)
+        unit_gain_(self.U, fan_in=rank, share=0.5)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n_tok = x.shape[0]
