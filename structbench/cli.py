@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import torch
 
@@ -53,6 +53,9 @@ def _check_device(device: str) -> str:
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise StructbenchError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        index = device.partition(":")[2]
+        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            raise StructbenchError(f"--device {device}: no such GPU; accepted: cuda, cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         return device
     raise StructbenchError(f"--device {device!r} not understood; accepted: cpu, cuda, cuda:N")
 
@@ -76,29 +79,28 @@ def _find_resumable(out: Path, suite: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.suite:
-        raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
-    suite = SUITES.get(args.suite)
-    device = _check_device(args.device)
-    if args.dtype not in DTYPES:
-        raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
-    if args.threads < 1:
-        raise StructbenchError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
-
     if args.resume:
-        run_dir = _find_resumable(args.out, suite.name) if args.resume == "latest" else Path(args.resume)
-        writer = RunWriter.reopen(load_run(run_dir).run_dir)
+        writer = _reopen(args)
         config, cli = writer.meta["config"], writer.meta["cli"]
-        if writer.meta["suite"]["name"] != suite.name:
-            raise StructbenchError(f"--resume {run_dir} is a {writer.meta['suite']['name']} run, not {suite.name}")
+        suite = SUITES.get(writer.meta["suite"]["name"])
+        _check_device(cli["device"])
     else:
+        if not args.suite:
+            raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
+        suite = SUITES.get(args.suite)
+        device = _check_device(args.device)
+        if args.dtype not in DTYPES:
+            raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
+        if args.threads < 1:
+            raise StructbenchError(f"--threads must be >= 1, got {args.threads}")
         config = suite.validate(load_config(args.config or suite.config_path))
         if args.families:
             names = [f.strip() for f in args.families.split(",") if f.strip()]
             for name in names:
                 get_family(name)
             config["families"] = names
+            if isinstance(config.get("quick"), dict) and "families" in config["quick"]:
+                config["quick"]["families"] = names
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
                "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None}
         writer = RunWriter.create(args.out, suite, config, cli, args.seed)
@@ -108,10 +110,29 @@ def _run(args: argparse.Namespace) -> int:
                      log=lambda msg: print(msg, file=sys.stderr))
     from structbench.runner import run_suite
 
-    run_dir = run_suite(suite, writer, ctx)
-    _build_reports([run_dir], args.out)
-    print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {args.out / 'index.html'})")
+    root = writer.run_dir.parent.parent
+    try:
+        run_dir = run_suite(suite, writer, ctx)
+    finally:  # an interrupted or failed run still gets a report of what it finished
+        _build_reports([writer.run_dir], root)
+    print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
     return 0
+
+
+def _reopen(args: argparse.Namespace) -> RunWriter:
+    """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
+    given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick)) if value]
+    if given:
+        raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
+    if args.resume == "latest":
+        if not args.suite:
+            raise StructbenchError("--resume without a run folder needs --suite NAME")
+        run = load_run(_find_resumable(args.out, SUITES.get(args.suite).name))
+    else:
+        run = load_run(args.resume)
+        if args.suite and run.suite != args.suite:
+            raise StructbenchError(f"--resume {args.resume} is a {run.suite} run, not {args.suite}")
+    return RunWriter.reopen(run.run_dir)
 
 
 def _build_reports(run_dirs: Sequence[Path], root: Path) -> None:
@@ -135,7 +156,7 @@ def _report(argv: Sequence[str]) -> int:
 
 def _compare(argv: Sequence[str]) -> int:
     from structbench.compare import compare_runs
-    from structbench.report.tables import markdown
+    from structbench.report.tables import geomean, markdown
 
     p = OneLineParser(prog="bench.py compare", description="Per-case latency ratios of run B against run A.")
     p.add_argument("run_a", type=Path)
@@ -143,13 +164,17 @@ def _compare(argv: Sequence[str]) -> int:
     p.add_argument("--threshold", type=float, default=1.1, help="flag ratios beyond this factor (default 1.1)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the rank test")
     args = p.parse_args(argv)
+    if not args.threshold > 1:
+        raise StructbenchError(f"--threshold must be a factor > 1, got {args.threshold}")
+    if not 0 < args.alpha < 1:
+        raise StructbenchError(f"--alpha must be in (0, 1), got {args.alpha}")
     table = compare_runs(load_run(args.run_a), load_run(args.run_b), args.threshold, args.alpha)
     if table.empty:
         raise StructbenchError("compare: the two runs share no measured case")
-    print(markdown(table.drop(columns=["median_a_s", "median_b_s"])))
+    print(markdown(table))
     flagged = table[table["flag"] != ""]
     print(f"\n{len(flagged)} of {len(table)} cases changed beyond x{args.threshold} (p < {args.alpha}); "
-          f"geometric mean ratio {float((table['ratio'].map(float)).prod() ** (1 / len(table))):.3f}")
+          f"geometric mean ratio {geomean(table['ratio']):.3f}")
     return 0
 
 

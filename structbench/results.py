@@ -17,6 +17,7 @@ Rows are flat dicts: the case's fields, ``case_key``, ``status`` (``ok``, ``skip
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -58,6 +59,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def collect_env() -> dict[str, Any]:
+    """``torch.utils.collect_env`` facts (compilers, libc, lscpu, driver, cuDNN, pip
+    packages): what a reader needs to reproduce a number. Slow (seconds), so once per process."""
+    from torch.utils.collect_env import get_env_info
+
+    try:
+        return dict(get_env_info()._asdict())
+    except Exception as err:  # noqa: BLE001 - a missing tool must not stop a benchmark
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def environment(device: str, threads: int) -> dict[str, Any]:
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     return {
@@ -71,6 +84,8 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
         "cuda": torch.version.cuda,
         "mkl": torch.backends.mkl.is_available(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "collect_env": collect_env(),
     }
 
 
@@ -143,7 +158,11 @@ class RunWriter:
         git = git_info()
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         device = str(cli.get("device", "cpu")).replace(":", "")
-        run_dir = out / suite.name / f"{stamp}-{device}-{(git['commit'] or 'nogit')[:8]}"
+        name = f"{stamp}-{device}-{(git['commit'] or 'nogit')[:8]}"
+        run_dir, n = out / suite.name / name, 1
+        while run_dir.exists():  # two runs started in the same second must not share rows
+            n += 1
+            run_dir = out / suite.name / f"{name}-{n}"
         meta = {
             "schema_version": SCHEMA_VERSION,
             "suite": {"name": suite.name, "version": suite.version, "description": suite.description},

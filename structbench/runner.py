@@ -10,7 +10,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -27,13 +26,28 @@ def _log(message: str) -> None:
 
 
 def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
+    """Run every case not finished yet; the run's status ends ``complete``, ``interrupted``
+    (Ctrl-C) or ``failed`` (an error outside any case), and the tables are written in all three."""
+    try:
+        _run_cases(suite, writer, ctx)
+    except KeyboardInterrupt:
+        writer.finish("interrupted")
+        _log(f"interrupted: {writer.meta['n_done']}/{writer.meta['n_cases']} cases kept; resume with --resume {writer.run_dir}")
+        raise
+    except BaseException:
+        writer.finish("failed")
+        raise
+    writer.finish("complete")
+    return writer.run_dir
+
+
+def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
     cases = suite.expand(ctx.config, ctx.quick)
     done = writer.done_keys()
     todo = [c for c in cases if case_key(c) not in done]
     writer.meta["n_cases"] = len(cases)
     _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
-    bar = tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True)
-    try:
+    with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
         for case in todo:
             key = case_key(case)
             bar.set_postfix_str(" ".join(str(v) for k, v in case.items() if k in SHOWN)[:60])
@@ -48,11 +62,3 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
             elapsed = time.perf_counter() - start
             writer.append([{**case, "status": "ok", "reason": None, **row, "case_key": key, "case_seconds": elapsed} for row in rows])
             bar.update(1)
-    except KeyboardInterrupt:
-        bar.close()
-        writer.finish("interrupted")
-        _log(f"interrupted: {len(writer.done_keys())}/{len(cases)} cases kept; resume with --resume {writer.run_dir}")
-        raise
-    bar.close()
-    writer.finish("complete")
-    return writer.run_dir

@@ -1,10 +1,16 @@
 """Peak memory of one call: CUDA allocator statistics, or the Linux high-water mark on CPU.
 
 ``tracemalloc`` does not see torch's allocations; on CPU the process's resident-set
-high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs``, does.
+high-water mark (``VmHWM``), reset through ``/proc/self/clear_refs``, does. Alone it
+reads 0 for a warmed-up forward, because glibc's malloc serves the call from free heap
+pages it already holds; ``malloc_trim(0)`` first hands those pages back to the kernel, so
+that every page the call touches is counted again.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +27,23 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None on other C libraries (where the peak then omits
+    memory the allocator already holds)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+    except (OSError, AttributeError):
+        return None
+
+
 def cpu_peak_bytes(fn: Callable[[], object]) -> int | None:
-    """Growth of the resident-set high-water mark during ``fn()``; None where Linux's
-    ``/proc`` interface is unavailable. Memory the allocator already holds is not counted."""
+    """Growth of the resident-set high-water mark during ``fn()``, to page granularity;
+    None where Linux's ``/proc`` interface is unavailable."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

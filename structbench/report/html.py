@@ -23,6 +23,7 @@ table.data{border-collapse:collapse;font-size:.85em;margin:1em 0;display:block;o
 table.data th,table.data td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 table.data th{background:#f4f4f8;cursor:pointer;position:sticky;top:0}
 table.data th:hover{background:#e6e6f0} .note{color:#444;max-width:75em}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:.5em 1em} .figs>div{min-width:0}
 """
 
 # Click a header to sort by it; numbers compare numerically, the rest as text.
@@ -44,25 +45,35 @@ class Section:
     text: str = ""
     figures: list[go.Figure] = field(default_factory=list)
     tables: list[pd.DataFrame] = field(default_factory=list)
+    html: str = ""  # trusted markup placed after the tables (links in the index)
 
 
 def table_html(frame: pd.DataFrame, metrics: dict[str, Any] | None = None, escape: bool = True) -> str:
     return display_frame(frame, metrics).to_html(index=False, classes="data", border=0, escape=escape)
 
 
-def render_page(title: str, header_html: str, sections: list[Section], plotly_src: str, metrics: dict[str, Any] | None = None) -> str:
+def render_page(title: str, header_html: str, sections: list[Section], plotly_src: str | None,
+                metrics: dict[str, Any] | None = None) -> str:
+    """One page; ``plotly_src`` is the relative path of the local plotly.js (None: no plots)."""
+    script = f"<script src='{plotly_src}'></script>" if plotly_src else ""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style><script src='{plotly_src}'></script></head><body>",
+             f"<style>{STYLE}</style>{script}</head><body>",
              f"<h1>{html.escape(title)}</h1>{header_html}<pre id='js-errors' hidden></pre><script>{SORT_JS}</script>"]
     for n, section in enumerate(sections):
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
             parts.append(f"<p class='note'>{html.escape(section.text)}</p>")
-        for k, fig in enumerate(section.figures):
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{n}-{k}",
-                                     config={"displaylogo": False, "responsive": True}))
+        if section.figures:
+            # auto-fill keeps the grid's columns fixed while the page is parsed, so each
+            # plot is sized for its own column when its script runs
+            parts.append("<div class='figs'>" if len(section.figures) > 1 else "<div>")
+            for k, fig in enumerate(section.figures):
+                parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{n}-{k}",
+                                         config={"displaylogo": False, "responsive": True}))
+            parts.append("</div>")
         for table in section.tables:
             parts.append(table_html(table, metrics))
+        parts.append(section.html)
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -112,7 +123,6 @@ def build_index(root: str | Path) -> Path:
     """``<root>/index.html``: every run, newest first, linked to its report."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    ensure_plotly(root)
     rows = []
     for run in list_runs(root):
         m = run.meta
@@ -126,7 +136,7 @@ def build_index(root: str | Path) -> Path:
         })
     body = table_html(pd.DataFrame(rows), escape=False) if rows else "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"
     page = render_page("structbench results", "<p class='meta'>Every stored run; click a column to sort.</p>",
-                       [Section("Runs")], PLOTLY_FILE).replace("</body>", body + "</body>")
+                       [Section("Runs", html=body)], None)
     out = root / "index.html"
     out.write_text(page)
     return out

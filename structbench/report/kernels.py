@@ -1,45 +1,111 @@
-"""Report sections of the kernels suite: latency, speedup vs ideal, roofline, tables."""
+"""Report sections of the kernels suite: a summary, latency / speedup / efficiency per
+shape, a roofline view and sortable tables, all from stored rows."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
+from structbench.measure.timing import Timing
 from structbench.report.html import Section
-from structbench.report.plots import lines_by_family, scatter_by_family
+from structbench.report.plots import FAMILY_ORDER, heatmap, lines_by_family, scatter_by_family
+from structbench.report.tables import geomean
 from structbench.results import RunData
 
 SUMMARY = ["family", "shape", "rho", "rho_actual", "tokens", "mode", "median_s", "iqr_s", "runs", "dense_median_s",
            "speedup", "ideal_speedup", "efficiency", "gflops", "macs", "macs_fvcore", "param_bytes", "peak_mem_bytes", "noisy"]
 
 
+def _with_quartiles(ok: pd.DataFrame) -> pd.DataFrame:
+    """Latency quartiles from the raw samples: the band drawn around each median."""
+    quartiles = [Timing(list(s)).quartiles for s in ok["samples_s"]]
+    return ok.assign(q1_s=[q[0] for q in quartiles], q3_s=[q[1] for q in quartiles])
+
+
+def _tick_tokens(fig: go.Figure, tokens: list[int]) -> go.Figure:
+    """Label the log token axis at the measured token counts, not at 2, 3, 4, ..."""
+    return fig.update_xaxes(tickvals=tokens, ticktext=[str(t) for t in tokens])
+
+
+def _shape_figures(part: pd.DataFrame, label: str) -> list[go.Figure]:
+    tokens = sorted(part["tokens"].unique().tolist())
+    figs = [
+        lines_by_family(part, "tokens", "median_s", band=("q1_s", "q3_s"), log_x=True, log_y=True,
+                        title=f"{label}: forward latency (median, quartile band)", y_title="seconds per forward"),
+        lines_by_family(part, "tokens", "speedup", log_x=True, log_y=True, reference=1.0,
+                        title=f"{label}: speedup over dense nn.Linear", y_title="dense median / family median"),
+        lines_by_family(part, "tokens", "efficiency", log_x=True, log_y=True, reference=1.0,
+                        title=f"{label}: efficiency (1 = as fast as its MACs promise)", y_title="speedup / ideal speedup"),
+    ]
+    return [_tick_tokens(fig, tokens) for fig in figs]
+
+
+def _summary(ok: pd.DataFrame) -> Section:
+    """Geometric means over shapes and tokens (MEASURING.md): one number per family, rho and mode."""
+    groups = ok.groupby(["family", "rho", "mode"], sort=False)
+    table = groups.agg(cases=("speedup", "size"), rho_actual=("rho_actual", "mean")).reset_index()
+    for col in ("speedup", "ideal_speedup", "efficiency"):
+        table[f"geomean_{col}"] = groups[col].apply(geomean).to_numpy()
+    table["min_efficiency"] = groups["efficiency"].min().to_numpy()
+    table["noisy_cases"] = groups["noisy"].sum().to_numpy()
+    table = table.sort_values(["mode", "rho", "family"], key=lambda c: c.map(_family_rank) if c.name == "family" else c)
+
+    cells = ok.assign(row=ok["family"] + " rho=" + ok["rho"].astype(str) + (" " + ok["mode"] if ok["mode"].nunique() > 1 else ""))
+    cells = cells.groupby(["row", "shape"], sort=False)["efficiency"].apply(geomean).reset_index()
+    figure = _log_colors(heatmap(cells, "row", "shape", "efficiency", row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
+                                 title="efficiency by family and shape (geometric mean over tokens; 1 = ideal)"))
+    return Section(
+        "Summary",
+        "Speedup = dense nn.Linear median / family median, timed interleaved in one process; ideal = dense MACs / "
+        "family MACs; efficiency = speedup / ideal. Means over shapes and tokens are geometric.",
+        figures=[figure], tables=[table],
+    )
+
+
+def _log_colors(fig: go.Figure) -> go.Figure:
+    """Colour a ratio heatmap by log10 on a diverging scale centred at 1, so that x0.5 and
+    x2 look equally far from ideal; the cell texts keep the ratios themselves."""
+    trace = fig.data[0]
+    z = np.log10(np.asarray(trace.z, dtype=float))
+    span = max(1.0, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
+    ticks = [t for t in range(-int(np.ceil(span)), int(np.ceil(span)) + 1)]
+    trace.update(z=z, colorscale="RdBu", zmid=0, zmin=-span, zmax=span,
+                 colorbar={"title": "efficiency", "tickvals": ticks, "ticktext": [f"{10.0**t:g}" for t in ticks]})
+    return fig
+
+
+def _family_rank(label: str) -> int:
+    """Position of a family (or a "family rho=..." label) in the order every plot uses."""
+    family = str(label).split(" ")[0]
+    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
 def kernels_report(run: RunData) -> list[Section]:
     frame = run.frame()
-    ok = frame[frame["status"] == "ok"].copy() if "status" in frame else frame
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     sections: list[Section] = []
     if not ok.empty:
-        ok["low"] = ok["median_s"] - ok["iqr_s"] / 2
-        ok["high"] = ok["median_s"] + ok["iqr_s"] / 2
-        ok["label"] = ok["family"] + " rho=" + ok["rho"].astype(str)
-        for (shape, rho), part in ok.groupby(["shape", "rho"], sort=False):
-            dense = ok[(ok["shape"] == shape) & (ok["family"] == "dense")]
-            part = pd.concat([part, dense]) if rho != 1.0 else part
-            figs = [
-                lines_by_family(part, "tokens", "median_s", band=("low", "high"), log_x=True, log_y=True,
-                                title=f"{shape} rho={rho}: forward latency (median, IQR band)", y_title="seconds"),
-                lines_by_family(part, "tokens", "efficiency", log_x=True, reference=1.0,
-                                title=f"{shape} rho={rho}: efficiency = speedup / ideal (1 = as fast as the MACs promise)"),
-                lines_by_family(part, "tokens", "speedup", log_x=True, reference=1.0,
-                                title=f"{shape} rho={rho}: speedup over dense (ideal for rho={rho}: about {1 / rho:.3g}x)"),
-            ]
-            sections.append(Section(f"{shape}, rho {rho}", figures=figs))
+        ok = _with_quartiles(ok)
+        sections.append(_summary(ok))
+        several_modes = ok["mode"].nunique() > 1
+        dense = ok[ok["family"] == "dense"]
+        structured = ok[ok["family"] != "dense"]
+        for (mode, shape, rho), part in (structured if not structured.empty else ok).groupby(["mode", "shape", "rho"], sort=False):
+            baseline = dense[(dense["shape"] == shape) & (dense["mode"] == mode)]
+            part = pd.concat([part, baseline]) if not structured.empty else part
+            label = f"{shape} rho={rho}" + (f" [{mode}]" if several_modes else "")
+            sections.append(Section(label, figures=_shape_figures(part, label)))
         sections.append(Section(
             "Roofline view",
-            "Arithmetic intensity (2 x MACs per byte of parameters, input and output) against achieved GFLOP/s; "
-            "points further up use the hardware better.",
+            "Arithmetic intensity (2 x MACs per byte of parameters, input and output) against achieved GFLOP/s, "
+            "one point per case (hover for the shape); points further up use the hardware better.",
             figures=[scatter_by_family(ok, "intensity", "gflops", text="shape", log_x=True, log_y=True,
                                        title="achieved GFLOP/s vs arithmetic intensity")],
         ))
-        sections.append(Section("All measured cases", tables=[ok[[c for c in SUMMARY if c in ok.columns]]]))
+        sections.append(Section("All measured cases", "Click a column header to sort.",
+                                tables=[ok[[c for c in SUMMARY if c in ok.columns]]]))
     bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
     if not bad.empty:
-        sections.append(Section("Skipped and failed cases", tables=[bad[["family", "shape", "rho", "tokens", "status", "reason"]]]))
+        sections.append(Section("Skipped and failed cases",
+                                tables=[bad[["family", "shape", "rho", "tokens", "mode", "status", "reason"]]]))
     return sections

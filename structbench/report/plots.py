@@ -31,7 +31,7 @@ def lines_by_family(
         color = family_color(str(family))
         if band is not None:
             fig.add_trace(go.Scatter(x=list(part[x]) + list(part[x])[::-1], y=list(part[band[1]]) + list(part[band[0]])[::-1],
-                                     fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0},
+                                     fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, mode="lines",
                                      hoverinfo="skip", showlegend=False, legendgroup=str(family)))
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(family),
                                  line={"color": color}, legendgroup=str(family)))

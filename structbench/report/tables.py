@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -18,6 +19,12 @@ def _cell(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return value
+
+
+def geomean(values: Iterable[float]) -> float:
+    """Geometric mean: the average of ratios (speedups, slowdowns) that treats x2 and x0.5 alike."""
+    logs = [math.log(v) for v in values]
+    return math.exp(sum(logs) / len(logs)) if logs else float("nan")
 
 
 def display_frame(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
@@ -38,11 +45,26 @@ def markdown(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = No
     return display_frame(frame, metrics).to_markdown(index=False)
 
 
+def split_constant(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Columns holding one value in every row, moved out of a table into a header line:
+    a markdown table is read by people, and repeating ``dtype float32`` forty times is noise."""
+    if len(frame) < 2:
+        return frame, {}
+    constant = {c: frame[c].iloc[0] for c in frame.columns if frame[c].astype(str).nunique() == 1}
+    return frame.drop(columns=list(constant)), constant
+
+
 def write_tables(run: RunData) -> None:
+    """``table.csv`` (every column, raw floats) and ``table.md`` (rounded, constant columns
+    in a header line)."""
     frame = run.frame()
     if frame.empty:
         return
-    frame.drop(columns=[c for c in HIDDEN if c in frame.columns]).to_csv(run.run_dir / "table.csv", index=False)
+    frame = frame.drop(columns=[c for c in HIDDEN if c in frame.columns])
+    frame.to_csv(run.run_dir / "table.csv", index=False)
+    varying, constant = split_constant(frame)
+    same = ", ".join(f"{k}={_cell(v)}" for k, v in constant.items() if not (isinstance(v, float) and math.isnan(v)) and v is not None)
     (run.run_dir / "table.md").write_text(
-        f"# {run.suite} run {run.run_dir.name}\n\n{markdown(frame, run.meta.get('metrics'))}\n"
+        f"# {run.suite} run {run.run_dir.name}\n\n" + (f"Same in every row: {same}\n\n" if same else "")
+        + f"{markdown(varying, run.meta.get('metrics'))}\n"
     )
