@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -24,7 +24,8 @@ from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes, peak_bytes
 from structbench.measure.timing import cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
-from structbench.registry import FAMILIES, build, get_family, list_families
+from structbench.registry import FAMILIES, build, get_family, hparams_for, list_families
+from structbench.structured import StructuredLinear
 from structbench.suite import Metric, RunContext, Suite
 
 CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
@@ -89,6 +90,25 @@ def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     return cases
 
 
+class CaseModules(NamedTuple):
+    family: StructuredLinear
+    dense: torch.nn.Linear  # the layer the family replaces
+    x: torch.Tensor  # (tokens, in_features)
+    hparams: dict[str, Any]
+
+
+def case_modules(case: dict[str, Any], device: str, dtype: str, seed: int) -> CaseModules:
+    """What one case times, built the same way here and in ``tests/benchmarks``. Raises
+    ``StructbenchError`` for a shape the family cannot take (a ``skipped`` row)."""
+    out_f, in_f = case["out_features"], case["in_features"]
+    fit = hparams_for(case["family"], out_f, in_f, case["rho"])
+    torch.manual_seed(seed)
+    to = {"device": device, "dtype": getattr(torch, dtype)}
+    module = build(case["family"], in_f, out_f, bias=True, **fit.hparams).to(**to).eval()
+    dense = torch.nn.Linear(in_f, out_f, bias=True).to(**to).eval()
+    return CaseModules(module, dense, torch.randn(case["tokens"], in_f, **to), fit.hparams)
+
+
 def _callables(mode: str, module: torch.nn.Module, dense: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The two callables to time, both module calls (the baseline is the ``nn.Linear`` a
     family replaces, Python call overhead included); ``compile`` compiles both."""
@@ -101,15 +121,9 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     device, mode = ctx.device, case["mode"]
     if mode in CUDA_ONLY and not device.startswith("cuda"):
         raise StructbenchError(f"mode {mode} needs --device cuda")
-    dtype = getattr(torch, ctx.dtype)
     out_f, in_f, tokens = case["out_features"], case["in_features"], case["tokens"]
-    cls = get_family(case["family"])
-    fit = cls.hparams_for(out_f, in_f, case["rho"])  # a shape the family cannot take -> skipped row
-    torch.manual_seed(ctx.seed)
-    module = build(case["family"], in_f, out_f, bias=True, **fit.hparams).to(device=device, dtype=dtype).eval()
-    x = torch.randn(tokens, in_f, device=device, dtype=dtype)
-    dense = torch.nn.Linear(in_f, out_f, bias=True).to(device=device, dtype=dtype).eval()
-    row: dict[str, Any] = {"hparams": fit.hparams, "rho_actual": module.rho, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
+    module, dense, x, hparams = case_modules(case, device, ctx.dtype, ctx.seed)
+    row: dict[str, Any] = {"hparams": hparams, "rho_actual": module.rho, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
 
     with torch.inference_mode(), (torch.cuda.device(device) if device.startswith("cuda") else nullcontext()):
         got = module(x)

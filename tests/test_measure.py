@@ -1,0 +1,104 @@
+"""The measuring primitives: statistics of timings, interleaving, peak memory, bytes, MACs."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from structbench.measure.flops import fvcore_macs
+from structbench.measure.memory import cpu_peak_bytes, module_bytes, peak_bytes
+from structbench.measure import timing
+from structbench.measure.timing import Timing, calls_per_block, interleaved
+from structbench.registry import build, hparams_for
+
+MB = 1 << 20
+
+
+def test_timing_statistics_on_known_samples() -> None:
+    t = Timing([8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0])
+    assert t.median == 4.5
+    # inclusive quartiles of 1..8 sit at positions 1 + 7/4 and 1 + 21/4
+    assert t.quartiles == (2.75, 6.25)
+    assert t.iqr == 3.5
+    assert t.runs == 8
+    assert Timing([3.0]).iqr == 0.0 and Timing([3.0]).quartiles == (3.0, 3.0)
+
+
+def test_interleaved_alternates_blocks_and_keeps_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    fns = {"a": lambda: None, "b": lambda: None}
+    names = {id(fn): name for name, fn in fns.items()}
+    blocks: list[tuple[str, int, int]] = []
+
+    def fake_block(fn, number, device="cpu"):
+        blocks.append((names[id(fn)], number, torch.get_num_threads()))
+        return {"a": 1.0, "b": 2.0}[names[id(fn)]]
+
+    monkeypatch.setattr(timing, "block_seconds", fake_block)
+    monkeypatch.setattr(timing, "calls_per_block", lambda fn, target, device="cpu": 7)
+    before = torch.get_num_threads()
+    times = interleaved(fns, threads=1, min_run_time=1.0, rounds=6, warmup=0)
+    assert [name for name, _, _ in blocks] == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert {number for _, number, _ in blocks} == {7} and {threads for _, _, threads in blocks} == {1}
+    assert torch.get_num_threads() == before
+    assert times["a"].samples == [1.0] * 6 and times["b"].samples == [2.0] * 6
+
+
+def test_interleaved_ratio_of_medians_tracks_work() -> None:
+    """A callable doing four times the sleeping is about four times slower (a ratio, not an
+    absolute time, so that a loaded machine cannot fail it)."""
+    times = interleaved({"short": lambda: time.sleep(0.002), "long": lambda: time.sleep(0.008)},
+                        threads=1, min_run_time=0.12, rounds=6, warmup=1)
+    ratio = times["long"].median / times["short"].median
+    assert 2.0 < ratio < 6.0
+
+
+def test_calls_per_block_reaches_target() -> None:
+    n = calls_per_block(lambda: time.sleep(0.001), target=0.02)
+    assert 4 <= n <= 25
+
+
+def test_cpu_peak_sees_a_large_allocation() -> None:
+    peak = cpu_peak_bytes(lambda: torch.ones(32 * MB // 4).sum())
+    assert peak is not None and 30 * MB <= peak <= 48 * MB
+
+
+def test_cpu_peak_sees_memory_the_allocator_already_holds() -> None:
+    """Warmed up, malloc serves the call from heap pages it kept; trimming them first makes
+    the call's pages count again (without it this reads ~0)."""
+    def fn() -> float:
+        return float(torch.full((MB,), 1.0).sum())  # 4 MiB
+
+    torch.full((4 * MB,), 1.0)  # freeing a 16 MiB mapping raises glibc's mmap threshold above 4 MiB
+    for _ in range(3):
+        fn()
+    assert cpu_peak_bytes(fn) >= 4 * MB
+    assert peak_bytes(fn, "cpu") >= 4 * MB
+
+
+def test_module_bytes_is_exact() -> None:
+    layer = torch.nn.Linear(30, 20).double()
+    assert module_bytes(layer) == (30 * 20 + 20) * 8
+    assert module_bytes(layer.float()) == (30 * 20 + 20) * 4
+
+
+@pytest.mark.parametrize("family", ["dense", "lowrank"])
+def test_fvcore_macs_wrapper_matches_analytic(family: str) -> None:
+    # every family's count is checked in test_families; this checks the wrapper the suite uses
+    layer = build(family, 96, 64, **hparams_for(family, 64, 96, 0.5).hparams).eval()
+    count = fvcore_macs(layer, torch.randn(5, 96))
+    assert count.total == layer.macs(5)
+    assert isinstance(count.unsupported_ops, dict)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_timers_and_peak() -> None:
+    from structbench.measure.memory import cuda_peak_bytes
+    from structbench.measure.timing import cuda_event_times, cuda_graph_times, l2_flush_buffer
+
+    a, b = torch.randn(512, 512, device="cuda"), torch.randn(2048, 2048, device="cuda")
+    fns = {"small": lambda: a @ a, "large": lambda: b @ b}
+    for times in (cuda_event_times(fns, iters=20), cuda_event_times(fns, iters=20, flush=l2_flush_buffer("cuda")),
+                  cuda_graph_times(fns, calls_per_graph=5, iters=10)):
+        assert times["large"].median > times["small"].median > 0
+    assert cuda_peak_bytes(lambda: b @ b, "cuda") >= 2048 * 2048 * 4
