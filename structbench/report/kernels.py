@@ -70,8 +70,10 @@ def _log_colors(fig: go.Figure) -> go.Figure:
     span = max(1.0, float(np.nanmax(np.abs(z)))) if np.isfinite(z).any() else 1.0
     ticks = [t for t in range(-int(np.ceil(span)), int(np.ceil(span)) + 1)]
     trace.update(z=z, colorscale="RdBu", zmid=0, zmin=-span, zmax=span,
+                 text=[["" if t == "nan" else t for t in row] for row in trace.text],
                  colorbar={"title": "efficiency", "tickvals": ticks, "ticktext": [f"{10.0**t:g}" for t in ticks]})
-    return fig
+    # room for the colour bar and the title even with a single row
+    return fig.update_layout(height=max(300, 150 + 36 * len(trace.y)), margin={"t": 60, "b": 50})
 
 
 def _family_rank(label: str) -> int:
@@ -100,7 +102,8 @@ def kernels_report(run: RunData) -> list[Section]:
             "Arithmetic intensity (2 x MACs per byte of parameters, input and output) against achieved GFLOP/s, "
             "one point per case (hover for the shape); points further up use the hardware better.",
             figures=[scatter_by_family(ok, "intensity", "gflops", text="shape", log_x=True, log_y=True,
-                                       title="achieved GFLOP/s vs arithmetic intensity")],
+                                       title="achieved GFLOP/s vs arithmetic intensity").update_layout(
+                xaxis_title="arithmetic intensity (FLOP per byte moved)", yaxis_title="achieved GFLOP/s")],
         ))
         sections.append(Section("All measured cases", "Click a column header to sort.",
                                 tables=[ok[[c for c in SUMMARY if c in ok.columns]]]))

@@ -1,0 +1,183 @@
+"""A generated report opened in Debian's headless Chromium: the plots render, tables sort,
+nothing is fetched from the network and the console stays clean.
+
+Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe``
+(JSON messages separated by NUL bytes on file descriptors 3 and 4), which needs only the
+standard library: no websocket client, no browser-driver package. Screenshots of both
+pages are saved next to the test's temporary results for a human to look at.
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="headless chromium not installed (scripts/setup.sh --test installs it)")]
+
+
+class DevTools:
+    """A headless Chromium and one page, spoken to over the DevTools pipe."""
+
+    def __init__(self, profile: Path, width: int = 1400, height: int = 1000) -> None:
+        to_browser, self._to_browser = os.pipe()
+        self._from_browser, from_browser = os.pipe()
+
+        def as_fds_3_and_4() -> None:
+            """Where --remote-debugging-pipe expects them in the child. Copy both above 10
+            first: the pipes may themselves be fds 3 or 4, and dup2 onto the same number
+            would neither move them nor make them survive exec."""
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
+             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=as_fds_3_and_4, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(to_browser)
+        os.close(from_browser)
+        self.events: list[dict[str, Any]] = []
+        self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._next_id = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.call(f"{domain}.enable", session=True)
+
+    def _read(self) -> None:
+        buffer = b""
+        while chunk := os.read(self._from_browser, 1 << 16):
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            for raw in messages:
+                message = json.loads(raw)
+                (self._replies.put if "id" in message else self.events.append)(message)
+
+    def call(self, method: str, session: bool = False, timeout: float = 30, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            if reply["id"] == self._next_id:
+                assert "error" not in reply, reply
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def open(self, url: str, ready: str, timeout: float = 60) -> None:
+        """Navigate and wait until the JavaScript expression ``ready`` is true."""
+        self.call("Page.navigate", session=True, url=url)
+        deadline = time.monotonic() + timeout
+        while not self.evaluate(f"document.readyState === 'complete' && ({ready})"):
+            assert time.monotonic() < deadline, f"{url} not ready: {ready}"
+            time.sleep(0.2)
+
+    def screenshot(self, path: Path) -> None:
+        size = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+        shot = self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 12000), "scale": 1})
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def console_errors(self) -> list[str]:
+        errors = []
+        for e in self.events:
+            p = e.get("params", {})
+            if e["method"] == "Runtime.exceptionThrown":
+                errors.append(json.dumps(p["exceptionDetails"])[:300])
+            elif e["method"] == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert", "warning"):
+                errors.append(f"console.{p['type']}: {json.dumps(p['args'])[:300]}")
+            elif e["method"] == "Log.entryAdded" and p["entry"]["level"] in ("error", "warning"):
+                errors.append(f"log: {p['entry']['text']}")
+        return errors
+
+    def requested_urls(self) -> list[str]:
+        return [e["params"]["request"]["url"] for e in self.events if e["method"] == "Network.requestWillBeSent"]
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except (queue.Empty, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._to_browser)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    tools = DevTools(tmp_path_factory.mktemp("chromium-profile"))
+    yield tools
+    tools.close()
+
+
+PLOTS_DRAWN = ("document.querySelectorAll('.plotly-graph-div').length > 0 && [...document.querySelectorAll('.plotly-graph-div')]"
+               ".every(d => d.querySelector('.main-svg') && d._fullLayout)")
+
+
+def test_run_report_renders_offline_without_errors(kernels_run: tuple[Path, Path], browser: DevTools) -> None:
+    out, run_dir = kernels_run
+    browser.events.clear()
+    browser.open((run_dir / "report.html").as_uri(), PLOTS_DRAWN)
+    plots = browser.evaluate("""[...document.querySelectorAll('.plotly-graph-div')].map(d => ({
+        title: d._fullLayout.title.text || '', traces: d.data.length, width: d.getBoundingClientRect().width,
+        drawn: d.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm, .hm image').length}))""")
+    # summary heatmap, 3 per (shape, rho) with a structured family (tiny, odd), roofline
+    assert len(plots) == 1 + 3 * 2 + 1
+    for plot in plots:
+        assert plot["traces"] > 0 and plot["drawn"] > 0, plot
+        assert plot["width"] > 300, plot  # laid out in its grid column, not collapsed
+    titles = " | ".join(p["title"] for p in plots)
+    assert "forward latency" in titles and "speedup" in titles and "efficiency" in titles and "GFLOP/s" in titles
+    browser.screenshot(out / "report.png")
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert browser.console_errors() == []
+    assert all(url.startswith(("file:", "data:", "about:")) for url in browser.requested_urls()), browser.requested_urls()
+    assert browser.evaluate("window.Plotly !== undefined && window.__errors.length === 0")
+
+
+def test_report_tables_sort_by_clicked_column(kernels_run: tuple[Path, Path], browser: DevTools) -> None:
+    browser.open((kernels_run[1] / "report.html").as_uri(), PLOTS_DRAWN)
+    sort = """(label => {
+        const table = [...document.querySelectorAll('table.data')].find(t => [...t.tHead.rows[0].cells].some(c => c.textContent === label));
+        const col = [...table.tHead.rows[0].cells].findIndex(c => c.textContent === label);
+        table.tHead.rows[0].cells[col].click();
+        return [...table.tBodies[0].rows].map(r => parseFloat(r.cells[col].textContent));
+    })('median_s ↓')"""
+    ascending = browser.evaluate(sort)
+    assert len(ascending) == 6 and ascending == sorted(ascending)
+    assert browser.evaluate(sort) == sorted(ascending, reverse=True)
+
+
+def test_index_lists_and_links_runs(kernels_run: tuple[Path, Path], browser: DevTools) -> None:
+    out, run_dir = kernels_run
+    browser.events.clear()
+    browser.open((out / "index.html").as_uri(), "document.querySelector('table.data') !== null")
+    links = browser.evaluate("[...document.querySelectorAll('table.data a')].map(a => a.href)")
+    assert links == [(run_dir / "report.html").as_uri()]
+    headers = browser.evaluate("[...document.querySelectorAll('table.data th')].map(th => th.textContent)")
+    assert {"run", "suite", "device", "date", "commit", "status"} <= set(headers)
+    browser.screenshot(out / "index.png")
+    assert browser.console_errors() == []
