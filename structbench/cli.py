@@ -15,6 +15,7 @@ import torch
 
 from structbench.config import load_config
 from structbench.errors import StructbenchError
+from structbench.overrides import apply_overrides
 from structbench.registry import get_family, list_families
 from structbench.results import RunWriter, list_runs, load_run
 from structbench.suite import SUITES, RunContext
@@ -39,6 +40,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", help="comma-separated families (default: the config's)")
     p.add_argument("--quick", action="store_true", help="the suite's small, fast configuration")
     p.add_argument("--config", type=Path, help="YAML config replacing the suite's default")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (dotted for nested keys, value in YAML); repeatable")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -93,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
             raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
         if args.threads < 1:
             raise StructbenchError(f"--threads must be >= 1, got {args.threads}")
-        config = suite.validate(load_config(args.config or suite.config_path))
+        config = suite.validate(apply_overrides(load_config(args.config or suite.config_path), args.set))
         if args.families:
             names = [f.strip() for f in args.families.split(",") if f.strip()]
             for name in names:
@@ -102,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
             if isinstance(config.get("quick"), dict) and "families" in config["quick"]:
                 config["quick"]["families"] = names
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
-               "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None}
+               "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
         writer = RunWriter.create(args.out, suite, config, cli, args.seed)
     torch.set_num_threads(cli["threads"])
     ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],

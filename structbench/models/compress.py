@@ -1,0 +1,195 @@
+"""Compress a Hugging Face causal LM with a structured family, fine-tune it, save and reload it.
+
+The user-facing API behind the ``llama-compress`` suite::
+
+    from structbench.models.compress import compress, finetune, save_compressed, load_compressed
+    records = compress(model, "blast", 0.5, layers=range(30), cache_file="blast-0.5.pt")
+    finetune(model, train_ids, steps=200)            # structured factors and norms only
+    save_compressed(model, "out/", tokenizer)
+    model = load_compressed("out/")                  # same modules, same outputs
+
+Projections (BLAST's PrecGD above all) take minutes per model, so ``compress`` can keep
+the projected factors in ``cache_file`` and rebuild from it without projecting again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from structbench.errors import StructbenchError
+from structbench.registry import get_family
+from structbench.structured import StructuredLinear
+from structbench.swap import SwapRecord, swap_linears
+
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The seven linear maps of a Llama decoder layer (attention q/k/v/o, MLP gate/up/down)."""
+
+STRUCTURE_FILE = "structbench.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def decoder_filter(layers: Iterable[int] | None, projections: Sequence[str] = LLAMA_PROJECTIONS) -> Callable[[str, nn.Module], bool]:
+    """Matches ``...layers.<i>.<self_attn|mlp>.<projection>`` for ``i`` in ``layers`` (all if None)."""
+    unknown = sorted(set(projections) - set(LLAMA_PROJECTIONS))
+    if unknown or not projections:
+        raise StructbenchError(f"projections {unknown or '[]'} not understood; accepted: {', '.join(LLAMA_PROJECTIONS)}")
+    pattern = re.compile(rf"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.({'|'.join(projections)})$")
+    wanted = None if layers is None else set(layers)
+
+    def match(name: str, layer: nn.Module) -> bool:
+        found = pattern.search(name)
+        return found is not None and (wanted is None or int(found.group(1)) in wanted)
+
+    return match
+
+
+def compress(
+    model: nn.Module,
+    family: str,
+    rho: float,
+    *,
+    layers: Iterable[int] | None = None,
+    projections: Sequence[str] = LLAMA_PROJECTIONS,
+    cache_file: str | Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    **projection_options: Any,
+) -> list[SwapRecord]:
+    """Replace the chosen decoder projections of ``model`` by ``family`` at ``rho``, in place.
+
+    Each weight is projected onto the family (``from_dense`` with ``projection_options``,
+    e.g. ``steps=`` for BLAST's PrecGD). With ``cache_file``, a finished compression is
+    saved there and a later call with the same file restores the factors instead of
+    projecting; the caller names the file after everything that changes the result.
+    """
+    include = decoder_filter(layers, projections)
+    cache = Path(cache_file) if cache_file is not None else None
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        swap_linears(model, family, rho, include=include, project=False, measure_error=False)
+        modules = dict(model.named_modules())
+        if set(saved["state"]) != set(_structured(model)):
+            raise StructbenchError(f"{cache} holds other layers than this model's {family} layers; delete it")
+        for name, state in saved["state"].items():
+            modules[name].load_state_dict(state)
+        return [SwapRecord(r["name"], tuple(r["shape"]), r["hparams"], r["rho"], r["rel_error"]) for r in saved["records"]]
+    records = swap_linears(model, family, rho, include=include, progress=progress, **projection_options)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        torch.save({"state": {name: m.state_dict() for name, m in _structured(model).items()},
+                    "records": [vars(r) for r in records]}, tmp)
+        tmp.replace(cache)  # atomic: an interrupted save never looks like a finished one
+    return records
+
+
+def _structured(model: nn.Module) -> dict[str, StructuredLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, StructuredLinear)}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the structured layers and of the normalisation layers, nothing else.
+
+    Embeddings, the LM head and the uncompressed layers stay at their pretrained values,
+    as in the BLAST paper's re-training of a compressed Llama.
+    """
+    params: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, StructuredLinear) or type(module).__name__.endswith(("RMSNorm", "LayerNorm")):
+            params.update({id(p): p for p in module.parameters(recurse=isinstance(module, StructuredLinear))})
+    return list(params.values())
+
+
+def finetune(
+    model: nn.Module,
+    token_ids: torch.Tensor,
+    steps: int,
+    *,
+    lr: float = 1e-4,
+    batch_size: int = 4,
+    seq_len: int = 256,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Next-token training of ``trainable_parameters`` on random windows of ``token_ids``.
+
+    AdamW with a linear decay to zero; returns the loss of every step. The model is
+    left in eval mode.
+    """
+    if len(token_ids) <= seq_len:
+        raise StructbenchError(f"finetune needs more than seq_len={seq_len} tokens, got {len(token_ids)}")
+    params = trainable_parameters(model)
+    if not params:
+        raise StructbenchError("finetune: the model has no structured layers to train")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    device = params[0].device
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 - t / steps)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    try:
+        for step in range(steps):
+            starts = torch.randint(0, len(token_ids) - seq_len, (batch_size,), generator=generator)
+            x = torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()]).to(device)
+            loss = model(input_ids=x, labels=x).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step + 1, losses[-1])
+    finally:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return losses
+
+
+def save_compressed(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+    """Write config, tokenizer, the structure of every structured layer and all weights.
+
+    ``save_pretrained`` cannot rebuild structured layers, so the structure goes to
+    ``structbench.json`` and the weights to one safetensors file (tied tensors once).
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    structure = {name: {"family": m.family, "in_features": m.in_features, "out_features": m.out_features,
+                        "bias": m.bias is not None, "hparams": m.hparams} for name, m in _structured(model).items()}
+    (folder / STRUCTURE_FILE).write_text(json.dumps({"format": 1, "layers": structure}, indent=1))
+    save_model(model, str(folder / WEIGHTS_FILE))
+    return folder
+
+
+def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model ``save_compressed`` wrote, in eval mode: dense skeleton, structured layers
+    rebuilt from ``structbench.json``, then every weight loaded strictly."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / STRUCTURE_FILE).is_file():
+        raise StructbenchError(f"{folder} is not a compressed model folder (no {STRUCTURE_FILE}); see save_compressed")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    layers = json.loads((folder / STRUCTURE_FILE).read_text())["layers"]
+    for name, spec in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        layer = get_family(spec["family"])(spec["in_features"], spec["out_features"], bias=spec["bias"], **spec["hparams"])
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    return model.to(dtype).eval()

@@ -1,0 +1,230 @@
+"""Evaluating a causal language model: perplexity, zero-shot multiple choice, size and speed.
+
+Works on any Hugging Face causal LM (``model(input_ids).logits``), dense or with
+structured layers swapped in. The scoring follows lm-evaluation-harness so numbers mean
+what readers expect:
+
+* perplexity: ``exp`` of the mean next-token negative log-likelihood over fixed windows
+  of ``window`` tokens taken every ``stride`` tokens; each window scores only the tokens
+  the previous window did not (all of them for the first), so with ``stride < window``
+  every scored token sees at least ``window - stride`` tokens of context.
+* multiple choice: the summed log-likelihood of each answer's tokens given the context,
+  where the answer's tokens are those of ``tokenize(context + answer)`` after the
+  context's (lm-eval's split, which keeps the tokenizer's merges across the boundary).
+  ``acc`` takes the argmax of the sum, ``acc_norm`` of the sum divided by the answer's
+  length in characters.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench.measure.flops import fvcore_macs
+from structbench.measure.memory import module_bytes
+from structbench.models.tasks import MultipleChoice
+
+
+# ---- perplexity ----------------------------------------------------------------------
+def text_token_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int) -> torch.Tensor:
+    """Articles tokenised and joined by the EOS token, cut at ``max_tokens``.
+
+    Joining whole articles in a fixed order (not sampling spans) makes the evaluation
+    text identical for every model scored.
+    """
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(eos)
+        if len(ids) >= max_tokens:
+            break
+    return torch.tensor(ids[:max_tokens], dtype=torch.long)
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Starts of the full windows over ``n_tokens`` tokens (a short tail is dropped)."""
+    if window < 2 or not 0 < stride <= window:
+        raise ValueError(f"need window >= 2 and 0 < stride <= window, got window={window}, stride={stride}")
+    return list(range(0, n_tokens - window + 1, stride))
+
+
+@dataclass
+class Perplexity:
+    perplexity: float
+    nll: float  # mean negative log-likelihood per scored token (nats)
+    tokens: int  # scored tokens
+    windows: int
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int, batch_size: int = 2,
+               progress: Callable[[int, int], None] | None = None) -> Perplexity:
+    """Perplexity of ``model`` on the token sequence ``ids`` (see the module docstring)."""
+    starts = window_starts(len(ids), window, stride)
+    if not starts:
+        raise ValueError(f"{len(ids)} tokens do not fill one window of {window}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for b in range(0, len(starts), batch_size):
+        chunk = starts[b:b + batch_size]
+        x = torch.stack([ids[s:s + window] for s in chunk]).to(device)
+        logits = model(x).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # (B, window - 1)
+        for row, start in zip(nll, chunk):
+            # later windows score the tokens the previous one did not (a token at the
+            # window's first position has no context there and is never scored)
+            scored = row if start == 0 else row[max(0, window - 1 - stride):]
+            total += float(scored.sum())
+            count += scored.numel()
+        if progress is not None:
+            progress(min(b + batch_size, len(starts)), len(starts))
+    mean = total / count
+    return Perplexity(float(torch.tensor(mean).exp()), mean, count, len(starts))
+
+
+# ---- multiple choice -----------------------------------------------------------------
+def continuation_ids(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: the continuation is what ``tokenize(context + continuation)`` adds."""
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    return whole[:n_context], whole[n_context:]
+
+
+@torch.no_grad()
+def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 16,
+                   max_length: int = 1024) -> list[float]:
+    """Summed log-probability of each ``continuation`` given its ``context``.
+
+    Requests are batched longest first with right padding; a sequence longer than
+    ``max_length`` keeps its right end (the continuation is never cut).
+    """
+    device = next(model.parameters()).device
+    encoded = []
+    for context, continuation in requests:
+        ctx, cont = continuation_ids(tokenizer, context, continuation)
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} adds no tokens to its context")
+        encoded.append(((ctx + cont)[-(max_length + 1):], len(cont)))
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [0.0] * len(encoded)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        inputs = [encoded[i][0][:-1] for i in idx]
+        width = max(len(seq) for seq in inputs)
+        x = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, seq in enumerate(inputs):
+            x[r, :len(seq)] = torch.tensor(seq)
+            mask[r, :len(seq)] = 1
+        logp = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+        for r, i in enumerate(idx):
+            seq, n_cont = encoded[i]
+            targets = torch.tensor(seq[-n_cont:], device=device)
+            positions = torch.arange(len(seq) - 1 - n_cont, len(seq) - 1, device=device)
+            out[i] = float(logp[r, positions, targets].sum())
+    return out
+
+
+@dataclass
+class ChoiceScores:
+    acc: float
+    acc_norm: float
+    items: int
+
+
+def multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MultipleChoice], batch_size: int = 16) -> ChoiceScores:
+    """``acc`` and ``acc_norm`` over ``items`` (see the module docstring)."""
+    requests = [(item.context, choice) for item in items for choice in item.choices]
+    scores = iter(loglikelihoods(model, tokenizer, requests, batch_size))
+    hits = hits_norm = 0
+    for item in items:
+        ll = [next(scores) for _ in item.choices]
+        norm = [s / len(c) for s, c in zip(ll, item.choices)]
+        hits += max(range(len(ll)), key=ll.__getitem__) == item.gold
+        hits_norm += max(range(len(norm)), key=norm.__getitem__) == item.gold
+    return ChoiceScores(hits / len(items), hits_norm / len(items), len(items))
+
+
+# ---- size and speed ------------------------------------------------------------------
+def model_size(model: nn.Module) -> dict[str, int]:
+    """Parameters and bytes, tied tensors counted once (``parameters()`` deduplicates)."""
+    return {"params": sum(p.numel() for p in model.parameters()), "bytes": module_bytes(model)}
+
+
+class _Logits(nn.Module):
+    """``model(ids).logits`` as a plain tensor output, which fvcore's tracer needs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits
+
+
+def use_eager_attention(model: nn.Module) -> None:
+    """Attention as explicit matmuls, so fvcore counts it (SDPA is one op it does not see)."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:  # older transformers
+        model.config._attn_implementation = "eager"
+
+
+@torch.no_grad()
+def macs_per_token(model: nn.Module, tokens: int, vocab_size: int) -> tuple[float, dict[str, int]]:
+    """fvcore MACs of one forward over ``tokens`` tokens, divided by ``tokens``.
+
+    Includes attention (the model must use eager attention) and the LM head; the
+    per-token figure therefore grows slowly with ``tokens`` through attention.
+    """
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
+    count = fvcore_macs(_Logits(model).eval(), ids)
+    return count.total / tokens, count.unsupported_ops
+
+
+@dataclass
+class Throughput:
+    prefill_tokens_per_s: float
+    generate_tokens_per_s: float
+    repeats: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def throughput(model: nn.Module, vocab_size: int, prompt: int, generate: int, repeats: int) -> Throughput:
+    """Median prefill and greedy-decode speed with the KV cache, batch 1.
+
+    Prefill: one forward over a ``prompt``-token prompt. Generation: ``generate`` single
+    -token steps after it, each feeding the argmax back with the cache (what
+    ``generate(do_sample=False)`` does, without its bookkeeping in the timing).
+    """
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    prefill, decode = [], []
+    for _ in range(repeats + 1):  # the first round warms up allocators and is dropped
+        start = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        _sync(device)
+        mid = time.perf_counter()
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(generate):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        _sync(device)
+        end = time.perf_counter()
+        prefill.append(prompt / (mid - start))
+        decode.append(generate / (end - mid))
+    return Throughput(statistics.median(prefill[1:]), statistics.median(decode[1:]), repeats)

@@ -1,0 +1,98 @@
+"""Report of the llama-compress suite, from stored rows only.
+
+The paper-shaped table (family, CR, re-trained?, perplexity, accuracy per task and their
+average), perplexity and accuracy against CR per family with the dense model as the
+reference line, and size and speed (parameters, bytes, MACs per token, throughput).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from structbench.report.html import Section
+from structbench.report.plots import FAMILY_ORDER, lines_by_family, scatter_by_family
+from structbench.results import RunData
+
+SPEED = ["family", "cr", "retrained", "params", "bytes", "linear_params", "macs_per_token", "prefill_tokens_per_s",
+         "generate_tokens_per_s", "rel_error_mean", "projection_seconds", "retrain_seconds", "case_seconds", "hparams"]
+
+
+def task_labels(frame: pd.DataFrame) -> list[str]:
+    """Tasks present in the rows, in column order (``acc_<label>`` beside ``chance_<label>``)."""
+    return [c.removeprefix("chance_") for c in frame.columns if c.startswith("chance_")]
+
+
+def _ordered(ok: pd.DataFrame) -> pd.DataFrame:
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return ok.assign(_f=ok["family"].map(lambda f: rank.get(f, len(rank))), _r=-ok["rho"]).sort_values(
+        ["_f", "_r", "retrained"]).drop(columns=["_f", "_r"])
+
+
+def paper_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """One line per model in the shape of the BLAST paper's Llama table.
+
+    CR is the nominal compression of the targeted projections (1 - rho, in %); the
+    achieved one is ``cr`` in the size table. Accuracies are ``acc`` (unnormalised
+    summed log-likelihood), with the length-normalised ``acc_norm`` average beside.
+    """
+    tasks = task_labels(ok)
+    out = pd.DataFrame({
+        "family": ok["family"],
+        "CR %": ((1 - ok["rho"]) * 100).round(0).astype(int),
+        "re-trained": ok["retrained"].map({True: "yes", False: "no"}),
+        "perplexity": ok["perplexity"],
+        **{task: ok[f"acc_{task}"] for task in tasks},
+        "average": ok["acc_avg"],
+        "average acc_norm": ok["acc_norm_avg"],
+    })
+    return out.reset_index(drop=True)
+
+
+def _notes(run: RunData, ok: pd.DataFrame) -> str:
+    config = run.meta.get("config", {})
+    quick = run.meta.get("cli", {}).get("quick")
+    first = ok.iloc[0]
+    chance = ", ".join(f"{t} {first[f'chance_{t}']:.3f} ({int(first[f'items_{t}'])} items)" for t in task_labels(ok))
+    return (f"Model {config.get('model')}{' (--quick)' if quick else ''}: the linear projections "
+            f"{', '.join(config.get('projections', []))} of decoder layers {config.get('layers')} replaced by each family at "
+            f"rho = kept fraction of each matrix's parameters (CR = 1 - rho), projected from the pretrained weights. "
+            f"Perplexity on {int(first['ppl_tokens'])} tokens of held-out Wikipedia lead sections "
+            f"({int(first['ppl_windows'])} windows). Zero-shot accuracy: summed log-likelihood of each answer given "
+            f"the question (lm-evaluation-harness scoring); chance: {chance}. SmolLM2's weights come from a 4-bit "
+            f"GGUF expanded to fp32, not the original bf16 checkpoint.")
+
+
+def llama_compress_report(run: RunData) -> list[Section]:
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    sections: list[Section] = []
+    if not ok.empty and "perplexity" in ok:
+        ok = _ordered(ok.copy())
+        ok["cr"] = ok["cr"].astype(float)
+        sections.append(Section("Compressed Llama: perplexity and zero-shot accuracy", _notes(run, ok),
+                                tables=[paper_table(ok)]))
+        dense = ok[ok["family"] == "dense"]
+        for retrained, part in ok[ok["family"] != "dense"].groupby("retrained"):
+            part = pd.concat([dense, part])
+            suffix = " (re-trained)" if retrained else ""
+            reference = lambda col: float(dense[col].iloc[0]) if not dense.empty else None  # noqa: E731
+            sections.append(Section(
+                f"Quality against compression{suffix}",
+                "x: achieved compression of the targeted projections (dense at 0); dotted: the dense model.",
+                figures=[lines_by_family(part, "cr", "perplexity", title=f"perplexity vs CR{suffix}", log_y=True,
+                                         reference=reference("perplexity")),
+                         lines_by_family(part, "cr", "acc_avg", title=f"average zero-shot acc vs CR{suffix}",
+                                         reference=reference("acc_avg"))]))
+        sections.append(Section(
+            "Size and speed",
+            "MACs per token: fvcore over one forward of the whole model (eager attention, LM head included) divided "
+            "by the tokens. Throughput: batch 1, medians; prefill = prompt tokens per second of one forward, "
+            "generate = greedy decode steps per second with the KV cache.",
+            figures=[scatter_by_family(ok, "macs_per_token", "generate_tokens_per_s", text="cr",
+                                       title="greedy decode tokens/s vs MACs per token"),
+                     scatter_by_family(ok, "params", "perplexity", text="cr", log_y=True, pareto=True,
+                                       higher_is_better=False, title="perplexity vs parameters")],
+            tables=[ok[[c for c in SPEED if c in ok.columns]]]))
+    bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
+    if not bad.empty:
+        sections.append(Section("Skipped and failed cases", tables=[bad[["family", "rho", "retrained", "status", "reason"]]]))
+    return sections

@@ -1,0 +1,302 @@
+"""Suite ``llama-compress``: the BLAST paper's Llama experiment on a Llama that runs here.
+
+The linear projections of every decoder layer (q/k/v/o, gate/up/down) of a pretrained
+causal LM (SmolLM2-135M-Instruct by default, or any Hugging Face folder) are replaced by
+each family at a kept fraction ``rho`` of their parameters (0.8 and 0.5: the paper's
+20% and 50% compression), projecting the pretrained weights (BLAST by PrecGD). Each
+model, and the dense one, is evaluated on:
+
+* perplexity on held-out Wikipedia text (the ``test`` split of ``structbench.models.wikitext``),
+* zero-shot multiple-choice accuracy on BIG-bench tasks, scored as lm-evaluation-harness does,
+* size, fvcore MACs per token (whole model, eager attention counted) and prefill /
+  greedy-generation throughput.
+
+One case is one ``(family, rho, retrained)`` model, so ``--resume`` loses at most one
+model; projected factors are cached under ``<cache>/llama-compress/`` so a re-run (or the
+re-trained case after the plain one) skips the projection. Re-trained cases fine-tune
+only the structured factors and the norms on the ``train`` split, disjoint from the
+evaluation text by construction.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from structbench.config import check_keys, deep_merge, number_list
+from structbench.errors import StructbenchError
+from structbench.models import weights as model_weights
+from structbench.models.tasks import TASKS
+from structbench.registry import get_family, list_families
+from structbench.suite import Metric, RunContext, Suite
+
+CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
+_SECTIONS = {
+    "retrain": {"lr", "batch_size", "seq_len", "tokens"},
+    "perplexity": {"window", "stride", "windows", "batch_size"},
+    "tasks": {"names", "items", "batch_size"},
+    "speed": {"macs_tokens", "prompt", "generate", "repeats"},
+}
+_TOP_KEYS = {"model", "families", "rhos", "layers", "projections", "projection", "retrain_steps", "quick", *_SECTIONS}
+
+
+# ---- config ------------------------------------------------------------------------
+def _positive_int(where: str, value: Any) -> int:
+    return number_list(where, [value], integer=True)[0]
+
+
+def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
+    from structbench.models.compress import LLAMA_PROJECTIONS
+
+    check_keys(where, config, _TOP_KEYS - {"quick"})
+    model = config.get("model")
+    if model not in model_weights.MODELS and not (isinstance(model, str) and Path(model).is_dir()):
+        raise StructbenchError(f"{where}.model {model!r}: give {model_weights.SMOLLM2} or a folder holding a "
+                               "Hugging Face causal LM (config.json, weights, tokenizer)")
+    families = config.get("families")
+    if families == "all":
+        families = [f for f in list_families() if get_family(f).compressible]
+    if not isinstance(families, list) or not families:
+        raise StructbenchError(f"{where}.families must be 'all' or a non-empty list of family names")
+    for family in families:
+        get_family(family)  # unknown names raise with a did-you-mean
+    rhos = [float(r) for r in number_list(f"{where}.rhos", config.get("rhos"), high=1.0)]
+    layers = config.get("layers")
+    if layers != "all" and not (isinstance(layers, list) and layers and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
+        raise StructbenchError(f"{where}.layers must be 'all' or a non-empty list of layer indices >= 0, got {layers!r}")
+    projections = config.get("projections")
+    if not isinstance(projections, list) or not projections or not set(projections) <= set(LLAMA_PROJECTIONS):
+        raise StructbenchError(f"{where}.projections must be a non-empty subset of {list(LLAMA_PROJECTIONS)}, got {projections!r}")
+    projection = config.get("projection") or {}
+    if not isinstance(projection, dict) or not all(isinstance(o, dict) for o in projection.values()):
+        raise StructbenchError(f"{where}.projection must map family -> mapping of from_dense options")
+    for family in projection:
+        get_family(family)
+    steps = config.get("retrain_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise StructbenchError(f"{where}.retrain_steps must be an integer >= 0, got {steps!r}")
+    for section, keys in _SECTIONS.items():
+        values = config.get(section)
+        if not isinstance(values, dict):
+            raise StructbenchError(f"{where}.{section} must be a mapping with keys {sorted(keys)}")
+        check_keys(f"{where}.{section}", values, keys)
+        missing = sorted(keys - set(values))
+        if missing:
+            raise StructbenchError(f"{where}.{section} lacks {missing}")
+        for key, value in values.items():
+            if key == "lr":
+                number_list(f"{where}.{section}.lr", [value])
+            elif key != "names":
+                _positive_int(f"{where}.{section}.{key}", value)
+    names = config["tasks"]["names"]
+    if not isinstance(names, list) or not names or not set(names) <= set(TASKS):
+        raise StructbenchError(f"{where}.tasks.names must be a non-empty list from {list(TASKS)}, got {names!r}")
+    ppl = config["perplexity"]
+    if ppl["stride"] > ppl["window"]:
+        raise StructbenchError(f"{where}.perplexity.stride ({ppl['stride']}) must be <= window ({ppl['window']})")
+    return {**config, "families": families, "rhos": rhos}
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Check the normal and the ``--quick`` config (the quick one is the base with overrides)."""
+    if not isinstance(config, dict):
+        raise StructbenchError("llama-compress config must be a mapping")
+    quick = config.get("quick") or {}
+    if not isinstance(quick, dict):
+        raise StructbenchError("llama-compress config: quick must be a mapping of overrides")
+    base = {k: v for k, v in config.items() if k != "quick"}
+    resolved = _check(base, "llama-compress")
+    _check(deep_merge(base, quick), "llama-compress.quick")
+    return {**resolved, "quick": quick}
+
+
+def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The config a run uses: with ``quick``, the base config with the quick overrides."""
+    base = {k: v for k, v in config.items() if k != "quick"}
+    return _check(deep_merge(base, config.get("quick") or {}), "llama-compress.quick") if quick else base
+
+
+# ---- cases -------------------------------------------------------------------------
+def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    """The dense model first (the reference every row is read against), then per family
+    and rho the plain compressed model and, with ``retrain_steps``, its re-trained twin."""
+    cfg = effective(config, quick)
+    cases = [{"family": "dense", "rho": 1.0, "retrained": False}]
+    for family in cfg["families"]:
+        if not get_family(family).compressible:
+            continue
+        for rho in cfg["rhos"]:
+            cases.append({"family": family, "rho": rho, "retrained": False})
+            if cfg["retrain_steps"]:
+                cases.append({"family": family, "rho": rho, "retrained": True})
+    return cases
+
+
+# ---- measuring ---------------------------------------------------------------------
+def load_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: SmolLM2 from its safetensors cache, or a Hugging Face folder."""
+    if name == model_weights.SMOLLM2:
+        model, tokenizer = model_weights.load_smollm2(dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
+    from structbench.models.lm_eval import text_token_ids
+    from structbench.models.wikitext import wiki_articles
+
+    return text_token_ids(load_model(model, torch.float32)[1], wiki_articles(split), tokens)
+
+
+def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
+    """One file per everything that changes the projected factors."""
+    key = {"model": str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).is_dir() else cfg["model"],
+           "family": case["family"], "rho": case["rho"], "layers": cfg["layers"], "projections": cfg["projections"],
+           "options": (cfg.get("projection") or {}).get(case["family"], {}), "dtype": ctx.dtype, "format": 1}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{digest}.pt"
+
+
+def _linear_params(model: Any, cfg: dict[str, Any]) -> int:
+    """Weight parameters of the targeted projections (compressed or not), bias excluded."""
+    from structbench.models.compress import decoder_filter
+    from structbench.structured import StructuredLinear
+
+    layers = None if cfg["layers"] == "all" else cfg["layers"]
+    match = decoder_filter(layers, cfg["projections"])
+    total = 0
+    for name, module in model.named_modules():
+        if match(name, module):
+            total += module.macs_per_token() if isinstance(module, StructuredLinear) else module.weight.numel()
+    return total
+
+
+def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
+    from structbench.models import lm_eval
+    from structbench.models.compress import compress, finetune
+    from structbench.models.tasks import chance_accuracy, ensure_tasks, load_task
+
+    cfg = effective(ctx.config, ctx.quick)
+    dtype = getattr(torch, ctx.dtype)
+    torch.manual_seed(ctx.seed)
+    if cfg["model"] == model_weights.SMOLLM2:
+        model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
+    ensure_tasks(cfg["tasks"]["names"], cache=ctx.cache_dir, log=ctx.log)
+    model, tokenizer = load_model(cfg["model"], torch.float32)
+    lm_eval.use_eager_attention(model)
+    dense_linear = _linear_params(model, cfg)
+    row: dict[str, Any] = {"model": cfg["model"]}
+
+    if case["family"] != "dense":
+        layers = None if cfg["layers"] == "all" else cfg["layers"]
+        options = dict((cfg.get("projection") or {}).get(case["family"], {}))
+        cache_file = _cache_file(cfg, case, ctx)
+        cached = cache_file.is_file()
+        start = time.perf_counter()
+        records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
+                           cache_file=cache_file, progress=lambda name, k, n: ctx.log(f"  projecting {name} ({k + 1}/{n})")
+                           if k % 7 == 0 else None, **options)
+        errors = [r.rel_error for r in records if r.rel_error is not None]
+        row.update({"projection_seconds": None if cached else time.perf_counter() - start,
+                    "projection_cached": cached, "layers_swapped": len(records),
+                    "rel_error_mean": statistics.fmean(errors) if errors else None,
+                    "hparams": json.dumps(sorted({json.dumps(r.hparams, sort_keys=True) for r in records}))})
+    model = model.to(device=ctx.device, dtype=dtype)
+
+    if case["retrained"]:
+        train = cfg["retrain"]
+        start = time.perf_counter()
+        losses = finetune(model, _token_ids(cfg["model"], "train", train["tokens"]), cfg["retrain_steps"],
+                          lr=train["lr"], batch_size=train["batch_size"], seq_len=train["seq_len"], seed=ctx.seed,
+                          progress=lambda step, loss: ctx.log(f"  retrain step {step}: loss {loss:.3f}") if step % 50 == 0 else None)
+        row.update({"retrain_seconds": time.perf_counter() - start, "retrain_loss_first": losses[0],
+                    "retrain_loss_last": statistics.fmean(losses[-10:])})
+
+    ppl_cfg = cfg["perplexity"]
+    n_tokens = ppl_cfg["window"] + (ppl_cfg["windows"] - 1) * ppl_cfg["stride"]
+    start = time.perf_counter()
+    ppl = lm_eval.perplexity(model, _token_ids(cfg["model"], "test", n_tokens), ppl_cfg["window"], ppl_cfg["stride"],
+                             ppl_cfg["batch_size"])
+    row.update({"perplexity": ppl.perplexity, "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows,
+                "ppl_seconds": time.perf_counter() - start})
+
+    start = time.perf_counter()
+    accs, norms = [], []
+    for name in cfg["tasks"]["names"]:
+        items = load_task(name, cfg["tasks"]["items"], cache=ctx.cache_dir, seed=0)
+        scores = lm_eval.multiple_choice(model, tokenizer, items, cfg["tasks"]["batch_size"])
+        label = task_label(name)
+        row.update({f"acc_{label}": scores.acc, f"acc_norm_{label}": scores.acc_norm,
+                    f"chance_{label}": chance_accuracy(items), f"items_{label}": scores.items})
+        accs.append(scores.acc)
+        norms.append(scores.acc_norm)
+    row.update({"acc_avg": statistics.fmean(accs), "acc_norm_avg": statistics.fmean(norms),
+                "tasks_seconds": time.perf_counter() - start})
+
+    speed = cfg["speed"]
+    vocab = model.config.vocab_size
+    macs, unsupported = lm_eval.macs_per_token(model, speed["macs_tokens"], vocab)
+    fast = lm_eval.throughput(model, vocab, speed["prompt"], speed["generate"], speed["repeats"])
+    linear = _linear_params(model, cfg)
+    row.update({**lm_eval.model_size(model), "linear_params": linear, "rho_actual": linear / dense_linear,
+                "cr": 1 - linear / dense_linear, "macs_per_token": macs, "unsupported_ops": unsupported,
+                "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s})
+    return [row]
+
+
+def task_label(name: str) -> str:
+    """Column-friendly task name: the last part of a BIG-bench path."""
+    return name.rsplit("/", 1)[-1]
+
+
+def _report(run: Any) -> list[Any]:
+    """Deferred import: running the suite never needs the report's plotting stack."""
+    from structbench.report.llama_compress import llama_compress_report
+
+    return llama_compress_report(run)
+
+
+_TASK_METRICS = {
+    f"{kind}_{task_label(name)}": Metric("", higher_is_better=True, description=f"{kind} on {name}: {spec.note}")
+    for name, spec in TASKS.items() for kind in ("acc", "acc_norm")
+}
+
+SUITE = Suite(
+    name="llama-compress",
+    version="1",
+    description="Compress a pretrained Llama (SmolLM2-135M) with each family at CR 20%/50%: perplexity, "
+    "zero-shot accuracy, size, MACs and throughput, optionally re-trained",
+    config_path=CONFIG_PATH,
+    validate=validate,
+    expand=expand,
+    run_case=run_case,
+    report=_report,
+    metrics={
+        "perplexity": Metric("", higher_is_better=False, description="exp(mean next-token NLL) on held-out Wikipedia"),
+        "acc_avg": Metric("", higher_is_better=True, description="mean acc over the tasks"),
+        "acc_norm_avg": Metric("", higher_is_better=True, description="mean length-normalised acc over the tasks"),
+        **_TASK_METRICS,
+        "rho_actual": Metric("", higher_is_better=None, description="kept fraction of the targeted projections' weights"),
+        "cr": Metric("", higher_is_better=None, description="compression ratio of the targeted projections: 1 - rho_actual"),
+        "params": Metric("", higher_is_better=False, description="all parameters of the model (tied once)"),
+        "bytes": Metric("B", higher_is_better=False, description="parameter bytes"),
+        "macs_per_token": Metric("", higher_is_better=False, description="fvcore MACs of a forward / tokens, attention and LM head included"),
+        "prefill_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median prompt tokens per second, batch 1"),
+        "generate_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median greedy decode tokens per second with KV cache, batch 1"),
+        "rel_error_mean": Metric("", higher_is_better=False, description="mean relative Frobenius error of the projected matrices"),
+    },
+)

