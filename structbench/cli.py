@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _reopen(args: argparse.Namespace) -> RunWriter:
     """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
-    given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick)) if value]
+    given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
+                                      ("--set", args.set)) if value]
     if given:
         raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
     if args.resume == "latest":

@@ -34,6 +34,7 @@ MODES = ("eager", "cuda-graph", "cold-l2", "compile")
 CUDA_ONLY = ("cuda-graph", "cold-l2")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 NOISY = 0.1  # IQR / median above this flags a row as noisy (MEASURING.md)
+MACS_TOLERANCE = 0.01  # fvcore's count may differ this much (relative) from the analytic macs()
 ROUNDS = 10  # timed blocks per candidate: the rank test in ``compare`` needs at least 6
 
 
@@ -149,6 +150,10 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
     macs = module.macs(tokens)
     counted = fvcore_macs(module, x)
+    macs_agree = abs(counted.total - macs) <= MACS_TOLERANCE * macs
+    if not macs_agree:
+        ctx.log(f"{case['family']} {case['shape']}: fvcore counts {counted.total} MACs, analytic {macs} "
+                f"(unsupported ops: {counted.unsupported_ops})")
     dense_macs = tokens * out_f * in_f
     pbytes = module_bytes(module)
     io_bytes = (x.numel() + tokens * out_f) * x.element_size()
@@ -158,7 +163,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         median_s=fam_t.median, iqr_s=fam_t.iqr, runs=fam_t.runs, samples_s=fam_t.samples,
         dense_median_s=dense_t.median, dense_iqr_s=dense_t.iqr, dense_samples_s=dense_t.samples,
         speedup=speedup, ideal_speedup=ideal, efficiency=speedup / ideal,
-        macs=macs, macs_fvcore=counted.total, macs_ratio=counted.total / macs if macs else None,
+        macs=macs, macs_fvcore=counted.total, macs_ratio=counted.total / macs if macs else None, macs_agree=macs_agree,
         unsupported_ops=counted.unsupported_ops, dense_macs=dense_macs,
         gflops=2 * macs / fam_t.median / 1e9, dense_gflops=2 * dense_macs / dense_t.median / 1e9,
         intensity=2 * macs / (pbytes + io_bytes), param_bytes=pbytes, params=module.num_params(),

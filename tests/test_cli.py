@@ -70,6 +70,8 @@ def test_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (["--suite", "kernels", "--threads", "0"], "--threads must be >= 1"),
     (["--suite", "kernels", "--device", "tpu"], "accepted: cpu, cuda"),
     (["--suite", "kernels", "--resume", "--quick"], "drop --quick"),
+    (["--suite", "kernels", "--set", "rhos"], "expected key=value"),
+    (["--suite", "kernels", "--set", "tokenz=[4]"], "unknown key(s) ['tokenz']"),
     (["--suite", "kernels", "--resume"], "no unfinished kernels run"),
     (["--resume", "NOWHERE"], "not a structbench run folder"),
     (["--quick"], "give --suite NAME"),
@@ -172,3 +174,27 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     assert "status" not in row and row["runs"] == 6 and row["speedup"] > 0
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # the family and nn.Linear were compiled
     assert time.perf_counter() - start < 120
+
+
+def test_runner_shows_progress_and_records_a_crashing_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """k of K with an ETA on stderr; a case that raises is an 'error' row and the run goes on."""
+    from structbench.results import RunWriter
+    from structbench.runner import run_suite
+    from structbench.suite import Suite
+
+    def run_case(case: dict, ctx: RunContext) -> list[dict]:
+        if case["i"] == 1:
+            raise RuntimeError("kernel exploded")
+        return [{"value": case["i"]}]
+
+    suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=dict,
+                  expand=lambda config, quick: [{"i": i} for i in range(3)], run_case=run_case)
+    writer = RunWriter.create(tmp_path, suite, {}, {"device": "cpu", "threads": 1}, 0)
+    ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=False, run_dir=writer.run_dir,
+                     cache_dir=tmp_path, config={})
+    run_suite(suite, writer, ctx)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "<" in err  # tqdm's [elapsed<remaining]
+    run = load_run(writer.run_dir)
+    assert [r["status"] for r in run.rows] == ["ok", "error", "ok"] and run.meta["status"] == "complete"
+    assert run.rows[1]["reason"] == "RuntimeError: kernel exploded"

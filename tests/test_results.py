@@ -19,7 +19,7 @@ def test_run_json_holds_the_schema(kernels_run: tuple[Path, Path]) -> None:
     assert meta["suite"]["name"] == "kernels" and meta["suite"]["version"]
     assert meta["config"]["shapes"] == {"tiny": [64, 64], "odd": [67, 61]}  # the resolved config
     assert meta["cli"] == {"device": "cpu", "dtype": "float32", "threads": 1, "quick": False, "seed": 0,
-                           "families": None, "config": meta["cli"]["config"]}
+                           "families": None, "config": meta["cli"]["config"], "set": []}
     assert len(meta["git"]["commit"]) == 40 and isinstance(meta["git"]["dirty"], bool)
     env = meta["env"]
     assert env["torch"] and env["python"] and env["device"] == "cpu" and env["threads"] == 1 and env["device_name"]
@@ -40,7 +40,7 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
         assert math.isclose(r["ideal_speedup"], r["dense_macs"] / r["macs"])
         assert math.isclose(r["efficiency"], r["speedup"] / r["ideal_speedup"])
         assert math.isclose(r["gflops"], 2 * r["macs"] / r["median_s"] / 1e9)
-        assert r["macs"] == r["macs_fvcore"] and r["dense_macs"] == r["tokens"] * r["out_features"] * r["in_features"]
+        assert r["macs"] == r["macs_fvcore"] and r["macs_agree"] is True and r["dense_macs"] == r["tokens"] * r["out_features"] * r["in_features"]
         assert r["param_bytes"] == 4 * r["params"] and r["peak_mem_bytes"] is not None
         assert 0 < r["rho_actual"] <= 0.5 and r["case_seconds"] > 0 and isinstance(r["noisy"], bool)
 
