@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from structbench.cli import main
+from structbench.report.html import PLOTLY_FILE
 from structbench.results import load_run, read_rows
 from structbench.suite import SUITES, RunContext
 
@@ -96,7 +97,7 @@ def test_run_writes_every_file(kernels_run: tuple[Path, Path]) -> None:
     out, run_dir = kernels_run
     for name in ("rows.jsonl", "run.json", "table.md", "table.csv", "report.html"):
         assert (run_dir / name).stat().st_size > 0, name
-    assert (out / "index.html").exists() and (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert (out / "index.html").exists() and (out / PLOTLY_FILE).stat().st_size > 1_000_000
     rows = read_rows(run_dir)
     assert len(rows) == 8
     skipped = [r for r in rows if r["status"] == "skipped"]
@@ -106,7 +107,7 @@ def test_run_writes_every_file(kernels_run: tuple[Path, Path]) -> None:
     assert "Same in every row:" in md and "speedup ↑" in md and "median_s ↓" in md
     assert "samples_s" not in (run_dir / "table.csv").read_text().splitlines()[0]
     report = (run_dir / "report.html").read_text()
-    assert "src='../../plotly.min.js'" in report and "https://" not in report.split("<body>")[0]
+    assert f"src='../../{PLOTLY_FILE}'" in report and "https://" not in report.split("<body>")[0]
     assert f"{run_dir.name}/report.html" in (out / "index.html").read_text()
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from structbench.report.tables import display_frame
 from structbench.results import RunData, list_runs, load_run
 
-PLOTLY_FILE = "plotly.min.js"
+# Versioned: a report keeps loading the plotly.js its figures were written for after an upgrade.
+PLOTLY_FILE = f"plotly-{get_plotlyjs_version()}.min.js"
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222;padding:0 1em}
