@@ -72,7 +72,8 @@ def _log_colors(fig: go.Figure) -> go.Figure:
     trace.update(z=z, colorscale="RdBu", zmid=0, zmin=-span, zmax=span,
                  text=[["" if t == "nan" else t for t in row] for row in trace.text],
                  colorbar={"title": "efficiency", "tickvals": ticks, "ticktext": [f"{10.0**t:g}" for t in ticks]})
-    # room for the colour bar and the title even with a single row
+    # room for the colour bar and the title even with a single row; first row on top
+    fig.update_yaxes(autorange="reversed")
     return fig.update_layout(height=max(300, 150 + 36 * len(trace.y)), margin={"t": 60, "b": 50})
 
 
