@@ -1,0 +1,77 @@
+"""Report sections of the train-vision and train-lm suites, from stored rows only.
+
+Score against relative FLOPs with each family's Pareto front and the dense model as the
+reference line, the same against parameters, training curves (one figure per recorded
+metric: every (family, rho) run, coloured by family), and the tables.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from structbench.report.html import Section
+from structbench.report.plots import family_color, scatter_by_family
+from structbench.results import RunData
+
+SUMMARY = ["family", "rho", "linear_rho", "relative_flops", "macs", "params", "train_seconds", "steps", "hparams"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+
+
+def _with_reference(fig: go.Figure, dense: pd.DataFrame, score: str) -> go.Figure:
+    if not dense.empty:
+        value = float(dense[score].iloc[0])
+        fig.add_hline(y=value, line_dash="dot", line_color="grey", annotation_text=f"dense {value:.4g}")
+    return fig
+
+
+def curves_figure(ok: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """One line per run: ``metric`` at each evaluation step; colour = family, dash = rho."""
+    fig = go.Figure()
+    rhos = sorted(ok["rho"].unique())
+    for _, row in ok.sort_values(["family", "rho"]).iterrows():
+        curves = row["curves"]
+        if not isinstance(curves, dict) or metric not in curves:
+            continue
+        fig.add_trace(go.Scatter(
+            x=curves["step"], y=curves[metric], mode="lines+markers", name=f"{row['family']} rho={row['rho']:g}",
+            line={"color": family_color(row["family"]), "dash": DASHES[rhos.index(row["rho"]) % len(DASHES)]},
+            legendgroup=row["family"]))
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=metric, template="plotly_white", height=460)
+    return fig
+
+
+def train_report(run: RunData, score: str, *, higher_is_better: bool, curve_metrics: Sequence[str]) -> list[Section]:
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"].copy() if "status" in frame else frame
+    sections: list[Section] = []
+    if not ok.empty:
+        dense = ok[ok["family"] == "dense"]
+        better = "higher" if higher_is_better else "lower"
+        ok["label"] = ok["family"] + " rho=" + ok["rho"].astype(str)
+        sections.append(Section(
+            f"{score} against relative FLOPs",
+            f"Relative FLOPs: fvcore multiply-adds of one forward of the whole model (attention matmuls, "
+            f"embeddings, norms and head included) over the dense model's. Dashed: each family's Pareto "
+            f"front (no cheaper run is {better}); dotted: the dense reference. rho is the budget of the "
+            f"replaced block linears; linear_rho what they kept after training.",
+            figures=[_with_reference(scatter_by_family(ok, "relative_flops", score, text="label", pareto=True,
+                                                       higher_is_better=higher_is_better,
+                                                       title=f"{score} vs relative FLOPs"), dense, score),
+                     _with_reference(scatter_by_family(ok, "params", score, text="label", log_x=True,
+                                                       title=f"{score} vs trainable parameters"), dense, score)],
+        ))
+        sections.append(Section(
+            "Training curves",
+            "Evaluated at evenly spaced steps; training loss is the mean over the steps since the previous point.",
+            figures=[curves_figure(ok, m, f"{m} during training") for m in [*curve_metrics, "train_loss"]],
+        ))
+        columns = [c for c in ["family", "rho", score, *SUMMARY[2:]] if c in ok.columns]
+        table = ok.sort_values(["family", "rho"])[columns]
+        sections.append(Section("All runs", tables=[table]))
+    bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
+    if not bad.empty:
+        sections.append(Section("Skipped and failed runs", "A family with no structure at a budget on these layer "
+                                "shapes is skipped with its reason.", tables=[bad[["family", "rho", "status", "reason"]]]))
+    return sections

@@ -1,0 +1,59 @@
+"""Give a model structured block linears, and count what the whole model then costs."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+
+from structbench.structured import StructuredLinear
+from structbench.swap import swap_linears
+
+
+@dataclass
+class Structure:
+    """What ``structure_`` did: the layers swapped and the kept fraction of their MACs."""
+
+    layers: int
+    linear_rho: float
+    hparams: dict[str, dict[str, Any]]
+
+
+def structure_(model: nn.Module, family: str, rho: float, include: str) -> Structure:
+    """Replace the linears matching ``include`` by ``family`` at ``rho``, each with the
+    family's own from-scratch initialisation (no projection: nothing is pretrained)."""
+    records = swap_linears(model, family, rho, include=include, project=False, measure_error=False)
+    return Structure(len(records), linear_rho(model), {r.name: r.hparams for r in records})
+
+
+def linear_rho(model: nn.Module) -> float:
+    """Kept fraction of the structured linears' MACs as the model now stands (Gaudi's
+    depends on its current widths)."""
+    layers = [m for m in model.modules() if isinstance(m, StructuredLinear)]
+    return sum(m.macs_per_token() for m in layers) / sum(m.in_features * m.out_features for m in layers)
+
+
+def _attention_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``scaled_dot_product_attention``: ``Q K^T`` and ``A V``, ``B H Tq Tk (d + d_v)`` MACs.
+    A causal mask is counted as the full square, what a dense kernel computes."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def model_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """fvcore's multiply-add count of one forward of ``example`` through the whole model in
+    eval mode (the structure as evaluated: Gaudi's band forward), attention included."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            counter = FlopCountAnalysis(model, example)
+            counter.set_op_handle("aten::scaled_dot_product_attention", _attention_macs)
+            counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return int(counter.total())
+    finally:
+        model.train(was_training)

@@ -1,0 +1,221 @@
+"""What train-vision and train-lm share: config checks, cases, and running one case.
+
+A suite supplies a ``Task`` (how to build its model, feed it, score it); everything else is
+here, so both suites train, count and report identically. One case is one (family, rho)
+training run; the dense reference is the case ``(dense, 1.0)``. ``--resume`` therefore loses
+at most the training run in progress.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from structbench.config import check_keys, deep_merge
+from structbench.errors import StructbenchError
+from structbench.registry import get_family, list_families
+from structbench.suite import Metric, RunContext
+from structbench.train.loop import Batch, Recipe, train
+from structbench.train.structure import linear_rho, model_macs, structure_
+
+Checker = Callable[[str, Any], Any]
+
+
+# ---- value checkers: each returns the value or raises one line naming the key -----------
+def positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructbenchError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def optional_positive_int(where: str, value: Any) -> int | None:
+    return None if value is None else positive_int(where, value)
+
+
+def non_negative_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StructbenchError(f"{where} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def positive_number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise StructbenchError(f"{where} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def fraction(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise StructbenchError(f"{where} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def boolean(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise StructbenchError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def betas(where: str, value: Any) -> list[float]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise StructbenchError(f"{where} must be [beta1, beta2], got {value!r}")
+    return [fraction(f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+
+RECIPE: dict[str, Checker] = {
+    "batch_size": positive_int, "lr": positive_number, "weight_decay": fraction, "warmup": fraction,
+    "min_lr": fraction, "grad_clip": positive_number, "betas": betas, "evals": positive_int,
+}
+"""Recipe keys both suites share; each suite adds its length (``epochs`` or ``steps``)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One suite's model, data and score; the shared machinery does the rest."""
+
+    name: str
+    model: dict[str, Checker]  # model config keys
+    data: dict[str, Checker]  # data config keys
+    recipe: dict[str, Checker]  # RECIPE plus the suite's own keys
+    layers: dict[str, str]  # value of the ``layers`` key -> regex of the linears to replace
+    build: Callable[[dict[str, Any]], nn.Module]  # resolved config -> model (dense linears)
+    example: Callable[[dict[str, Any]], torch.Tensor]  # one input, for counting MACs
+    prepare: Callable[[dict[str, Any], RunContext], "Prepared"]  # data and recipe of a run
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    score: str  # the final metric the report plots against relative FLOPs
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    batches: Callable[[torch.Generator], Iterator[Batch]]
+    evaluate: Callable[[nn.Module], dict[str, float]]
+
+
+TOP_KEYS = {"families", "rhos", "layers", "model", "recipe", "data", "quick"}
+
+
+def _check_section(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
+    check_keys(where, config, TOP_KEYS - {"quick"})
+    families = config.get("families", "all")
+    if families == "all":
+        families = [f for f in list_families() if get_family(f).compressible]
+    elif not isinstance(families, list) or not families or not all(isinstance(f, str) for f in families):
+        raise StructbenchError(f"{where}.families must be 'all' or a list of family names, got {families!r}")
+    for family in families:
+        get_family(family)  # an unknown name raises with a did-you-mean
+    rhos = config.get("rhos")
+    if not isinstance(rhos, list) or not rhos or not all(
+        not isinstance(r, bool) and isinstance(r, (int, float)) and 0 < r < 1 for r in rhos
+    ):
+        raise StructbenchError(f"{where}.rhos must be a non-empty list of numbers in (0, 1), got {rhos!r}")
+    if config.get("layers") not in task.layers:
+        raise StructbenchError(f"{where}.layers must be one of {sorted(task.layers)}, got {config.get('layers')!r}")
+    resolved: dict[str, Any] = {"families": families, "rhos": [float(r) for r in rhos], "layers": config["layers"]}
+    for section, spec in (("model", task.model), ("recipe", task.recipe), ("data", task.data)):
+        given = config.get(section)
+        if not isinstance(given, dict):
+            raise StructbenchError(f"{where}.{section} must be a mapping with keys {sorted(spec)}")
+        check_keys(f"{where}.{section}", given, spec)
+        missing = sorted(set(spec) - set(given))
+        if missing:
+            raise StructbenchError(f"{where}.{section} is missing key(s) {missing}")
+        resolved[section] = {key: check(f"{where}.{section}.{key}", given[key]) for key, check in spec.items()}
+    try:
+        task.build(resolved)  # shape errors (dim vs heads, patch vs image) surface before any training
+    except ValueError as err:
+        raise StructbenchError(f"{where}.model: {err}") from None
+    return resolved
+
+
+def validate(task: Task, config: dict[str, Any]) -> dict[str, Any]:
+    """Check every key of the config and of the config ``--quick`` runs (``quick`` is merged
+    over the rest); ``families: all`` resolves to every compressible family."""
+    if not isinstance(config, dict):
+        raise StructbenchError(f"{task.name} config must be a mapping")
+    quick = config.get("quick") or {}
+    if not isinstance(quick, dict):
+        raise StructbenchError(f"{task.name} config: quick must be a mapping of overrides")
+    base = {k: v for k, v in config.items() if k != "quick"}
+    resolved = _check_section(task, base, task.name)
+    resolved["quick"] = _check_section(task, deep_merge(base, quick), f"{task.name}.quick")
+    return resolved
+
+
+def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The resolved config a run uses (the quick one with ``--quick``)."""
+    return config["quick"] if quick else {k: v for k, v in config.items() if k != "quick"}
+
+
+def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    """The dense reference first, then every family at every rho."""
+    cfg = effective(config, quick)
+    return [{"family": "dense", "rho": 1.0}] + [
+        {"family": f, "rho": rho} for f in cfg["families"] if f != "dense" for rho in cfg["rhos"]
+    ]
+
+
+def _layer_hparams(hparams: dict[str, dict[str, Any]]) -> str:
+    """Hyperparameters per layer kind (``blocks.0.attn.qkv`` -> ``qkv``), as JSON, with each
+    kind's distinct settings (all blocks share a shape, so normally one per kind)."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for name, hp in hparams.items():
+        seen = kinds.setdefault(name.rsplit(".", 1)[-1], [])
+        if hp not in seen:
+            seen.append(hp)
+    return json.dumps({k: v[0] if len(v) == 1 else v for k, v in kinds.items()}, sort_keys=True)
+
+
+def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
+    """Build, structure, train and score one (family, rho) model; one result row."""
+    if ctx.dtype != "float32":
+        raise StructbenchError(f"{task.name} trains in float32, got --dtype {ctx.dtype}")
+    cfg = effective(ctx.config, ctx.quick)
+    include = task.layers[cfg["layers"]]
+    torch.manual_seed(ctx.seed)
+    dense_model = task.build(cfg)
+    dense_macs = model_macs(dense_model, task.example(cfg))
+    torch.manual_seed(ctx.seed)  # same initial embeddings, norms and head for every family
+    model = task.build(cfg)
+    structure = structure_(model, case["family"], case["rho"], include)
+    prepared = task.prepare(cfg, ctx)
+    gen = torch.Generator().manual_seed(ctx.seed)  # data order and augmentation: seed only
+    ctx.log(f"{task.name}: {case['family']} rho={case['rho']}: {structure.layers} layers at "
+            f"linear rho {structure.linear_rho:.3f}, {prepared.recipe.steps} steps")
+    history = train(model.to(ctx.device), prepared.recipe, prepared.batches(gen), task.loss, prepared.evaluate,
+                    log=ctx.log)
+    model = model.cpu()
+    macs = model_macs(model, task.example(cfg))
+    curves = {"step": history.step, "train_loss": history.train_loss, "train_seconds": history.train_seconds,
+              **history.metrics}
+    return [{
+        **{key: values[-1] for key, values in history.metrics.items()},
+        "macs": macs,
+        "dense_macs": dense_macs,
+        "relative_flops": macs / dense_macs,
+        "linear_rho": linear_rho(model),  # after training: Gaudi's widths have moved and been snapped
+        "params": sum(p.numel() for p in model.parameters()),
+        "dense_params": sum(p.numel() for p in dense_model.parameters()),
+        "train_seconds": history.train_seconds[-1],
+        "steps": prepared.recipe.steps,
+        "layers": structure.layers,
+        "hparams": _layer_hparams(structure.hparams),
+        "curves": {k: [round(float(v), 6) for v in vals] for k, vals in curves.items()},
+    }]
+
+
+def metrics(score: str, score_metric: Metric) -> dict[str, Metric]:
+    """Metric metadata both suites declare (plus their score)."""
+    return {
+        score: score_metric,
+        "relative_flops": Metric("", higher_is_better=False, description="fvcore MACs of the whole model (attention "
+                                 "included) over the dense model's, one forward"),
+        "macs": Metric("MAC", higher_is_better=False, description="fvcore multiply-adds of one forward"),
+        "linear_rho": Metric("", higher_is_better=None, description="kept fraction of the replaced linears' MACs, after training"),
+        "params": Metric("", higher_is_better=None, description="trainable parameters of the whole model (Gaudi stores dense-sized factors)"),
+        "train_seconds": Metric("s", higher_is_better=False, description="training wall time, evaluation excluded"),
+    }

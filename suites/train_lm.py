@@ -1,0 +1,103 @@
+"""Suite ``train-lm``: a small byte-level GPT trained from scratch on the Wikipedia text with its
+block linears replaced by each family at several FLOP budgets; validation perplexity (per
+byte) against relative FLOPs.
+
+Training windows are drawn at random from the ``train`` split; validation is a fixed prefix
+of the ``valid`` split cut into consecutive windows, the same bytes for every model (the
+split is by article title, so no article is in both). One case = one (family, rho) run.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench.suite import Metric, RunContext, Suite
+from structbench.train import suite as common
+from structbench.train.blocks import BLOCK_LINEARS
+from structbench.train.data import fixed_windows, random_windows, wiki_bytes
+from structbench.train.gpt import GPT, GPTConfig
+from structbench.train.loop import Batch, Recipe
+
+CONFIG_PATH = Path(__file__).with_name("train_lm.yaml")
+EVAL_BATCH = 64
+
+
+def _build(cfg: dict[str, Any]) -> nn.Module:
+    return GPT(GPTConfig(**cfg["model"]))
+
+
+def _example(cfg: dict[str, Any]) -> torch.Tensor:
+    return torch.zeros(1, cfg["model"]["context"], dtype=torch.long)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
+    rec, context = cfg["recipe"], cfg["model"]["context"]
+    train_stream = wiki_bytes("train")
+    val_x, val_y = fixed_windows(wiki_bytes("valid"), context, cfg["data"]["eval_bytes"])
+    recipe = Recipe(steps=rec["steps"], batch_size=rec["batch_size"], lr=rec["lr"], weight_decay=rec["weight_decay"],
+                    warmup=rec["warmup"], min_lr=rec["min_lr"], grad_clip=rec["grad_clip"],
+                    betas=tuple(rec["betas"]), evals=rec["evals"])
+
+    def batches(gen: torch.Generator) -> Iterator[Batch]:
+        while True:
+            yield random_windows(train_stream, rec["batch_size"], context, gen)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        total = 0.0
+        for start in range(0, len(val_x), EVAL_BATCH):
+            logits = model(val_x[start : start + EVAL_BATCH].to(device))
+            total += float(F.cross_entropy(logits.flatten(0, 1), val_y[start : start + EVAL_BATCH].to(device).flatten(),
+                                           reduction="sum"))
+        loss = total / val_y.numel()
+        return {"val_ppl": math.exp(loss), "val_loss": loss, "val_bpb": loss / math.log(2)}
+
+    return common.Prepared(recipe, batches, evaluate)
+
+
+TASK = common.Task(
+    name="train-lm",
+    model={"context": common.positive_int, "dim": common.positive_int, "depth": common.positive_int,
+           "heads": common.positive_int, "mlp_ratio": common.positive_int},
+    data={"eval_bytes": common.optional_positive_int},
+    recipe={**common.RECIPE, "steps": common.positive_int},
+    layers={"blocks": BLOCK_LINEARS},
+    build=_build,
+    example=_example,
+    prepare=_prepare,
+    loss=_loss,
+    score="val_ppl",
+)
+
+
+def _report(run: Any) -> list[Any]:
+    from structbench.report.train import train_report
+
+    return train_report(run, TASK.score, higher_is_better=False, curve_metrics=["val_ppl", "val_loss"])
+
+
+SUITE = Suite(
+    name=TASK.name,
+    version="1",
+    description="A small byte-level GPT trained from scratch on Wikipedia text with structured block linears: "
+    "validation perplexity per byte vs relative FLOPs (fvcore, whole model) per family and budget",
+    config_path=CONFIG_PATH,
+    validate=lambda config: common.validate(TASK, config),
+    expand=common.expand,
+    run_case=lambda case, ctx: common.run_case(TASK, case, ctx),
+    report=_report,
+    metrics={
+        **common.metrics("val_ppl", Metric("", higher_is_better=False, description="validation perplexity per byte")),
+        "val_loss": Metric("nat", higher_is_better=False, description="validation cross-entropy per byte"),
+        "val_bpb": Metric("bit", higher_is_better=False, description="validation bits per byte"),
+    },
+)
