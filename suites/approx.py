@@ -3,23 +3,21 @@
 Two experiments share one run:
 
 * ``projection``: for each source matrix (seeded synthetic kinds x sizes x seeds, and
-  every linear layer of SmolLM2-135M-Instruct and all-MiniLM-L6-v2), each family and
+  the linear layers of SmolLM2-135M-Instruct and all-MiniLM-L6-v2), each family and
   each target rho, ``from_dense`` once: relative Frobenius error, wall time,
   ``rho_actual`` and the hyperparameters chosen. A shape that a family cannot take is a
   ``skipped`` row with the family's reason, so gaps in plots are explained.
-* BLAST convergence (``convergence``, ``precgd-delta0``, ``precgd-steps``): GD against
-  PrecGD on a random BLAST target of known rank ``r*`` at ``r = r*`` and ``r > r*``
-  (error after every iteration), and PrecGD's sensitivity to ``delta0`` and to the
-  iteration budget (final error and time).
+* BLAST convergence (``convergence``, ``gd-lr``, ``precgd-delta0``, ``precgd-steps``):
+  GD against PrecGD on a random BLAST target of known rank ``r*`` at ``r = r*`` and
+  ``r > r*`` (error after every iteration); the step-size sweep that makes GD a fair
+  baseline; and PrecGD's sensitivity to ``delta0`` and to the iteration budget.
 
 One case is one projection (or one factorisation run), so ``--resume`` loses at most
-one projection and the cases of one matrix run back to back, sharing a cached load.
+one projection, and the cases of one matrix run back to back, sharing a cached load.
 """
 from __future__ import annotations
 
-import copy
 import functools
-import importlib.util
 import json
 import math
 import time
@@ -28,193 +26,197 @@ from typing import Any
 
 import torch
 
+from structbench.config import check_keys, deep_merge, number_list
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.models import weights as model_weights
 from structbench.registry import get_family, list_families
+from structbench.results import read_rows
 from structbench.suite import Metric, RunContext, Suite
 from structbench.synthetic import KINDS, make_matrix
 
 CONFIG_PATH = Path(__file__).with_name("approx.yaml")
-_TOP_KEYS = {"families", "rhos", "projection", "synthetic", "real", "convergence", "quick"}
+_TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "quick"}
 _SYNTHETIC_KEYS = {"kinds", "sizes", "seeds", "params"}
 _CONVERGENCE_KEYS = {
-    "size", "blocks", "true_rank", "ranks", "methods", "steps", "delta0", "seeds",
-    "sweep_rank", "delta0_sweep", "steps_sweep", "options",
+    "size", "blocks", "true_rank", "ranks", "methods", "steps", "delta0", "lr", "seeds",
+    "gd_lr_sweep", "sweep_rank", "delta0_sweep", "steps_sweep",
 }
 _METHODS = ("precgd", "gd")
+AUTO = "auto"  # GD's step: the best of this run's gd-lr sweep at the same rank
 
 
 # ---- config ------------------------------------------------------------------------
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge for mappings; lists and scalars in ``override`` replace the base value."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def _ints(where: str, value: Any) -> list[int]:
+    return number_list(f"approx config: {where}", value, integer=True)
 
 
-def _unknown(where: str, given: dict[str, Any], known: set[str]) -> None:
-    extra = sorted(set(given) - known)
-    if extra:
-        raise StructbenchError(f"approx config: unknown key(s) {extra} in {where}; known: {sorted(known)}")
-
-
-def _int_list(where: str, value: Any, minimum: int = 0) -> list[int]:
-    if not isinstance(value, list) or not value or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value
-    ):
-        raise StructbenchError(f"approx config: {where} must be a non-empty list of integers >= {minimum}, got {value!r}")
-    return value
+def _seeds(where: str, value: Any) -> list[int]:
+    return number_list(f"approx config: {where}", value, integer=True, low=-1)
 
 
 def _size(where: str, value: Any) -> list[int]:
     if not (isinstance(value, list) and len(value) == 2):
         raise StructbenchError(f"approx config: {where} must be [out_features, in_features], got {value!r}")
-    return _int_list(where, value, minimum=1)
+    return _ints(where, value)
 
 
-def _check_rhos(where: str, value: Any) -> list[float]:
-    if not isinstance(value, list) or not value:
-        raise StructbenchError(f"approx config: {where} must be a non-empty list, got {value!r}")
-    for rho in value:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
-            raise StructbenchError(f"approx config: {where} values must be in (0, 1], got {rho!r}")
-    return [float(r) for r in value]
+def _check_synthetic(where: str, synthetic: Any) -> None:
+    if not isinstance(synthetic, dict):
+        raise StructbenchError(f"approx config: {where} must be a mapping with keys {sorted(_SYNTHETIC_KEYS)}")
+    check_keys(f"approx config: {where}", synthetic, _SYNTHETIC_KEYS)
+    for kind in synthetic.get("kinds") or []:
+        if kind not in KINDS:
+            raise StructbenchError(f"approx config: unknown synthetic kind {kind!r} in {where}.kinds; known: {', '.join(KINDS)}")
+    for i, size in enumerate(synthetic.get("sizes") or []):
+        _size(f"{where}.sizes[{i}]", size)
+    _seeds(f"{where}.seeds", synthetic.get("seeds"))
+    for kind, params in (synthetic.get("params") or {}).items():
+        if kind not in KINDS or not isinstance(params, dict):
+            raise StructbenchError(f"approx config: {where}.params.{kind} must map a known kind to its parameters")
+        allowed = set(KINDS[kind].defaults) | ({"hparams"} if KINDS[kind].family else set())
+        check_keys(f"approx config: {where}.params.{kind}", params, allowed)
+
+
+def _check_real(where: str, real: Any) -> None:
+    if not isinstance(real, dict):
+        raise StructbenchError(f"approx config: {where} must map model name -> 'all' or a list of layer indices")
+    for model, layers in real.items():
+        if model not in model_weights.MODELS:
+            raise StructbenchError(f"approx config: unknown model {model!r} in {where}; known: {', '.join(model_weights.MODELS)}")
+        if layers == "all":
+            continue
+        count = model_weights.MODELS[model].layers
+        for layer in _seeds(f"{where}.{model}", layers):
+            if layer >= count:
+                raise StructbenchError(f"approx config: {model} has {count} layers (0..{count - 1}), got index {layer}")
+
+
+def _check_convergence(where: str, conv: Any) -> None:
+    if not isinstance(conv, dict):
+        raise StructbenchError(f"approx config: {where} must be a mapping with keys {sorted(_CONVERGENCE_KEYS)}")
+    check_keys(f"approx config: {where}", conv, _CONVERGENCE_KEYS)
+    _size(f"{where}.size", conv.get("size"))
+    for key in ("blocks", "true_rank", "steps", "sweep_rank"):
+        _ints(f"{where}.{key}", [conv.get(key)])
+    _ints(f"{where}.ranks", conv.get("ranks"))
+    _seeds(f"{where}.seeds", conv.get("seeds"))
+    _ints(f"{where}.steps_sweep", conv.get("steps_sweep"))
+    methods = conv.get("methods")
+    if not isinstance(methods, list) or not methods or not set(methods) <= set(_METHODS):
+        raise StructbenchError(f"approx config: {where}.methods must be a list from {list(_METHODS)}, got {methods!r}")
+    lr = conv.get("lr")
+    if not isinstance(lr, dict) or set(lr) != set(_METHODS):
+        raise StructbenchError(f"approx config: {where}.lr must give a step size for each of {list(_METHODS)}, got {lr!r}")
+    number_list(f"approx config: {where}.lr", [v for k, v in lr.items() if not (k == "gd" and v == AUTO)])
+    number_list(f"approx config: {where}.gd_lr_sweep", conv.get("gd_lr_sweep"))
+    number_list(f"approx config: {where}.delta0", [conv.get("delta0")])
+    number_list(f"approx config: {where}.delta0_sweep", conv.get("delta0_sweep"))
 
 
 def _check_section(config: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate one fully merged config (the normal one, or the one ``--quick`` runs)."""
-    _unknown(where, config, _TOP_KEYS)
-    known_families = list_families()
+    check_keys(f"approx config: {where}", config, _TOP_KEYS)
     families = config.get("families", "all")
     if families == "all":
-        families = [f for f in known_families if get_family(f).compressible]
+        families = [f for f in list_families() if get_family(f).compressible]
     elif not isinstance(families, list) or not families:
-        raise StructbenchError(f"approx config: {where}.families must be 'all' or a list of names")
+        raise StructbenchError(f"approx config: {where}.families must be 'all' or a list of family names")
     for family in families:
         get_family(family)  # unknown names raise with a did-you-mean
-    rhos = _check_rhos(f"{where}.rhos", config.get("rhos"))
+    rhos = [float(r) for r in number_list(f"approx config: {where}.rhos", config.get("rhos"), high=1.0)]
+    if "real_rhos" in config:  # absent: the real layers use ``rhos`` (also a quick config's)
+        config = {**config, "real_rhos": [float(r) for r in number_list(
+            f"approx config: {where}.real_rhos", config["real_rhos"], high=1.0)]}
     projection = config.get("projection") or {}
     if not isinstance(projection, dict):
-        raise StructbenchError(f"approx config: {where}.projection must map family -> options")
+        raise StructbenchError(f"approx config: {where}.projection must map family -> from_dense options")
     for family, options in projection.items():
         get_family(family)
         if not isinstance(options, dict):
             raise StructbenchError(f"approx config: {where}.projection.{family} must be a mapping of options")
-
-    synthetic = config.get("synthetic") or {}
-    _unknown(f"{where}.synthetic", synthetic, _SYNTHETIC_KEYS)
-    if synthetic:
-        for kind in synthetic.get("kinds", []):
-            if kind not in KINDS:
-                raise StructbenchError(f"approx config: unknown synthetic kind {kind!r}; known: {', '.join(KINDS)}")
-        for i, size in enumerate(synthetic.get("sizes", [])):
-            _size(f"{where}.synthetic.sizes[{i}]", size)
-        _int_list(f"{where}.synthetic.seeds", synthetic.get("seeds"))
-        for kind, params in (synthetic.get("params") or {}).items():
-            if kind not in KINDS or not isinstance(params, dict):
-                raise StructbenchError(f"approx config: {where}.synthetic.params.{kind} must be a known kind -> mapping")
-            _unknown(f"{where}.synthetic.params.{kind}", params, set(KINDS[kind].defaults) | {"hparams"})
-
-    real = config.get("real") or {}
-    if not isinstance(real, dict):
-        raise StructbenchError(f"approx config: {where}.real must map model name -> layers")
-    for model, layers in real.items():
-        if model not in model_weights.MODELS:
-            raise StructbenchError(
-                f"approx config: unknown model {model!r}; known: {', '.join(model_weights.MODELS)}"
-            )
-        if layers != "all":
-            for layer in _int_list(f"{where}.real.{model}", layers):
-                if layer >= model_weights.MODELS[model].layers:
-                    raise StructbenchError(
-                        f"approx config: {model} has {model_weights.MODELS[model].layers} layers, got index {layer}"
-                    )
-
-    conv = config.get("convergence") or {}
-    _unknown(f"{where}.convergence", conv, _CONVERGENCE_KEYS)
-    if conv:
-        _size(f"{where}.convergence.size", conv.get("size"))
-        for key in ("blocks", "true_rank", "steps", "sweep_rank"):
-            _int_list(f"{where}.convergence.{key}", [conv.get(key)], minimum=1)
-        _int_list(f"{where}.convergence.ranks", conv.get("ranks"), minimum=1)
-        _int_list(f"{where}.convergence.seeds", conv.get("seeds"))
-        _int_list(f"{where}.convergence.steps_sweep", conv.get("steps_sweep"), minimum=1)
-        for method in conv.get("methods", []):
-            if method not in _METHODS:
-                raise StructbenchError(f"approx config: convergence method {method!r}; known: {', '.join(_METHODS)}")
-        for value in [conv.get("delta0"), *conv.get("delta0_sweep", [])]:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise StructbenchError(f"approx config: {where}.convergence delta0 values must be >= 0, got {value!r}")
+    if config.get("synthetic"):
+        _check_synthetic(f"{where}.synthetic", config["synthetic"])
+    _check_real(f"{where}.real", config.get("real") or {})
+    if config.get("convergence"):
+        _check_convergence(f"{where}.convergence", config["convergence"])
     return {**config, "families": families, "rhos": rhos}
+
+
+def _without_quick(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "quick"}
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
     """Resolve ``families: all`` and check every key, for the normal and the ``--quick`` config.
 
     Also checks that the packages carrying the configured real models are installed,
-    so a missing one stops the run before hours of synthetic cases, with the pip
-    command to fix it.
+    so a missing one stops the run before any case, with the command that installs it.
     """
     if not isinstance(config, dict):
         raise StructbenchError("approx config must be a mapping")
     quick = config.get("quick") or {}
     if not isinstance(quick, dict):
         raise StructbenchError("approx config: quick must be a mapping of overrides")
-    resolved = _check_section({k: v for k, v in config.items() if k != "quick"}, "approx")
-    # Resolve the quick config from the raw one, so ``families: all`` is resolved there too.
-    quick_resolved = _check_section(_merge({k: v for k, v in config.items() if k != "quick"}, quick), "approx.quick")
-    for model in set(resolved.get("real") or {}) | set(quick_resolved.get("real") or {}):
-        model_weights.package_dir(model)
-    if (resolved.get("real") or quick_resolved.get("real")) and importlib.util.find_spec("safetensors") is None:
-        raise StructbenchError("real weights need safetensors: pip install safetensors")
+    base = _without_quick(config)
+    resolved = _check_section(base, "approx")
+    # The quick config is resolved from the raw one, so ``families: all`` is resolved there too.
+    quick_resolved = _check_section(deep_merge(base, quick), "approx.quick")
+    for model in {**(resolved.get("real") or {}), **(quick_resolved.get("real") or {})}:
+        model_weights.require(model)
     return {**resolved, "quick": {k: v for k, v in quick_resolved.items() if k in quick}}
 
 
 # ---- cases -------------------------------------------------------------------------
 def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     """Cases grouped by source matrix, so consecutive cases reuse one loaded matrix."""
-    cfg = _merge({k: v for k, v in config.items() if k != "quick"}, config.get("quick") or {}) if quick else config
-    families, rhos = cfg["families"], cfg["rhos"]
+    cfg = deep_merge(_without_quick(config), config.get("quick") or {}) if quick else config
+    families = cfg["families"]
+    options = cfg.get("projection") or {}
     cases: list[dict[str, Any]] = []
 
-    def projections(source: dict[str, Any]) -> None:
+    def projections(source: dict[str, Any], rhos: list[float]) -> None:
         for family in families:
+            # The options are part of the case: a run with other options measures other things.
+            opts = json.dumps(options.get(family, {}), sort_keys=True)
             for rho in rhos:
-                cases.append({"experiment": "projection", **source, "family": family, "rho": rho})
+                cases.append({"experiment": "projection", **source, "family": family, "rho": rho, "options": opts})
 
     synthetic = cfg.get("synthetic") or {}
-    for kind in synthetic.get("kinds", []):
-        for m, n in synthetic.get("sizes", []):
-            for seed in synthetic.get("seeds", []):
-                projections({"source": "synthetic", "matrix": kind, "out_features": m, "in_features": n,
-                             "seed": seed, "layer": None})
+    for kind in synthetic.get("kinds") or []:
+        for m, n in synthetic.get("sizes") or []:
+            for seed in synthetic["seeds"]:
+                projections({"source": "synthetic", "matrix": kind, "shape": f"{m}x{n}", "out_features": m,
+                             "in_features": n, "seed": seed}, cfg["rhos"])
     for model, layers in (cfg.get("real") or {}).items():
         indices = range(model_weights.MODELS[model].layers) if layers == "all" else layers
         for layer in indices:
             for layer_type in model_weights.layer_types(model):
-                projections({"source": model, "matrix": layer_type, "layer": layer})
+                projections({"source": model, "matrix": layer_type, "layer": layer}, cfg.get("real_rhos", cfg["rhos"]))
+    return cases + _convergence_cases(cfg.get("convergence") or {})
 
-    conv = cfg.get("convergence") or {}
-    if conv:
-        m, n = conv["size"]
-        target = {"source": "synthetic", "matrix": "blast", "out_features": m, "in_features": n,
-                  "family": "blast", "blocks": conv["blocks"], "true_rank": conv["true_rank"]}
-        for seed in conv["seeds"]:
-            for rank in conv["ranks"]:
-                for method in conv["methods"]:
-                    cases.append({"experiment": "convergence", **target, "seed": seed, "rank": rank,
-                                  "method": method, "steps": conv["steps"], "delta0": conv["delta0"]})
-            for delta0 in conv["delta0_sweep"]:
-                cases.append({"experiment": "precgd-delta0", **target, "seed": seed, "rank": conv["sweep_rank"],
-                              "method": "precgd", "steps": conv["steps"], "delta0": delta0})
-            for steps in conv["steps_sweep"]:
-                cases.append({"experiment": "precgd-steps", **target, "seed": seed, "rank": conv["sweep_rank"],
-                              "method": "precgd", "steps": steps, "delta0": conv["delta0"]})
+
+def _convergence_cases(conv: dict[str, Any]) -> list[dict[str, Any]]:
+    if not conv:
+        return []
+    m, n = conv["size"]
+    target = {"source": "synthetic", "matrix": "blast", "out_features": m, "in_features": n,
+              "family": "blast", "blocks": conv["blocks"], "true_rank": conv["true_rank"], "delta0": conv["delta0"]}
+    cases = []
+    for rank in conv["ranks"]:  # GD's step-size sweep, on the first seed
+        for lr in conv["gd_lr_sweep"]:
+            cases.append({"experiment": "gd-lr", **target, "seed": conv["seeds"][0], "rank": rank, "method": "gd",
+                          "lr": lr, "steps": conv["steps"]})
+    for seed in conv["seeds"]:
+        for rank in conv["ranks"]:
+            for method in conv["methods"]:
+                cases.append({"experiment": "convergence", **target, "seed": seed, "rank": rank, "method": method,
+                              "lr": conv["lr"][method], "steps": conv["steps"]})
+        sweep = {**target, "seed": seed, "rank": conv["sweep_rank"], "method": "precgd", "lr": conv["lr"]["precgd"]}
+        for delta0 in conv["delta0_sweep"]:
+            cases.append({"experiment": "precgd-delta0", **sweep, "delta0": delta0, "steps": conv["steps"]})
+        for steps in conv["steps_sweep"]:
+            cases.append({"experiment": "precgd-steps", **sweep, "steps": steps})
     return cases
 
 
@@ -232,7 +234,7 @@ def _real_layer(model: str, layer: int, dtype: torch.dtype) -> dict[str, torch.T
 def _dtype(ctx: RunContext) -> torch.dtype:
     dtype = getattr(torch, str(ctx.dtype).removeprefix("torch."), None)
     if dtype not in (torch.float32, torch.float64):
-        raise StructbenchError(f"approx runs in float32 or float64, got dtype {ctx.dtype!r}")
+        raise StructbenchError(f"approx runs in float32 or float64 (--dtype), got {ctx.dtype!r}")
     return dtype
 
 
@@ -245,16 +247,33 @@ def _source_matrix(case: dict[str, Any], ctx: RunContext) -> torch.Tensor:
     dtype = _dtype(ctx)
     if case["source"] == "synthetic":
         params = ((ctx.config.get("synthetic") or {}).get("params") or {}).get(case["matrix"], {})
-        return _synthetic(case["matrix"], case["out_features"], case["in_features"], case["seed"],
-                          json.dumps(params, sort_keys=True), dtype)
-    if case["source"] == model_weights.SMOLLM2:
-        model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
-    return _real_layer(case["source"], case["layer"], dtype)[case["matrix"]]
+        w = _synthetic(case["matrix"], case["out_features"], case["in_features"], case["seed"],
+                       json.dumps(params, sort_keys=True), dtype)
+    else:
+        if case["source"] == model_weights.SMOLLM2:
+            model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
+        w = _real_layer(case["source"], case["layer"], dtype)[case["matrix"]]
+    return w.to(ctx.device)
+
+
+def _seconds(ctx: RunContext, fn: Any) -> tuple[Any, float]:
+    """``fn()`` and its wall time, synchronising the device so queued kernels count."""
+    sync = torch.cuda.synchronize if str(ctx.device).startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
+
+
+def _error(target: torch.Tensor, module: torch.nn.Module) -> float:
+    """Error of the matrix the module applies in use (eval mode), in float64."""
+    with torch.no_grad():
+        return relative_error(target.double(), module.eval().to_dense().double())
 
 
 def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     family = get_family(case["family"])
-    options = dict((ctx.config.get("projection") or {}).get(case["family"], {}))
     try:
         w = _source_matrix(case, ctx)
     except StructbenchError as exc:
@@ -262,27 +281,21 @@ def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any
             raise  # a real model that cannot load is a broken setup, not a gap in a plot
         return _skipped(case, str(exc))
     m, n = w.shape
-    shape = {"out_features": m, "in_features": n, "options": json.dumps(options, sort_keys=True)}
+    shape = {"out_features": m, "in_features": n}
     try:
         fit = family.hparams_for(m, n, case["rho"])
-        start = time.perf_counter()
-        module = family.from_dense(w, **fit.hparams, **options)
-        seconds = time.perf_counter() - start
+        module, seconds = _seconds(ctx, lambda: family.from_dense(w, **fit.hparams, **json.loads(case["options"])))
     except StructbenchError as exc:
         return _skipped(case, str(exc), **shape)
-    with torch.no_grad():
-        error = relative_error(w.double(), module.to_dense().double())
-    return [{**case, **shape, "status": "ok", "reason": None, "rel_error": error, "seconds": seconds,
+    return [{**case, **shape, "status": "ok", "reason": None, "rel_error": _error(w, module), "seconds": seconds,
              "rho_actual": module.rho, "hparams": json.dumps(module.hparams, sort_keys=True),
              "params": module.num_params() - (m if module.bias is not None else 0)}]
 
 
 def _run_blast_fit(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     """One BLAST factorisation of a random BLAST target, recording the error per iteration."""
-    m, n = case["out_features"], case["in_features"]
-    target = make_matrix("blast", m, n, case["seed"], dtype=_dtype(ctx),
-                         hparams={"blocks": case["blocks"], "rank": case["true_rank"]})
-    options = dict(((ctx.config.get("convergence") or {}).get("options") or {}).get(case["method"], {}))
+    target = make_matrix("blast", case["out_features"], case["in_features"], case["seed"], dtype=_dtype(ctx),
+                         hparams={"blocks": case["blocks"], "rank": case["true_rank"]}).to(ctx.device)
     iterations: list[int] = []
     errors: list[float] = []
 
@@ -290,21 +303,35 @@ def _run_blast_fit(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]
         iterations.append(int(iteration))
         errors.append(float(rel_error))
 
-    start = time.perf_counter()
-    module = get_family("blast").from_dense(
+    lr = _swept_gd_lr(case, ctx) if case["lr"] == AUTO else case["lr"]
+    module, seconds = _seconds(ctx, lambda: get_family("blast").from_dense(
         target, blocks=case["blocks"], rank=case["rank"], method=case["method"], steps=case["steps"],
-        delta0=case["delta0"], seed=case["seed"], progress=progress, **options,
-    )
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        error = relative_error(target.double(), module.to_dense().double())
-    row = {**case, "status": "ok", "reason": None, "rel_error": error, "seconds": seconds,
+        lr=lr, delta0=case["delta0"], seed=case["seed"], progress=progress,
+    ))
+    error = _error(target, module)
+    row = {**case, "lr_used": lr, "status": "ok", "reason": None, "rel_error": error, "seconds": seconds,
            "rho_actual": module.rho, "hparams": json.dumps(module.hparams, sort_keys=True),
-           "options": json.dumps(options, sort_keys=True), "diverged": not math.isfinite(error)}
+           "diverged": not (math.isfinite(error) and all(math.isfinite(e) for e in errors))}
     if case["experiment"] == "convergence":
-        # Only the convergence curves are plotted; sweeps keep rows small.
+        # Only the convergence curves are plotted; the sweeps keep their rows small.
         row.update({"iterations": iterations, "errors": errors})
     return [row]
+
+
+def _swept_gd_lr(case: dict[str, Any], ctx: RunContext) -> float:
+    """The step of this run's ``gd-lr`` sweep with the lowest final error on the same target
+    and rank (ties to the larger step), so GD is compared at its best, not at a guess.
+
+    ``expand`` puts the sweep first, so its rows are on disk (also after ``--resume``).
+    """
+    same = ("out_features", "in_features", "blocks", "true_rank", "rank", "steps")
+    swept = [row for row in read_rows(ctx.run_dir)
+             if row.get("experiment") == "gd-lr" and row.get("status") == "ok" and not row.get("diverged")
+             and all(row.get(k) == case[k] for k in same)]
+    if not swept:
+        raise StructbenchError(f"convergence lr 'auto' for gd at rank {case['rank']}: no finite run in this run's "
+                               "gd_lr_sweep; widen convergence.gd_lr_sweep or give a number")
+    return min(swept, key=lambda row: (row["rel_error"], -row["lr"]))["lr"]
 
 
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
@@ -322,7 +349,7 @@ def _report(run: Any) -> list[Any]:
 
 SUITE = Suite(
     name="approx",
-    version="1",
+    version="2",
     description="Relative Frobenius error and time of each family's projection from dense, on synthetic "
     "and real (SmolLM2-135M, MiniLM) weights; BLAST GD vs PrecGD convergence",
     config_path=CONFIG_PATH,

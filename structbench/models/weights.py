@@ -38,7 +38,7 @@ MINILM = "all-minilm-l6-v2"
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FORMAT = 1  # bump when the cached files change meaning, so stale caches are rebuilt
-_MODELS_EXTRA = "pip install transformers gguf accelerate safetensors sentencepiece"
+_MODELS_EXTRA = "bash scripts/setup.sh --models (or pip install transformers gguf accelerate safetensors sentencepiece)"
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def ensure_smollm2_cache(cache: Path | None = None, log: Callable[[str], None] |
     """
     target = smollm2_cache_dir(cache)
     gguf = smollm2_gguf()
-    stamp = {"format": _CACHE_FORMAT, "source": gguf.name, "source_bytes": gguf.stat().st_size}
+    stamp = _stamp(gguf)
     if _cache_is_current(target, stamp):
         return target
     transformers = _import_transformers()
@@ -238,6 +238,25 @@ def linear_weights(
         for (layer, type_index), key in sorted(found.items()):
             if layer in wanted:
                 yield LinearWeight(layer, spec.types[order[type_index]], handle.get_tensor(key))
+
+
+def require(model_name: str, cache: Path | None = None) -> None:
+    """Fail now, with the install command, if reading ``model_name`` would fail later.
+
+    Checks without importing: the package carrying the files, safetensors, and for a
+    SmolLM2 cache that is not built yet the GGUF reader (transformers, gguf).
+    """
+    package_dir(model_name)
+    modules = ["safetensors"]
+    if _spec(model_name).name == SMOLLM2 and not _cache_is_current(smollm2_cache_dir(cache), _stamp(smollm2_gguf())):
+        modules += ["transformers", "gguf"]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise StructbenchError(f"reading {model_name} weights needs {', '.join(missing)}: {_MODELS_EXTRA}")
+
+
+def _stamp(gguf: Path) -> dict[str, Any]:
+    return {"format": _CACHE_FORMAT, "source": gguf.name, "source_bytes": gguf.stat().st_size}
 
 
 def _cache_is_current(folder: Path, stamp: dict[str, Any]) -> bool:

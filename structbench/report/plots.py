@@ -72,10 +72,13 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str, higher_is_better: bool = T
     return ordered.loc[keep]
 
 
-def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str, row_order: Sequence[str] | None = None) -> go.Figure:
+def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str, row_order: Sequence[str] | None = None,
+            col_order: Sequence[str] | None = None) -> go.Figure:
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
     if row_order is not None:
         table = table.reindex([r for r in row_order if r in table.index])
+    if col_order is not None:
+        table = table[[c for c in col_order if c in table.columns]]
     fig = go.Figure(go.Heatmap(z=table.values, x=[str(c) for c in table.columns], y=[str(r) for r in table.index],
                                colorscale="Viridis", text=[[f"{v:.3g}" for v in row] for row in table.values],
                                texttemplate="%{text}", colorbar={"title": value}))

@@ -1,0 +1,284 @@
+"""Report sections of the approx suite, built from stored rows only.
+
+Who captures what (heat maps and curves over the synthetic kinds), how each family
+compresses real trained weights (curves and tables per layer type), what the
+projections cost, and BLAST's GD-vs-PrecGD convergence with PrecGD's knobs.
+Errors are means over sizes, seeds or layers; bands span their min..max.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from structbench.models.weights import MODELS
+from structbench.report.html import Section
+from structbench.report.plots import FAMILY_ORDER, PALETTE, heatmap, lines_by_family
+from structbench.results import RunData
+from structbench.synthetic import KINDS
+
+TABLE_RHOS = (0.2, 0.5)  # the real-weights tables and heat maps; every rho is in the curves
+LOG_FLOOR = 1e-8  # float32 round-off of an exact projection; drawn at this floor on log axes
+METHOD_COLORS = {"precgd": PALETTE[0], "gd": PALETTE[1]}
+
+
+def approx_report(run: RunData) -> list[Section]:
+    frame = run.frame()
+    if "experiment" not in frame:
+        return [Section("No approx rows", tables=[frame])]
+    ok = frame[frame["status"] == "ok"]
+    proj = _with_shape(ok[ok["experiment"] == "projection"])
+    synthetic = proj[proj["source"] == "synthetic"]
+    real = proj[proj["source"] != "synthetic"]
+    sections = [_notes(run, frame)]
+    sections += _synthetic_sections(synthetic)
+    sections += _real_sections(real)
+    sections += _cost_sections(proj)
+    sections += _convergence_sections(ok, run.meta.get("config") or {})
+    bad = frame[frame["status"] != "ok"]
+    if not bad.empty:
+        cols = [c for c in ("experiment", "source", "matrix", "family", "status", "reason") if c in bad]
+        counted = bad.fillna({"reason": ""}).groupby(cols, dropna=False).size().reset_index(name="cases")
+        sections.append(Section("Skipped and failed cases", "A skipped row is a shape or rho the family cannot "
+                                "take, with the family's own reason; it is why a curve may lack a point.",
+                                tables=[counted]))
+    return sections
+
+
+# ---- helpers -------------------------------------------------------------------------
+def _with_shape(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    if not frame.empty:
+        frame["shape"] = frame["out_features"].astype(int).astype(str) + "x" + frame["in_features"].astype(int).astype(str)
+        frame["rel_error"] = frame["rel_error"].astype(float)
+    return frame
+
+
+def _by_family_and_rho(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean error over the group (sizes, seeds or layers), its min and max, mean rho_actual."""
+    return (
+        frame.groupby(["family", "rho"], sort=False)
+        .agg(rel_error=("rel_error", "mean"), low=("rel_error", "min"), high=("rel_error", "max"),
+             rho_actual=("rho_actual", "mean"), seconds=("seconds", "mean"), n=("rel_error", "size"))
+        .reset_index()
+    )
+
+
+def _family_sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return frame.sort_values("family", key=lambda s: s.map(lambda f: rank.get(f, len(rank))), kind="stable")
+
+
+def _error_curves(frame: pd.DataFrame, title: str, log_y: bool) -> go.Figure:
+    agg = _family_sorted(_by_family_and_rho(frame))
+    if log_y:
+        agg[["rel_error", "low", "high"]] = agg[["rel_error", "low", "high"]].clip(lower=LOG_FLOOR)
+    fig = lines_by_family(agg, "rho_actual", "rel_error", band=("low", "high"), log_y=log_y, title=title,
+                          y_title="relative Frobenius error")
+    fig.update_xaxes(title="rho_actual (kept fraction of parameters)")
+    return fig
+
+
+def _cell(error: float, rho_actual: float) -> str:
+    return f"{error:.3f} (ρ {rho_actual:.2f})"
+
+
+def _error_table(frame: pd.DataFrame, rows: list[str], rho: float) -> pd.DataFrame:
+    """Mean error per ``rows`` x family at target ``rho``, each cell with its mean rho_actual."""
+    part = frame[frame["rho"] == rho]
+    agg = part.groupby([*rows, "family"], sort=False).agg(
+        rel_error=("rel_error", "mean"), rho_actual=("rho_actual", "mean")).reset_index()
+    agg["cell"] = [_cell(e, r) for e, r in zip(agg["rel_error"], agg["rho_actual"])]
+    table = agg.pivot(index=rows, columns="family", values="cell")
+    families = [f for f in FAMILY_ORDER if f in table.columns] + [f for f in table.columns if f not in FAMILY_ORDER]
+    table = table[families]
+    best = agg.loc[agg.groupby(rows, sort=False)["rel_error"].idxmin()].set_index(rows)["family"]
+    counts = part.groupby(rows, sort=False)["rel_error"].size() // max(1, part["family"].nunique())
+    table["best"] = best
+    table["matrices"] = counts
+    return table.reset_index()
+
+
+def _present(rhos: pd.Series) -> list[float]:
+    wanted = [r for r in TABLE_RHOS if (rhos == r).any()]
+    return wanted or sorted(rhos.unique())[len(rhos.unique()) // 2:][:1]
+
+
+# ---- sections ------------------------------------------------------------------------
+def _notes(run: RunData, frame: pd.DataFrame) -> Section:
+    config = run.meta.get("config") or {}
+    lines = ["Relative Frobenius error ||W - What||_F / ||W||_F of each family's from_dense at a target rho; "
+             "rho_actual (the fraction of the dense parameters the chosen structure keeps, always <= rho) is "
+             "shown beside every error, and curves are drawn against it."]
+    models = [m for m in MODELS if "source" in frame and (frame["source"] == m).any()]
+    lines += [f"{m}: {MODELS[m].note}." for m in models]
+    options = config.get("projection") or {}
+    if options:
+        lines.append("Projection options (non-default): " + "; ".join(f"{f}: {o}" for f, o in options.items()) + ".")
+    else:
+        lines.append("Every family projects with its default options.")
+    return Section("About this run", " ".join(lines))
+
+
+def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
+    if frame.empty:
+        return []
+    kinds = [k for k in KINDS if (frame["matrix"] == k).any()]
+    homes = ", ".join(f"{k} -> {KINDS[k].family}" for k in kinds if KINDS[k].family)
+    maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=FAMILY_ORDER,
+                    col_order=kinds, title=f"mean relative error at rho {rho}: families x synthetic kinds")
+            for rho in _present(frame["rho"])]
+    tables = [_error_table(frame, ["matrix"], rho).rename(columns={"matrix": f"kind (rho {rho})"})
+              for rho in _present(frame["rho"])]
+    sizes = ", ".join(sorted(frame["shape"].unique()))
+    who = Section(
+        "Who captures what: synthetic matrices",
+        f"Each structured kind is a random member of one family ({homes}), so that family should sit near "
+        f"zero on its own kind at a matching rho; gaussian has no structure and powerlaw has a decaying "
+        f"spectrum. Means over sizes {sizes} and {frame['seed'].nunique()} seed(s).",
+        figures=maps, tables=tables,
+    )
+    curves = Section(
+        "Error vs rho per synthetic kind",
+        f"One line per family (mean over sizes and seeds, band: min..max); log scale, errors below "
+        f"{LOG_FLOOR:g} drawn at {LOG_FLOOR:g}.",
+        figures=[_error_curves(frame[frame["matrix"] == k], f"{k}: {KINDS[k].description}", log_y=True)
+                 for k in kinds],
+    )
+    return [who, curves]
+
+
+def _real_sections(frame: pd.DataFrame) -> list[Section]:
+    sections = []
+    for model, part in frame.groupby("source", sort=False):
+        types = list(dict.fromkeys(part["matrix"]))
+        layers = sorted(part["layer"].dropna().astype(int).unique())
+        shapes = part.drop_duplicates("matrix").set_index("matrix")["shape"]
+        note = MODELS[model].note if model in MODELS else ""
+        tables = [_error_table(part, ["matrix"], rho).rename(columns={"matrix": f"layer type (rho {rho})"})
+                  for rho in _present(part["rho"])]
+        figures = [_error_curves(part[part["matrix"] == t], f"{model} {t} ({shapes[t]}, {len(layers)} layers)",
+                                 log_y=False) for t in types]
+        sections.append(Section(
+            f"Real weights: {model}",
+            f"{note}. Layers {_ranges(layers)}; mean relative error per layer type over those layers, "
+            f"mean rho_actual in brackets, and the best family per row. Curves: one line per family, "
+            f"band min..max over layers.",
+            figures=figures, tables=tables,
+        ))
+    return sections
+
+
+def _ranges(values: list[int]) -> str:
+    if values and values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _cost_sections(frame: pd.DataFrame) -> list[Section]:
+    if frame.empty:
+        return []
+    seconds = frame.pivot_table(index="shape", columns="family", values="seconds", aggfunc="mean")
+    seconds = seconds[[f for f in FAMILY_ORDER if f in seconds.columns]]
+    seconds["matrices"] = frame.groupby("shape")["rel_error"].size() // max(1, frame["family"].nunique())
+    order = frame.drop_duplicates("shape").assign(size=lambda d: d["out_features"] * d["in_features"])
+    seconds = seconds.reindex(order.sort_values("size")["shape"]).reset_index()
+    summary = (frame.groupby(["source", "matrix", "shape", "family", "rho"], sort=False)
+               .agg(rel_error=("rel_error", "mean"), rho_actual=("rho_actual", "mean"),
+                    seconds=("seconds", "mean"), params=("params", "first"), hparams=("hparams", "first"),
+                    n=("rel_error", "size")).reset_index())
+    return [
+        Section("Projection cost",
+                "Mean wall time of one from_dense (seconds) per shape and family, over rhos and matrices, with "
+                "the run's threads. Iterative projections (blast PrecGD, gaudi Adam, pixelfly alternating SVD) "
+                "dominate; the closed-form ones (lowrank, blockdiag, monarch) are SVDs or slicing.",
+                tables=[seconds]),
+        Section("All projections (means over layers, sizes and seeds)",
+                "Every (source, matrix, family, rho) group; the per-row data with hparams are in table.csv.",
+                tables=[summary]),
+    ]
+
+
+def _convergence_sections(frame: pd.DataFrame, config: dict[str, Any]) -> list[Section]:
+    conv = frame[frame["experiment"] == "convergence"]
+    if conv.empty:
+        return []
+    sections = []
+    first = conv.iloc[0]
+    target = (f"a random BLAST matrix {int(first['out_features'])}x{int(first['in_features'])}, "
+              f"b={int(first['blocks'])}, r*={int(first['true_rank'])}")
+    figures = []
+    for rank, part in conv.groupby("rank", sort=True):
+        regime = "r = r*" if rank == first["true_rank"] else ("r > r*" if rank > first["true_rank"] else "r < r*")
+        fig = go.Figure()
+        for (method, seed), run in part.groupby(["method", "seed"], sort=True):
+            fig.add_trace(go.Scatter(
+                x=run.iloc[0]["iterations"], y=run.iloc[0]["errors"], mode="lines", legendgroup=method,
+                name=f"{method} (lr {run.iloc[0]['lr_used']:g})", showlegend=bool(seed == part["seed"].min()),
+                line={"color": METHOD_COLORS.get(method), "width": 1.5}, hovertext=f"seed {seed}"))
+        fig.update_layout(title=f"{regime} (r={rank}): relative error per iteration, one line per seed",
+                          xaxis_title="iteration", yaxis_title="relative Frobenius error", template="plotly_white",
+                          height=420)
+        fig.update_yaxes(type="log")
+        figures.append(fig)
+    summary = (conv.groupby(["rank", "method", "lr_used", "delta0", "steps"], sort=True)
+               .agg(final_error=("rel_error", "mean"), best_seed=("rel_error", "min"), worst_seed=("rel_error", "max"),
+                    seconds=("seconds", "mean"), seeds=("seed", "size"), rho_actual=("rho_actual", "first"))
+               .reset_index())
+    sections.append(Section(
+        "BLAST factorization: GD vs PrecGD",
+        f"Target: {target}; every method starts from the same small random factors (seeded) and decays "
+        f"its step linearly to 0. PrecGD preconditions each factor's gradient with its damped Gram matrix; "
+        f"GD uses the step size in the table (see the GD step-size sweep below for how it was chosen).",
+        figures=figures, tables=[summary],
+    ))
+    sections += _sweep_sections(frame)
+    return sections
+
+
+def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
+    sections = []
+    lr = frame[frame["experiment"] == "gd-lr"]
+    if not lr.empty:
+        table = (lr.groupby(["rank", "lr"], sort=True)
+                 .agg(final_error=("rel_error", "mean"), diverged=("diverged", "any"), seconds=("seconds", "mean"))
+                 .reset_index())
+        stable = table[~table["diverged"] & table["final_error"].lt(1.0)]
+        fig = go.Figure()
+        for rank, part in table.groupby("rank"):
+            fig.add_trace(go.Scatter(x=part["lr"], y=part["final_error"].clip(upper=10.0), mode="lines+markers",
+                                     name=f"r={rank}"))
+        fig.update_layout(title="GD: final error vs step size (diverged runs drawn at 10)", xaxis_title="lr",
+                          yaxis_title="final relative error", template="plotly_white", height=380)
+        fig.update_xaxes(type="log")
+        fig.update_yaxes(type="log")
+        largest = stable.groupby("rank")["lr"].max().to_dict() if not stable.empty else {}
+        sections.append(Section(
+            "GD step-size sweep",
+            "Plain GD is only a fair baseline at its best step: this sweep runs it at each lr on the convergence "
+            f"target (first seed). Largest lr that stays finite and below error 1, per rank: {largest}.",
+            figures=[fig], tables=[table]))
+    delta = frame[frame["experiment"] == "precgd-delta0"]
+    steps = frame[frame["experiment"] == "precgd-steps"]
+    for part, knob, log_x, text in (
+        (delta, "delta0", True, "damping delta = delta0 ||A - Ahat||_F: too small and the solves amplify noise, "
+                                "too large and PrecGD degrades to slow GD"),
+        (steps, "steps", False, "more iterations buy error with time (linear decay always ends at step 0)"),
+    ):
+        if part.empty:
+            continue
+        table = (part.groupby([knob, "rank"], sort=True)
+                 .agg(final_error=("rel_error", "mean"), worst_seed=("rel_error", "max"),
+                      seconds=("seconds", "mean"), seeds=("seed", "size")).reset_index())
+        fig = go.Figure(go.Scatter(x=table["seconds"], y=table["final_error"], mode="lines+markers+text",
+                                   text=[f"{knob}={v:g}" for v in table[knob]], textposition="top right",
+                                   line={"color": METHOD_COLORS["precgd"]}, name="precgd"))
+        fig.update_layout(title=f"PrecGD: final error vs time as {knob} varies (r={int(table['rank'].iloc[0])})",
+                          xaxis_title="seconds per factorization", yaxis_title="final relative error",
+                          template="plotly_white", height=380)
+        fig.update_yaxes(type="log")
+        if log_x:
+            fig.update_xaxes(type="log")
+        sections.append(Section(f"PrecGD {knob} sweep", f"Mean over seeds; {text}.", figures=[fig], tables=[table]))
+    return sections
