@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench.suite import Metric, RunContext, Suite
+from structbench.suite import Metric, RunContext
 from structbench.train import suite as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fixed_windows, random_windows, wiki_bytes
 from structbench.train.gpt import GPT, GPTConfig
-from structbench.train.loop import Batch, Recipe
+from structbench.train.loop import Batch
 
 CONFIG_PATH = Path(__file__).with_name("train_lm.yaml")
 EVAL_BATCH = 64
@@ -43,9 +43,7 @@ def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
     rec, context = cfg["recipe"], cfg["model"]["context"]
     train_stream = wiki_bytes("train")
     val_x, val_y = fixed_windows(wiki_bytes("valid"), context, cfg["data"]["eval_bytes"])
-    recipe = Recipe(steps=rec["steps"], batch_size=rec["batch_size"], lr=rec["lr"], weight_decay=rec["weight_decay"],
-                    warmup=rec["warmup"], min_lr=rec["min_lr"], grad_clip=rec["grad_clip"],
-                    betas=tuple(rec["betas"]), evals=rec["evals"])
+    recipe = common.recipe_from(rec, rec["steps"])
 
     def batches(gen: torch.Generator) -> Iterator[Batch]:
         while True:
@@ -79,25 +77,16 @@ TASK = common.Task(
 )
 
 
-def _report(run: Any) -> list[Any]:
-    from structbench.report.train import train_report
-
-    return train_report(run, TASK.score, higher_is_better=False, curve_metrics=["val_ppl", "val_loss"])
-
-
-SUITE = Suite(
-    name=TASK.name,
-    version="1",
+SUITE = common.make_suite(
+    TASK,
     description="A small byte-level GPT trained from scratch on Wikipedia text with structured block linears: "
     "validation perplexity per byte vs relative FLOPs (fvcore, whole model) per family and budget",
     config_path=CONFIG_PATH,
-    validate=lambda config: common.validate(TASK, config),
-    expand=common.expand,
-    run_case=lambda case, ctx: common.run_case(TASK, case, ctx),
-    report=_report,
     metrics={
-        **common.metrics("val_ppl", Metric("", higher_is_better=False, description="validation perplexity per byte")),
+        "val_ppl": Metric("", higher_is_better=False, description="validation perplexity per byte"),
         "val_loss": Metric("nat", higher_is_better=False, description="validation cross-entropy per byte"),
         "val_bpb": Metric("bit", higher_is_better=False, description="validation bits per byte"),
     },
+    higher_is_better=False,
+    curve_metrics=["val_ppl", "val_loss"],
 )

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.suite import Metric, RunContext, Suite
+from structbench.suite import Metric, RunContext
 from structbench.train import suite as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fashion_mnist, normalise, shift_and_flip
-from structbench.train.loop import Batch, Recipe
+from structbench.train.loop import Batch
 from structbench.train.vit import ViT, ViTConfig
 
 CONFIG_PATH = Path(__file__).with_name("train_vision.yaml")
@@ -55,9 +55,7 @@ def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
     per_epoch = len(train_y) // rec["batch_size"]
     if per_epoch < 1:
         raise StructbenchError(f"train-vision: {len(train_y)} training images are fewer than one batch of {rec['batch_size']}")
-    recipe = Recipe(steps=rec["epochs"] * per_epoch, batch_size=rec["batch_size"], lr=rec["lr"],
-                    weight_decay=rec["weight_decay"], warmup=rec["warmup"], min_lr=rec["min_lr"],
-                    grad_clip=rec["grad_clip"], betas=tuple(rec["betas"]), evals=rec["evals"])
+    recipe = common.recipe_from(rec, rec["epochs"] * per_epoch)
     test_inputs = normalise(test_x, mean, std)
 
     def batches(gen: torch.Generator) -> Iterator[Batch]:
@@ -100,25 +98,15 @@ TASK = common.Task(
 )
 
 
-def _report(run: Any) -> list[Any]:
-    from structbench.report.train import train_report
-
-    return train_report(run, TASK.score, higher_is_better=True, curve_metrics=["test_acc", "test_loss"])
-
-
-SUITE = Suite(
-    name=TASK.name,
-    version="1",
+SUITE = common.make_suite(
+    TASK,
     description="A small ViT trained from scratch on Fashion-MNIST with structured block linears: "
     "test accuracy vs relative FLOPs (fvcore, whole model) per family and budget",
     config_path=CONFIG_PATH,
-    validate=lambda config: common.validate(TASK, config),
-    expand=common.expand,
-    run_case=lambda case, ctx: common.run_case(TASK, case, ctx),
-    report=_report,
     metrics={
-        **common.metrics("test_acc", Metric("", higher_is_better=True, description="top-1 accuracy on the test images")),
+        "test_acc": Metric("", higher_is_better=True, description="top-1 accuracy on the test images"),
         "test_loss": Metric("nat", higher_is_better=False, description="cross-entropy on the test images"),
     },
+    higher_is_better=True,
+    curve_metrics=["test_acc", "test_loss"],
 )
-

@@ -18,7 +18,7 @@ from torch import nn
 from structbench.config import check_keys, deep_merge
 from structbench.errors import StructbenchError
 from structbench.registry import get_family, list_families
-from structbench.suite import Metric, RunContext
+from structbench.suite import Metric, RunContext, Suite
 from structbench.train.loop import Batch, Recipe, train
 from structbench.train.structure import linear_rho, model_macs, structure_
 
@@ -208,10 +208,38 @@ def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str
     }]
 
 
-def metrics(score: str, score_metric: Metric) -> dict[str, Metric]:
-    """Metric metadata both suites declare (plus their score)."""
+def recipe_from(rec: dict[str, Any], steps: int) -> Recipe:
+    """The loop's recipe from a resolved ``recipe`` section and the run's length in steps."""
+    return Recipe(steps=steps, batch_size=rec["batch_size"], lr=rec["lr"], weight_decay=rec["weight_decay"],
+                  warmup=rec["warmup"], min_lr=rec["min_lr"], grad_clip=rec["grad_clip"], betas=tuple(rec["betas"]),
+                  evals=rec["evals"])
+
+
+def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[str, Metric],
+               higher_is_better: bool, curve_metrics: list[str]) -> Suite:
+    """The ``Suite`` of a task: ``metrics`` holds the score's and the suite's own metrics."""
+
+    def report(run: Any) -> list[Any]:
+        from structbench.report.train import train_report  # running never needs the plotting stack
+
+        return train_report(run, task.score, higher_is_better=higher_is_better, curve_metrics=curve_metrics)
+
+    return Suite(
+        name=task.name,
+        version="1",
+        description=description,
+        config_path=config_path,
+        validate=lambda config: validate(task, config),
+        expand=expand,
+        run_case=lambda case, ctx: run_case(task, case, ctx),
+        report=report,
+        metrics={**shared_metrics(), **metrics},
+    )
+
+
+def shared_metrics() -> dict[str, Metric]:
+    """Metric metadata both suites declare."""
     return {
-        score: score_metric,
         "relative_flops": Metric("", higher_is_better=False, description="fvcore MACs of the whole model (attention "
                                  "included) over the dense model's, one forward"),
         "macs": Metric("MAC", higher_is_better=False, description="fvcore multiply-adds of one forward"),
