@@ -23,29 +23,29 @@ from typing import Any
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BASH = shutil.which("bash")
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="headless chromium not installed (scripts/setup.sh --test installs it)")]
+              pytest.mark.skipif(CHROMIUM is None or BASH is None,
+                                 reason="headless chromium (or bash) not installed; scripts/setup.sh --test installs chromium")]
 
 
 class DevTools:
     """A headless Chromium and one page, spoken to over the DevTools pipe."""
 
     def __init__(self, profile: Path, width: int = 1400, height: int = 1000) -> None:
-        to_browser, self._to_browser = os.pipe()
-        self._from_browser, from_browser = os.pipe()
-
-        def as_fds_3_and_4() -> None:
-            """Where --remote-debugging-pipe expects them in the child. Copy both above 10
-            first: the pipes may themselves be fds 3 or 4, and dup2 onto the same number
-            would neither move them nor make them survive exec."""
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
+        # Chromium reads commands on fd 3 and answers on fd 4. The child's ends are moved
+        # there by bash's redirections rather than a Python preexec_fn, which can deadlock
+        # after fork in a process with other threads (torch's, pytest's). Both are first
+        # copied above 10 so that no redirection overwrites the other's source (dash
+        # cannot redirect fds above 9, hence bash).
+        to_browser, self._to_browser = self._high_pipe()
+        self._from_browser, from_browser = self._high_pipe()
+        self.log = profile / "chromium.log"
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
+            [BASH, "-c", f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-',
+             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            preexec_fn=as_fds_3_and_4, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
         )
         os.close(to_browser)
         os.close(from_browser)
@@ -53,10 +53,18 @@ class DevTools:
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._next_id = 0
         threading.Thread(target=self._read, daemon=True).start()
-        page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        page = next(t for t in self.call("Target.getTargets", timeout=90)["targetInfos"] if t["type"] == "page")
         self.session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=True)
+
+    @staticmethod
+    def _high_pipe() -> tuple[int, int]:
+        ends = []
+        for fd in os.pipe():
+            ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+            os.close(fd)
+        return ends[0], ends[1]
 
     def _read(self) -> None:
         buffer = b""
@@ -66,6 +74,7 @@ class DevTools:
             for raw in messages:
                 message = json.loads(raw)
                 (self._replies.put if "id" in message else self.events.append)(message)
+        self._replies.put({"id": None})  # the browser closed its end: stop waiting
 
     def call(self, method: str, session: bool = False, timeout: float = 30, **params: Any) -> dict[str, Any]:
         self._next_id += 1
@@ -75,7 +84,15 @@ class DevTools:
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while True:
-            reply = self._replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            try:
+                reply = self._replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise AssertionError(f"chromium gave no answer to {method} in {timeout} s "
+                                     f"(exit status {self.proc.poll()}); its log ends:\n{tail}") from None
+            if reply["id"] is None:
+                raise AssertionError(f"chromium exited (status {self.proc.wait()}) during {method}; its log ends:\n"
+                                     + self.log.read_text(errors="replace")[-2000:])
             if reply["id"] == self._next_id:
                 assert "error" not in reply, reply
                 return reply.get("result", {})
@@ -117,7 +134,7 @@ class DevTools:
     def close(self) -> None:
         try:
             self.call("Browser.close", timeout=10)
-        except (queue.Empty, OSError):
+        except (AssertionError, OSError):
             pass
         try:
             self.proc.wait(timeout=10)
