@@ -42,6 +42,16 @@ def curves_figure(ok: pd.DataFrame, metric: str, title: str) -> go.Figure:
     return fig
 
 
+def budget_table(ok: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Family x rho: the score and the relative FLOPs of each run, side by side."""
+    wide = ok.pivot_table(index="family", columns="rho", values=[score, "relative_flops"], aggfunc="first")
+    columns = [(metric, rho) for rho in sorted(ok["rho"].unique()) for metric in (score, "relative_flops")
+               if (metric, rho) in wide.columns]
+    wide = wide[columns]
+    wide.columns = [f"{'flops' if metric == 'relative_flops' else metric} @{rho:g}" for metric, rho in columns]
+    return wide.reset_index()
+
+
 def train_report(run: RunData, score: str, *, higher_is_better: bool, curve_metrics: Sequence[str]) -> list[Section]:
     frame = run.frame()
     ok = frame[frame["status"] == "ok"].copy() if "status" in frame else frame
@@ -69,6 +79,10 @@ def train_report(run: RunData, score: str, *, higher_is_better: bool, curve_metr
         ))
         columns = [c for c in ["family", "rho", score, *SUMMARY[2:]] if c in ok.columns]
         table = ok.sort_values(["family", "rho"])[columns]
+        sections.append(Section(
+            f"{score} and relative FLOPs by family and budget",
+            "One row per family, one column pair per budget rho (dense: its single run at rho 1).",
+            tables=[budget_table(ok, score)]))
         sections.append(Section("All runs", tables=[table]))
     bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
     if not bad.empty:
