@@ -18,7 +18,7 @@ from structbench.errors import StructbenchError
 from structbench.init import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, StructuredLinear, check_positive_int, divisors
-from structbench.linalg import solve_right
+from structbench.linalg import block_matmul, solve_right
 
 PREFERRED_BLOCKS = 4  # the paper's default grid for Llama and ViT layers
 
@@ -157,7 +157,7 @@ class BlastLinear(StructuredLinear):
         unit_gain_(self.S, fan_in=b)
         unit_gain_(self.U, fan_in=rank)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, n_tok = self.blocks, x.shape[0]
         y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), self.V)  # (b_j, N, r): y_j = x_j V_j
         # Coupling z_i = sum_j s_ij * y_j as b broadcast multiply-adds into z, for all i at
@@ -167,7 +167,7 @@ class BlastLinear(StructuredLinear):
         z = y.new_zeros(b, n_tok, y.shape[-1])  # (b_i, N, r)
         for j in range(b):
             z.addcmul_(y[j], self.S[:, j].unsqueeze(1))
-        out = torch.bmm(z, self.U.transpose(1, 2))  # (b_i, N, p): out_i = z_i U_i^T
+        out = block_matmul(z, self.U.transpose(1, 2), bias)  # (b_i, N, p): out_i = z_i U_i^T + bias_i
         return out.transpose(0, 1).reshape(n_tok, self.out_features)
 
     def to_dense(self) -> torch.Tensor:

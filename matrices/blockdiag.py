@@ -9,6 +9,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.init import unit_gain_
+from structbench.linalg import block_matmul
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -27,10 +28,11 @@ class BlockDiagLinear(StructuredLinear):
         self.weight = nn.Parameter(torch.empty(blocks, out_features // blocks, in_features // blocks))
         unit_gain_(self.weight, fan_in=in_features // blocks)  # each block sums n/b inputs
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         n_tok = x.shape[0]
         xb = x.view(n_tok, self.blocks, -1).transpose(0, 1)  # (b, N, n/b)
-        return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(n_tok, self.out_features)
+        out = block_matmul(xb, self.weight.transpose(1, 2), bias)  # (b, N, m/b)
+        return out.transpose(0, 1).reshape(n_tok, self.out_features)
 
     def to_dense(self) -> torch.Tensor:
         return torch.block_diag(*self.weight.unbind(0))

@@ -22,8 +22,8 @@ class DenseLinear(StructuredLinear):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         unit_gain_(self.weight, fan_in=in_features)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, self.weight, bias)
 
     def to_dense(self) -> torch.Tensor:
         return self.weight

@@ -305,11 +305,12 @@ class GaudiLinear(StructuredLinear):
                 out_t.append(x.new_zeros(s_out, n_tok))
         return torch.cat(out_t).T.contiguous()
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.training and not self.bands_frozen:
             u, v = self._masked_factors()
-            return F.linear(F.linear(x, v), u)
-        return self._band_forward(x)
+            return F.linear(F.linear(x, v), u, bias)
+        out = self._band_forward(x)
+        return out if bias is None else out.add_(bias)
 
     def to_dense(self) -> torch.Tensor:
         u, v = self._masked_factors()

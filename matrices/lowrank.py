@@ -30,8 +30,8 @@ class LowRankLinear(StructuredLinear):
         unit_gain_(self.V, fan_in=in_features)
         unit_gain_(self.U, fan_in=rank)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.V), self.U)
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(F.linear(x, self.V), self.U, bias)
 
     def to_dense(self) -> torch.Tensor:
         return self.U @ self.V

@@ -74,12 +74,16 @@ class PixelflyLinear(StructuredLinear):
         unit_gain_(self.V, fan_in=in_features)
         unit_gain_(self.U, fan_in=rank, share=0.5)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         n_tok = x.shape[0]
         gathered = x.view(n_tok, self.tiles, -1)[:, self.columns]  # (N, B, k+1, q)
         gathered = gathered.reshape(n_tok, self.tiles, -1).transpose(0, 1)  # (B, N, (k+1) q)
-        sparse = torch.bmm(gathered, self.tile_weight.transpose(1, 2)).transpose(0, 1)  # (N, B, p)
-        return sparse.reshape(n_tok, self.out_features) + F.linear(F.linear(x, self.V), self.U)
+        sparse = torch.bmm(gathered, self.tile_weight.transpose(1, 2))  # (B, N, p)
+        out = F.linear(F.linear(x, self.V), self.U, bias)  # (N, m), bias fused
+        # One pass adds the sparse part and undoes its (B, N) layout; in-place is
+        # autograd-safe since addmm's backward does not need its output.
+        out.view(n_tok, self.tiles, -1).add_(sparse.transpose(0, 1))
+        return out
 
     def _tile_grid(self) -> torch.Tensor:
         """The non-zero tiles as ``(B, k+1, p, q)``, slot ``s`` of row ``i`` at column ``columns[i, s]``."""

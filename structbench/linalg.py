@@ -15,6 +15,14 @@ def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]
     return u[..., :, :rank] * root.unsqueeze(-2), root.unsqueeze(-1) * vh[..., :rank, :]
 
 
+def block_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` batched over blocks, plus ``bias`` split evenly over the blocks (``(blocks, p)``
+    or flat ``blocks * p``) through ``baddbmm``'s beta term, so adding it costs no extra pass."""
+    if bias is None:
+        return torch.bmm(a, b)
+    return torch.baddbmm(bias.reshape(a.shape[0], 1, -1), a, b)
+
+
 def relative_error(w: torch.Tensor, approx: torch.Tensor) -> float:
     """``||w - approx||_F / ||w||_F`` (0 for a zero ``w`` only when ``approx`` is zero too)."""
     num = torch.linalg.matrix_norm(w - approx).item()

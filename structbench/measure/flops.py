@@ -1,7 +1,8 @@
 """MACs via fvcore (which counts one fused multiply-add as one "flop").
 
 fvcore counts matrix products exactly but skips elementwise ops; the handles below add
-the fused multiply-adds that forwards here rely on (BLAST's coupling is ``addcmul_``), so
+the fused multiply-adds that forwards here rely on (BLAST's coupling is ``addcmul_``; block
+products with a fused bias are ``baddbmm``), so
 the measured count and each family's analytic ``macs()`` describe the same work.
 """
 from __future__ import annotations
@@ -20,7 +21,13 @@ def _elementwise_fma(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(get_shape(outputs[0]))
 
 
-MAC_HANDLES = {"aten::addcmul": _elementwise_fma, "aten::addcmul_": _elementwise_fma}
+def _baddbmm(inputs: list[Any], outputs: list[Any]) -> int:
+    """``beta * input + batch1 @ batch2``: the batched product's MACs, as fvcore counts ``bmm``."""
+    batch, rows, inner = get_shape(inputs[1])
+    return batch * rows * inner * get_shape(inputs[2])[-1]
+
+
+MAC_HANDLES = {"aten::addcmul": _elementwise_fma, "aten::addcmul_": _elementwise_fma, "aten::baddbmm": _baddbmm}
 
 
 @dataclass
