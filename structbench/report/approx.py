@@ -7,8 +7,6 @@ Errors are means over sizes, seeds or layers; bands span their min..max.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -35,7 +33,7 @@ def approx_report(run: RunData) -> list[Section]:
     sections += _synthetic_sections(synthetic)
     sections += _real_sections(real)
     sections += _cost_sections(proj)
-    sections += _convergence_sections(ok, run.meta.get("config") or {})
+    sections += _convergence_sections(ok)
     bad = frame[frame["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("experiment", "source", "matrix", "family", "status", "reason") if c in bad]
@@ -52,6 +50,10 @@ def _with_shape(frame: pd.DataFrame) -> pd.DataFrame:
     if not frame.empty:
         frame["shape"] = frame["out_features"].astype(int).astype(str) + "x" + frame["in_features"].astype(int).astype(str)
         frame["rel_error"] = frame["rel_error"].astype(float)
+        # One source matrix: a synthetic (shape, seed) or a real layer; tables count these.
+        instance = frame["layer"] if "layer" in frame else pd.Series(float("nan"), index=frame.index)
+        synthetic_id = frame["shape"] + " seed " + frame["seed"].astype(str) if "seed" in frame else frame["shape"]
+        frame["instance"] = synthetic_id.where(instance.isna(), "layer " + instance.astype(str))
     return frame
 
 
@@ -84,20 +86,20 @@ def _cell(error: float, rho_actual: float) -> str:
     return f"{error:.3f} (ρ {rho_actual:.2f})"
 
 
-def _error_table(frame: pd.DataFrame, rows: list[str], rho: float) -> pd.DataFrame:
-    """Mean error per ``rows`` x family at target ``rho``, each cell with its mean rho_actual."""
+def _error_table(frame: pd.DataFrame, row: str, rho: float, label: str) -> pd.DataFrame:
+    """Mean error per ``row`` value x family at target ``rho``, each cell with its mean
+    rho_actual, the best family per row and how many source matrices each mean covers."""
     part = frame[frame["rho"] == rho]
-    agg = part.groupby([*rows, "family"], sort=False).agg(
+    agg = part.groupby([row, "family"], sort=False).agg(
         rel_error=("rel_error", "mean"), rho_actual=("rho_actual", "mean")).reset_index()
     agg["cell"] = [_cell(e, r) for e, r in zip(agg["rel_error"], agg["rho_actual"])]
-    table = agg.pivot(index=rows, columns="family", values="cell")
+    table = agg.pivot(index=row, columns="family", values="cell")
     families = [f for f in FAMILY_ORDER if f in table.columns] + [f for f in table.columns if f not in FAMILY_ORDER]
-    table = table[families]
-    best = agg.loc[agg.groupby(rows, sort=False)["rel_error"].idxmin()].set_index(rows)["family"]
-    counts = part.groupby(rows, sort=False)["rel_error"].size() // max(1, part["family"].nunique())
-    table["best"] = best
-    table["matrices"] = counts
-    return table.reset_index()
+    table = table.reindex(index=list(dict.fromkeys(part[row])), columns=families).fillna("-")
+    table["best"] = agg.loc[agg.groupby(row, sort=False)["rel_error"].idxmin()].set_index(row)["family"]
+    table["matrices"] = part.groupby(row, sort=False)["instance"].nunique()
+    table.columns.name = None
+    return table.rename_axis(label).reset_index()
 
 
 def _present(rhos: pd.Series) -> list[float]:
@@ -107,17 +109,19 @@ def _present(rhos: pd.Series) -> list[float]:
 
 # ---- sections ------------------------------------------------------------------------
 def _notes(run: RunData, frame: pd.DataFrame) -> Section:
-    config = run.meta.get("config") or {}
     lines = ["Relative Frobenius error ||W - What||_F / ||W||_F of each family's from_dense at a target rho; "
              "rho_actual (the fraction of the dense parameters the chosen structure keeps, always <= rho) is "
              "shown beside every error, and curves are drawn against it."]
     models = [m for m in MODELS if "source" in frame and (frame["source"] == m).any()]
     lines += [f"{m}: {MODELS[m].note}." for m in models]
-    options = config.get("projection") or {}
+    proj = frame[frame["experiment"] == "projection"] if "options" in frame else frame.iloc[0:0]
+    options = {f: sorted(set(o)) for f, o in proj.groupby("family")["options"] if set(o) != {"{}"}}
     if options:
-        lines.append("Projection options (non-default): " + "; ".join(f"{f}: {o}" for f, o in options.items()) + ".")
+        lines.append("NOT the families' default projection budgets: " + "; ".join(
+            f"{f} {', '.join(o)}" for f, o in options.items()) + " (a --quick run trades accuracy for time, so "
+            "these families' errors are upper bounds of what their default projection reaches).")
     else:
-        lines.append("Every family projects with its default options.")
+        lines.append("Every family projects with its default options (matrices/<family>.py).")
     return Section("About this run", " ".join(lines))
 
 
@@ -128,9 +132,8 @@ def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
     homes = ", ".join(f"{k} -> {KINDS[k].family}" for k in kinds if KINDS[k].family)
     maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=FAMILY_ORDER,
                     col_order=kinds, title=f"mean relative error at rho {rho}: families x synthetic kinds")
-            for rho in _present(frame["rho"])]
-    tables = [_error_table(frame, ["matrix"], rho).rename(columns={"matrix": f"kind (rho {rho})"})
-              for rho in _present(frame["rho"])]
+            .update_yaxes(autorange="reversed") for rho in _present(frame["rho"])]
+    tables = [_error_table(frame, "matrix", rho, f"kind (rho {rho})") for rho in _present(frame["rho"])]
     sizes = ", ".join(sorted(frame["shape"].unique()))
     who = Section(
         "Who captures what: synthetic matrices",
@@ -156,8 +159,7 @@ def _real_sections(frame: pd.DataFrame) -> list[Section]:
         layers = sorted(part["layer"].dropna().astype(int).unique())
         shapes = part.drop_duplicates("matrix").set_index("matrix")["shape"]
         note = MODELS[model].note if model in MODELS else ""
-        tables = [_error_table(part, ["matrix"], rho).rename(columns={"matrix": f"layer type (rho {rho})"})
-                  for rho in _present(part["rho"])]
+        tables = [_error_table(part, "matrix", rho, f"layer type (rho {rho})") for rho in _present(part["rho"])]
         figures = [_error_curves(part[part["matrix"] == t], f"{model} {t} ({shapes[t]}, {len(layers)} layers)",
                                  log_y=False) for t in types]
         sections.append(Section(
@@ -181,7 +183,8 @@ def _cost_sections(frame: pd.DataFrame) -> list[Section]:
         return []
     seconds = frame.pivot_table(index="shape", columns="family", values="seconds", aggfunc="mean")
     seconds = seconds[[f for f in FAMILY_ORDER if f in seconds.columns]]
-    seconds["matrices"] = frame.groupby("shape")["rel_error"].size() // max(1, frame["family"].nunique())
+    seconds.columns.name = None
+    seconds["matrices"] = frame.groupby("shape")["instance"].nunique()
     order = frame.drop_duplicates("shape").assign(size=lambda d: d["out_features"] * d["in_features"])
     seconds = seconds.reindex(order.sort_values("size")["shape"]).reset_index()
     summary = (frame.groupby(["source", "matrix", "shape", "family", "rho"], sort=False)
@@ -200,7 +203,7 @@ def _cost_sections(frame: pd.DataFrame) -> list[Section]:
     ]
 
 
-def _convergence_sections(frame: pd.DataFrame, config: dict[str, Any]) -> list[Section]:
+def _convergence_sections(frame: pd.DataFrame) -> list[Section]:
     conv = frame[frame["experiment"] == "convergence"]
     if conv.empty:
         return []
@@ -261,24 +264,25 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
             figures=[fig], tables=[table]))
     delta = frame[frame["experiment"] == "precgd-delta0"]
     steps = frame[frame["experiment"] == "precgd-steps"]
-    for part, knob, log_x, text in (
-        (delta, "delta0", True, "damping delta = delta0 ||A - Ahat||_F: too small and the solves amplify noise, "
-                                "too large and PrecGD degrades to slow GD"),
-        (steps, "steps", False, "more iterations buy error with time (linear decay always ends at step 0)"),
+    for part, knob, x, text in (
+        (delta, "delta0", "delta0", "damping delta = delta0 ||A - Ahat||_F: too small and the solves amplify noise, "
+                                    "too large and PrecGD degrades to slow GD; time barely moves"),
+        (steps, "steps", "seconds", "more iterations buy error with time (the step decays linearly to 0 at the "
+                                    "last iteration, whatever the count)"),
     ):
         if part.empty:
             continue
         table = (part.groupby([knob, "rank"], sort=True)
                  .agg(final_error=("rel_error", "mean"), worst_seed=("rel_error", "max"),
                       seconds=("seconds", "mean"), seeds=("seed", "size")).reset_index())
-        fig = go.Figure(go.Scatter(x=table["seconds"], y=table["final_error"], mode="lines+markers+text",
+        fig = go.Figure(go.Scatter(x=table[x], y=table["final_error"], mode="lines+markers+text",
                                    text=[f"{knob}={v:g}" for v in table[knob]], textposition="top right",
                                    line={"color": METHOD_COLORS["precgd"]}, name="precgd"))
-        fig.update_layout(title=f"PrecGD: final error vs time as {knob} varies (r={int(table['rank'].iloc[0])})",
-                          xaxis_title="seconds per factorization", yaxis_title="final relative error",
-                          template="plotly_white", height=380)
+        fig.update_layout(title=f"PrecGD: final error vs {'time' if x == 'seconds' else knob} as {knob} varies "
+                                f"(r={int(table['rank'].iloc[0])}, mean over seeds)",
+                          xaxis_title="seconds per factorization" if x == "seconds" else knob,
+                          yaxis_title="final relative error", template="plotly_white", height=380)
+        fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")
-        if log_x:
-            fig.update_xaxes(type="log")
         sections.append(Section(f"PrecGD {knob} sweep", f"Mean over seeds; {text}.", figures=[fig], tables=[table]))
     return sections
