@@ -131,6 +131,7 @@ def build_index(root: str | Path) -> Path:
         rows.append({
             "run": f"<a href='{html.escape(link)}'>{html.escape(run.run_dir.name)}</a>", "suite": run.suite,
             "device": m.get("env", {}).get("device_name"), "dtype": m.get("cli", {}).get("dtype"),
+            "threads": m.get("env", {}).get("threads"),
             "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
             "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
             "status": m.get("status"), "rows": len(run.rows),
