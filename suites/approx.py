@@ -29,6 +29,7 @@ import torch
 from structbench.config import check_keys, deep_merge, number_list
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
+from structbench.measure.timing import synchronize
 from structbench.models import weights as model_weights
 from structbench.registry import get_family, list_families
 from structbench.results import read_rows
@@ -258,11 +259,10 @@ def _source_matrix(case: dict[str, Any], ctx: RunContext) -> torch.Tensor:
 
 def _seconds(ctx: RunContext, fn: Any) -> tuple[Any, float]:
     """``fn()`` and its wall time, synchronising the device so queued kernels count."""
-    sync = torch.cuda.synchronize if str(ctx.device).startswith("cuda") else (lambda: None)
-    sync()
+    synchronize(ctx.device)
     start = time.perf_counter()
     out = fn()
-    sync()
+    synchronize(ctx.device)
     return out, time.perf_counter() - start
 
 

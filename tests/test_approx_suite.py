@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
 from structbench.errors import StructbenchError
+from structbench.measure.timing import torch_threads
 from structbench.models import weights as model_weights
 from structbench.registry import get_family, list_families
 from structbench.suite import SUITES, RunContext, case_key
@@ -45,10 +45,8 @@ BASE = RAW if HAS_MODEL_PACKAGES else {
 def _one_thread() -> Any:
     """Small projections run fastest, and steadiest on a shared machine, on one thread; the
     CLI's ``--threads`` sets the global count, so it is restored after every test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def config(**overrides: Any) -> dict[str, Any]:
