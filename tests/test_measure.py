@@ -50,8 +50,8 @@ def test_interleaved_alternates_blocks_and_keeps_threads(monkeypatch: pytest.Mon
 def test_interleaved_ratio_of_medians_tracks_work() -> None:
     """A callable doing four times the sleeping is about four times slower (a ratio, not an
     absolute time, so that a loaded machine cannot fail it)."""
-    times = interleaved({"short": lambda: time.sleep(0.002), "long": lambda: time.sleep(0.008)},
-                        threads=1, min_run_time=0.12, rounds=6, warmup=1)
+    times = interleaved({"short": lambda: time.sleep(0.005), "long": lambda: time.sleep(0.02)},
+                        threads=1, min_run_time=0.15, rounds=6, warmup=1)
     ratio = times["long"].median / times["short"].median
     assert 2.0 < ratio < 6.0
 
