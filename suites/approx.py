@@ -44,7 +44,7 @@ _CONVERGENCE_KEYS = {
     "gd_lr_sweep", "sweep_rank", "delta0_sweep", "steps_sweep",
 }
 _METHODS = ("precgd", "gd")
-AUTO = "auto"  # GD's step: the best of this run's gd-lr sweep at the same rank
+AUTO = "auto"  # GD's step: the best step of this run's gd-lr sweep that is stable on every seed
 
 
 # ---- config ------------------------------------------------------------------------
@@ -204,10 +204,11 @@ def _convergence_cases(conv: dict[str, Any]) -> list[dict[str, Any]]:
     target = {"source": "synthetic", "matrix": "blast", "out_features": m, "in_features": n,
               "family": "blast", "blocks": conv["blocks"], "true_rank": conv["true_rank"], "delta0": conv["delta0"]}
     cases = []
-    for rank in conv["ranks"]:  # GD's step-size sweep, on the first seed
+    for rank in conv["ranks"]:  # GD's step-size sweep: every seed, as stability depends on it
         for lr in conv["gd_lr_sweep"]:
-            cases.append({"experiment": "gd-lr", **target, "seed": conv["seeds"][0], "rank": rank, "method": "gd",
-                          "lr": lr, "steps": conv["steps"]})
+            for seed in conv["seeds"]:
+                cases.append({"experiment": "gd-lr", **target, "seed": seed, "rank": rank, "method": "gd", "lr": lr,
+                              "steps": conv["steps"]})
     for seed in conv["seeds"]:
         for rank in conv["ranks"]:
             for method in conv["methods"]:
@@ -319,19 +320,26 @@ def _run_blast_fit(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]
 
 
 def _swept_gd_lr(case: dict[str, Any], ctx: RunContext) -> float:
-    """The step of this run's ``gd-lr`` sweep with the lowest final error on the same target
-    and rank (ties to the larger step), so GD is compared at its best, not at a guess.
+    """The step of this run's ``gd-lr`` sweep (same target, rank and steps) whose worst final
+    error over the seeds is lowest, among the steps that diverge on no seed (ties go to the
+    larger step): GD is compared at its best stable step, not at a guess. One seed is not
+    enough: near the edge of stability a step that converges on one target blows up on another.
 
     ``expand`` puts the sweep first, so its rows are on disk (also after ``--resume``).
     """
     same = ("out_features", "in_features", "blocks", "true_rank", "rank", "steps")
     swept = [row for row in read_rows(ctx.run_dir)
-             if row.get("experiment") == "gd-lr" and row.get("status") == "ok" and not row.get("diverged")
-             and all(row.get(k) == case[k] for k in same)]
-    if not swept:
-        raise StructbenchError(f"convergence lr 'auto' for gd at rank {case['rank']}: no finite run in this run's "
-                               "gd_lr_sweep; widen convergence.gd_lr_sweep or give a number")
-    return min(swept, key=lambda row: (row["rel_error"], -row["lr"]))["lr"]
+             if row.get("experiment") == "gd-lr" and row.get("status") == "ok" and all(row.get(k) == case[k] for k in same)]
+    seeds = {row["seed"] for row in swept}
+    worst: dict[float, float] = {}
+    for lr in {row["lr"] for row in swept}:
+        runs = [row for row in swept if row["lr"] == lr]
+        if {row["seed"] for row in runs} == seeds and not any(row["diverged"] for row in runs):
+            worst[lr] = max(row["rel_error"] for row in runs)
+    if not worst:
+        raise StructbenchError(f"convergence lr 'auto' for gd at rank {case['rank']}: no step of this run's "
+                               "gd_lr_sweep stayed finite on every seed; widen convergence.gd_lr_sweep or give a number")
+    return min(worst, key=lambda lr: (worst[lr], -lr))
 
 
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from structbench.synthetic import KINDS
 TABLE_RHOS = (0.2, 0.5)  # the real-weights tables and heat maps; every rho is in the curves
 LOG_FLOOR = 1e-8  # float32 round-off of an exact projection; drawn at this floor on log axes
 METHOD_COLORS = {"precgd": PALETTE[0], "gd": PALETTE[1]}
+DIVERGED = 10.0  # where a diverged run is drawn on a log error axis
 
 
 def approx_report(run: RunData) -> list[Section]:
@@ -32,8 +33,8 @@ def approx_report(run: RunData) -> list[Section]:
     sections = [_notes(run, frame)]
     sections += _synthetic_sections(synthetic)
     sections += _real_sections(real)
-    sections += _cost_sections(proj)
     sections += _convergence_sections(ok)
+    sections += _cost_sections(proj)  # ends with the long table of every projection group
     bad = frame[frame["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("experiment", "source", "matrix", "family", "status", "reason") if c in bad]
@@ -50,10 +51,9 @@ def _with_shape(frame: pd.DataFrame) -> pd.DataFrame:
     if not frame.empty:
         frame["shape"] = frame["out_features"].astype(int).astype(str) + "x" + frame["in_features"].astype(int).astype(str)
         frame["rel_error"] = frame["rel_error"].astype(float)
-        # One source matrix: a synthetic (shape, seed) or a real layer; tables count these.
-        instance = frame["layer"] if "layer" in frame else pd.Series(float("nan"), index=frame.index)
-        synthetic_id = frame["shape"] + " seed " + frame["seed"].astype(str) if "seed" in frame else frame["shape"]
-        frame["instance"] = synthetic_id.where(instance.isna(), "layer " + instance.astype(str))
+        # One source matrix: a synthetic (kind, shape, seed) or a real (model, layer, type); tables count these.
+        which = [c for c in ("source", "matrix", "shape", "seed", "layer") if c in frame]
+        frame["instance"] = frame[which].apply(lambda col: col.map(str)).agg(" ".join, axis=1)
     return frame
 
 
@@ -225,10 +225,7 @@ def _convergence_sections(frame: pd.DataFrame) -> list[Section]:
                           height=420)
         fig.update_yaxes(type="log")
         figures.append(fig)
-    summary = (conv.groupby(["rank", "method", "lr_used", "delta0", "steps"], sort=True)
-               .agg(final_error=("rel_error", "mean"), best_seed=("rel_error", "min"), worst_seed=("rel_error", "max"),
-                    seconds=("seconds", "mean"), seeds=("seed", "size"), rho_actual=("rho_actual", "first"))
-               .reset_index())
+    summary = _over_seeds(conv, ["rank", "method", "lr_used", "delta0", "steps"])
     sections.append(Section(
         "BLAST factorization: GD vs PrecGD",
         f"Target: {target}; every method starts from the same small random factors (seeded) and decays "
@@ -240,27 +237,35 @@ def _convergence_sections(frame: pd.DataFrame) -> list[Section]:
     return sections
 
 
+def _over_seeds(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Final error over seeds per ``keys``: mean, best and worst of the finite runs, and how
+    many runs diverged (kept apart, so a mean never hides a blow-up)."""
+    return (frame.groupby(keys, sort=True)
+            .agg(final_error=("rel_error", "mean"), best_seed=("rel_error", "min"), worst_seed=("rel_error", "max"),
+                 diverged=("diverged", "sum"), seeds=("seed", "size"), seconds=("seconds", "mean"))
+            .reset_index())
+
+
 def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
     sections = []
     lr = frame[frame["experiment"] == "gd-lr"]
     if not lr.empty:
-        table = (lr.groupby(["rank", "lr"], sort=True)
-                 .agg(final_error=("rel_error", "mean"), diverged=("diverged", "any"), seconds=("seconds", "mean"))
-                 .reset_index())
-        stable = table[~table["diverged"] & table["final_error"].lt(1.0)]
+        table = _over_seeds(lr, ["rank", "lr"])
         fig = go.Figure()
         for rank, part in table.groupby("rank"):
-            fig.add_trace(go.Scatter(x=part["lr"], y=part["final_error"].clip(upper=10.0), mode="lines+markers",
-                                     name=f"r={rank}"))
-        fig.update_layout(title="GD: final error vs step size (diverged runs drawn at 10)", xaxis_title="lr",
-                          yaxis_title="final relative error", template="plotly_white", height=380)
+            worst = part["worst_seed"].where(part["diverged"] == 0, DIVERGED)
+            fig.add_trace(go.Scatter(x=part["lr"], y=worst, mode="lines+markers", name=f"r={rank}"))
+        fig.update_layout(title=f"GD: worst final error over seeds vs step size (diverged: drawn at {DIVERGED:g})",
+                          xaxis_title="lr", yaxis_title="final relative error", template="plotly_white", height=380)
         fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")
-        largest = stable.groupby("rank")["lr"].max().to_dict() if not stable.empty else {}
+        stable = table[table["diverged"] == 0]
+        largest = {int(k): v for k, v in stable.groupby("rank")["lr"].max().items()}
         sections.append(Section(
             "GD step-size sweep",
-            "Plain GD is only a fair baseline at its best step: this sweep runs it at each lr on the convergence "
-            f"target (first seed). Largest lr that stays finite and below error 1, per rank: {largest}.",
+            "Plain GD is only a fair baseline at its best step: it runs at every lr of the sweep on every seed's "
+            "target, and 'auto' uses the step with the lowest worst-seed error among those that diverge on no "
+            f"seed. Largest step finite on every seed, per rank: {largest}.",
             figures=[fig], tables=[table]))
     delta = frame[frame["experiment"] == "precgd-delta0"]
     steps = frame[frame["experiment"] == "precgd-steps"]
@@ -272,9 +277,7 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
     ):
         if part.empty:
             continue
-        table = (part.groupby([knob, "rank"], sort=True)
-                 .agg(final_error=("rel_error", "mean"), worst_seed=("rel_error", "max"),
-                      seconds=("seconds", "mean"), seeds=("seed", "size")).reset_index())
+        table = _over_seeds(part, [knob, "rank"])
         fig = go.Figure(go.Scatter(x=table[x], y=table["final_error"], mode="lines+markers+text",
                                    text=[f"{knob}={v:g}" for v in table[knob]], textposition="top right",
                                    line={"color": METHOD_COLORS["precgd"]}, name="precgd"))
