@@ -117,7 +117,7 @@ def test_attention_matmuls_are_counted() -> None:
     assert model_macs(Attn(), torch.zeros(2, 3, 5, 8)) == 2 * 3 * 5 * 5 * (8 + 8)
 
 
-@pytest.mark.parametrize("family", ["lowrank", "monarch", "pixelfly", "gaudi"])
+@pytest.mark.parametrize("family", ["lowrank", "blockdiag", "monarch", "blast", "pixelfly", "gaudi"])
 def test_whole_model_macs_differ_only_by_the_swapped_linears(family: str) -> None:
     cfg = GPTConfig(context=16, dim=32, depth=2, heads=2, mlp_ratio=2)
     example = torch.zeros(1, 16, dtype=torch.long)

@@ -10,6 +10,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from structbench.measure.flops import MAC_HANDLES
 from structbench.structured import StructuredLinear
 from structbench.swap import swap_linears
 
@@ -46,13 +47,14 @@ def _attention_macs(inputs: list[Any], outputs: list[Any]) -> int:
 
 def model_macs(model: nn.Module, example: torch.Tensor) -> int:
     """fvcore's multiply-add count of one forward of ``example`` through the whole model in
-    eval mode (the structure as evaluated: Gaudi's band forward), attention included."""
+    eval mode (the structure as evaluated: Gaudi's band forward), attention included, with the
+    fused multiply-adds the families' forwards use (``structbench.measure.flops``)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             counter = FlopCountAnalysis(model, example)
-            counter.set_op_handle("aten::scaled_dot_product_attention", _attention_macs)
+            counter.set_op_handle(**MAC_HANDLES, **{"aten::scaled_dot_product_attention": _attention_macs})
             counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return int(counter.total())
     finally:
