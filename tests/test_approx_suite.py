@@ -149,6 +149,15 @@ def test_projection_rows(tmp_path: Path) -> None:
     assert set(row) >= {"rel_error", "seconds", "rho_actual", "hparams", "status", "reason", "family", "rho"}
 
 
+def test_half_precision_rounds_the_stored_factors(tmp_path: Path) -> None:
+    cfg = config(families=["lowrank"])
+    exact = SUITE.run_case(synthetic_case("lowrank-noise", "lowrank", 0.5), context(cfg, tmp_path))[0]
+    half = RunContext(**{**vars(context(cfg, tmp_path)), "dtype": "bfloat16"})
+    [row] = SUITE.run_case(synthetic_case("lowrank-noise", "lowrank", 0.5), half)
+    assert row["status"] == "ok" and row["rho_actual"] == exact["rho_actual"]
+    assert exact["rel_error"] < row["rel_error"] < exact["rel_error"] + 0.02  # bf16 keeps ~3 digits
+
+
 # Each structured kind is recovered by its own family at the rho it was drawn with; the
 # closed-form projections exactly, BLAST's PrecGD (iterative) to a small error. A family
 # that broke its projection, or a kind that stopped being what its name says, fails here.
