@@ -226,6 +226,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         row.update({"retrain_seconds": time.perf_counter() - start, "retrain_loss_first": losses[0],
                     "retrain_loss_last": statistics.fmean(losses[-10:])})
 
+    ctx.log(f"  {case['family']} rho={case['rho']}: perplexity")
     ppl_cfg = cfg["perplexity"]
     n_tokens = ppl_cfg["window"] + (ppl_cfg["windows"] - 1) * ppl_cfg["stride"]
     start = time.perf_counter()
@@ -234,6 +235,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     row.update({"perplexity": ppl.perplexity, "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows,
                 "ppl_seconds": time.perf_counter() - start})
 
+    ctx.log(f"  {case['family']} rho={case['rho']}: tasks")
     start = time.perf_counter()
     accs, norms = [], []
     for name in cfg["tasks"]["names"]:
@@ -247,6 +249,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     row.update({"acc_avg": statistics.fmean(accs), "acc_norm_avg": statistics.fmean(norms),
                 "tasks_seconds": time.perf_counter() - start})
 
+    ctx.log(f"  {case['family']} rho={case['rho']}: size and speed")
     speed = cfg["speed"]
     vocab = model.config.vocab_size
     macs, unsupported = lm_eval.macs_per_token(model, speed["macs_tokens"], vocab)

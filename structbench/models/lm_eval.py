@@ -16,6 +16,7 @@ what readers expect:
 """
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
     """Summed log-probability of each ``continuation`` given its ``context``.
 
     Requests are batched longest first with right padding; a sequence longer than
-    ``max_length`` keeps its right end (the continuation is never cut).
+    ``max_length`` keeps its right end (the continuation is never cut). The logits are
+    taken as ``output_embeddings(decoder(ids))``, which is how Llama-style models
+    compute them (a model with logit soft-capping would need its own head here).
     """
     device = next(model.parameters()).device
     encoded = []
@@ -124,12 +127,22 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
         for r, seq in enumerate(inputs):
             x[r, :len(seq)] = torch.tensor(seq)
             mask[r, :len(seq)] = 1
-        logp = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+        hidden = model.get_decoder()(input_ids=x.to(device), attention_mask=mask.to(device)).last_hidden_state
+        rows, positions, targets = [], [], []
         for r, i in enumerate(idx):
             seq, n_cont = encoded[i]
-            targets = torch.tensor(seq[-n_cont:], device=device)
-            positions = torch.arange(len(seq) - 1 - n_cont, len(seq) - 1, device=device)
-            out[i] = float(logp[r, positions, targets].sum())
+            rows += [r] * n_cont
+            positions += range(len(seq) - 1 - n_cont, len(seq) - 1)
+            targets += seq[-n_cont:]
+        # the LM head only where a continuation token is predicted: it is a quarter of a
+        # small model's MACs, and the log-softmax over the vocabulary at every position more
+        logp = model.get_output_embeddings()(hidden[rows, positions]).float().log_softmax(-1)
+        picked = logp[torch.arange(len(targets)), torch.tensor(targets, device=device)]
+        start = 0
+        for r, i in enumerate(idx):
+            n_cont = encoded[i][1]
+            out[i] = float(picked[start:start + n_cont].sum())
+            start += n_cont
     return out
 
 
@@ -213,16 +226,16 @@ def throughput(model: nn.Module, vocab_size: int, prompt: int, generate: int, re
     """
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    # transformers 5 renamed ``past_key_values`` to ``cache``; accept both
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     prefill, decode = [], []
     for _ in range(repeats + 1):  # the first round warms up allocators and is dropped
         start = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
         _sync(device)
         mid = time.perf_counter()
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         for _ in range(generate):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=out.logits[:, -1:].argmax(-1), use_cache=True, **{name: out[name]})
         _sync(device)
         end = time.perf_counter()
         prefill.append(prompt / (mid - start))
