@@ -220,7 +220,7 @@ def _convergence_sections(frame: pd.DataFrame) -> list[Section]:
                 x=run.iloc[0]["iterations"], y=run.iloc[0]["errors"], mode="lines", legendgroup=method,
                 name=f"{method} (lr {run.iloc[0]['lr_used']:g})", showlegend=bool(seed == part["seed"].min()),
                 line={"color": METHOD_COLORS.get(method), "width": 1.5}, hovertext=f"seed {seed}"))
-        fig.update_layout(title=f"{regime} (r={rank}): relative error per iteration, one line per seed",
+        fig.update_layout(title=f"{regime} (r={int(rank)}): relative error per iteration, one line per seed",
                           xaxis_title="iteration", yaxis_title="relative Frobenius error", template="plotly_white",
                           height=420)
         fig.update_yaxes(type="log")
@@ -254,7 +254,7 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
         fig = go.Figure()
         for rank, part in table.groupby("rank"):
             worst = part["worst_seed"].where(part["diverged"] == 0, DIVERGED)
-            fig.add_trace(go.Scatter(x=part["lr"], y=worst, mode="lines+markers", name=f"r={rank}"))
+            fig.add_trace(go.Scatter(x=part["lr"], y=worst, mode="lines+markers", name=f"r={int(rank)}"))
         fig.update_layout(title=f"GD: worst final error over seeds vs step size (diverged: drawn at {DIVERGED:g})",
                           xaxis_title="lr", yaxis_title="final relative error", template="plotly_white", height=380)
         fig.update_xaxes(type="log")
