@@ -359,12 +359,16 @@ class GaudiLinear(StructuredLinear):
     # ---- width budget and projection ----------------------------------------------
     @torch.no_grad()
     def project_widths_(self, macs: float | None = None) -> None:
-        """Euclidean projection of the widths onto ``[0, 1]`` and the budget
-        ``sum_k r_c (w_in_k n + w_out_k m) <= macs`` (default ``budget_rank (m + n)``).
+        """Projection of the widths onto ``[0, 1]`` and the budget
+        ``sum_k r_c (w_in_k n + w_out_k m) <= macs`` (default ``budget_rank (m + n)``), in the
+        metric that weighs each width by its MAC cost ``a`` (``r_c n`` or ``r_c m``).
 
-        The KKT solution is ``clip(w - tau a, 0, 1)`` with ``a`` each width's MAC cost; ``tau``
-        is found by bisection. It is the proximal step of training and of ``from_dense``;
-        ``macs`` overrides the module's cap for schedules that tighten it gradually.
+        The KKT solution is then a uniform shift, ``clip(w - tau, 0, 1)``, with ``tau`` found by
+        bisection: the proximal step of the MAC-cost penalty ``tau sum_k a_k w_k``. (The plain
+        Euclidean projection, ``clip(w - tau a)``, shrinks the pricier side ``max(m, n) / min(m, n)``
+        times faster: on a 192x576 layer at rho 0.2 it drove every input band to width 0 and
+        left an empty matrix, relative error 0.94.) It is the proximal step of training and of
+        ``from_dense``; ``macs`` overrides the module's cap for schedules that tighten it gradually.
         """
         n, m, rc = self.in_features, self.out_features, self.component_rank
         w = torch.cat([self.width_in, self.width_out])
@@ -372,15 +376,15 @@ class GaudiLinear(StructuredLinear):
         limit = float(self.budget_rank * (m + n) if macs is None else macs)
 
         def spent(tau: float) -> float:
-            return float((cost * (w - tau * cost).clamp(0, 1)).sum())
+            return float((cost * (w - tau).clamp(0, 1)).sum())
 
         tau = 0.0
         if spent(0.0) > limit:
-            lo, tau = 0.0, float(w.max().clamp(min=0)) / float(cost.min())  # spent(tau) == 0
+            lo, tau = 0.0, float(w.max().clamp(min=0))  # spent(tau) == 0
             for _ in range(60):
                 mid = (lo + tau) / 2
                 lo, tau = (mid, tau) if spent(mid) > limit else (lo, mid)
-        new = (w - tau * cost).clamp(0, 1)
+        new = (w - tau).clamp(0, 1)
         self.width_in.copy_(new[: self.components])
         self.width_out.copy_(new[self.components :])
 
@@ -390,9 +394,9 @@ class GaudiLinear(StructuredLinear):
         optimizer step with the fraction of training done (the hook every family may expose).
 
         Before ``FREEZE_AT``: the proximal step of the budget constraint, ``project_widths_``.
-        Its solution ``clip(w - tau a, 0, 1)`` is the paper's cost-weighted l1 shrinkage
-        (soft threshold by ``tau`` times each width's MAC cost ``a``) with the l1 strength
-        ``tau`` chosen each step as the smallest that meets the budget, so no separate l1
+        Its solution ``clip(w - tau, 0, 1)`` is the proximal step of the paper's MAC-cost l1
+        penalty on the widths (a soft threshold, in the metric weighing each width by its MAC
+        cost) with the strength ``tau`` chosen each step as the smallest that meets the budget, so no separate l1
         step with a hand-tuned lambda is needed: gradients widen the useful bands and the
         shrinkage takes the MACs back from all of them, driving unhelpful bands to zero
         width. ``sigma`` anneals from ``TRAIN_SIGMA[0]`` (the value the initialisation was

@@ -62,3 +62,17 @@ def test_bad_hparams_are_clear() -> None:
         GaudiLinear(64, 64, components=4, budget_rank=5)
     with pytest.raises(StructbenchError, match="budget_rank must be a positive integer"):
         GaudiLinear(64, 64, components=4, budget_rank=0)
+
+
+@pytest.mark.parametrize("shape", [(48, 144), (144, 48)])
+def test_projection_keeps_both_sides_of_a_non_square_layer(shape: tuple[int, int]) -> None:
+    """Input and output widths cost n and m MACs; the budget projection must not starve the
+    pricier side (a cost-proportional shrinkage once left every input band empty)."""
+    m, n = shape
+    weight = torch.randn(m, n, dtype=torch.float64)
+    layer = GaudiLinear.from_dense(weight, rho=0.2, steps=60, polish=20).eval()
+    assert float(layer.width_in.detach().min()) > 0 or float(layer.width_in.detach().mean()) > 0.05
+    assert float(layer.width_out.detach().mean()) > 0.05
+    assert layer.rho > 0.1  # the hard bands spend most of the budget
+    u, v = svd_factors(weight, int(0.2 * m * n / (m + n)))
+    assert relative_error(weight, layer.to_dense().detach()) < 1.1 * relative_error(weight, u @ v)
