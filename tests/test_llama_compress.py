@@ -180,6 +180,13 @@ def test_compress_caches_factors_and_save_load_roundtrips(tiny_llama: Path, tmp_
     with pytest.raises(StructbenchError, match="projections"):
         compress(again, "lowrank", 0.5, projections=["qkv"])
 
+    plain, _ = _load(tiny_llama)  # the swap path itself changes nothing: dense copies give the same model
+    with torch.no_grad():
+        reference = plain(ids).logits
+    compress(plain, "dense", 1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, reference)
+
 
 def test_finetune_trains_only_structured_factors_and_norms(tiny_llama: Path) -> None:
     model, _ = _load(tiny_llama)
