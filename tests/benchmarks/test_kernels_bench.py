@@ -41,6 +41,11 @@ def _bench(benchmark: Any, case: dict[str, Any], baseline: bool) -> None:
                                 macs=dense_macs if baseline else family.macs(case["tokens"]),
                                 ideal_speedup=1.0 if baseline else dense_macs / family.macs(case["tokens"]))
     with torch.inference_mode():
+        # Never time a wrong kernel (MEASURING.md): check against the dense matrix first.
+        reference = x @ module.to_dense().T if hasattr(module, "to_dense") else x @ module.weight.T
+        if module.bias is not None:
+            reference = reference + module.bias
+        torch.testing.assert_close(module(x), reference, rtol=1e-4, atol=1e-4)
         benchmark(module, x)
 
 
