@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from matrices.blast import BlastLinear, factorize
+from matrices.blast import BlastLinear, blast_dense, factorize
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 
@@ -45,6 +45,18 @@ def test_precgd_beats_gd_when_overparameterised() -> None:
     gd = factorize(target, blocks=4, rank=24, steps=150, method="gd")
     assert pre.errors[-1] < 0.05
     assert pre.errors[-1] * 10 < gd.errors[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reported_error_is_the_true_error(dtype: torch.dtype) -> None:
+    """Loose fits report the error from Gram matrices, tight ones from the formed residual:
+    both must equal what the returned factors give."""
+    gen = torch.Generator().manual_seed(2)
+    for target in (torch.randn(96, 64, generator=gen, dtype=dtype),
+                   torch.randn(96, 8, generator=gen, dtype=dtype) @ torch.randn(8, 64, generator=gen, dtype=dtype)):
+        fit = factorize(target, blocks=4, rank=8, steps=60)
+        true = relative_error(target.double(), blast_dense(fit.U, fit.S, fit.V).double())
+        assert fit.errors[-1] == pytest.approx(true, rel=1e-3, abs=1e-6)
 
 
 def test_seeded_and_reports_progress() -> None:

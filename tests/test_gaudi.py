@@ -57,6 +57,21 @@ def test_projection_competes_with_svd_and_is_seeded() -> None:
     assert a.rho <= 0.5
 
 
+def test_projected_bands_stay_frozen_in_train_mode_and_through_the_state_dict() -> None:
+    """The polish phase fits the hard bands, so the fitted matrix must be the one a
+    train-mode module (fine-tuning) and a reloaded module use, not the soft-mask one."""
+    weight = torch.randn(64, 64, dtype=torch.float64)
+    fit = GaudiLinear.from_dense(weight, rho=0.3, steps=30, polish=10).double()
+    hard = fit.eval().to_dense().detach()
+    torch.testing.assert_close(fit.train().to_dense().detach(), hard)
+    x = torch.randn(5, 64, dtype=torch.float64)
+    torch.testing.assert_close(fit(x), x @ hard.T)
+    fresh = GaudiLinear(64, 64, bias=False, **fit.hparams).double()
+    fresh.load_state_dict(fit.state_dict())
+    assert fresh.bands_frozen
+    torch.testing.assert_close(fresh.train().to_dense().detach(), hard)
+
+
 def test_bad_hparams_are_clear() -> None:
     with pytest.raises(StructbenchError, match="budget_rank 5 exceeds components"):
         GaudiLinear(64, 64, components=4, budget_rank=5)
