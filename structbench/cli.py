@@ -43,7 +43,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (dotted for nested keys, value in YAML); repeatable")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with --resume, the run's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue an interrupted run (default: the newest unfinished run of --suite)")
@@ -87,6 +87,15 @@ def _run(args: argparse.Namespace) -> int:
         config, cli = writer.meta["config"], writer.meta["cli"]
         suite = SUITES.get(writer.meta["suite"]["name"])
         _check_device(cli["device"])
+        if args.threads is not None and args.threads != cli["threads"]:
+            # Threads change speed, not results: a run resumed on a busier machine may need
+            # fewer. The change is recorded and said, since timings differ across it.
+            _check_threads(args.threads)
+            print(f"resuming with --threads {args.threads} (the run started with {cli['threads']}; "
+                  "timings before and after are not comparable)", file=sys.stderr)
+            writer.meta.setdefault("threads_changed", []).append(
+                {"at": writer.meta["resumed"][-1], "from": cli["threads"], "to": args.threads})
+            cli["threads"] = args.threads
     else:
         if not args.suite:
             raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
@@ -94,8 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         device = _check_device(args.device)
         if args.dtype not in DTYPES:
             raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
-        if args.threads < 1:
-            raise StructbenchError(f"--threads must be >= 1, got {args.threads}")
+        args.threads = (os.cpu_count() or 1) if args.threads is None else _check_threads(args.threads)
         config = suite.validate(apply_overrides(load_config(args.config or suite.config_path), args.set))
         if args.families:
             names = [f.strip() for f in args.families.split(",") if f.strip()]
@@ -120,6 +128,12 @@ def _run(args: argparse.Namespace) -> int:
         _build_reports([writer.run_dir], root)
     print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
     return 0
+
+
+def _check_threads(threads: int) -> int:
+    if threads < 1:
+        raise StructbenchError(f"--threads must be >= 1, got {threads}")
+    return threads
 
 
 def _reopen(args: argparse.Namespace) -> RunWriter:

@@ -151,10 +151,13 @@ def test_resume_continues_without_redoing_cases(kernels_run: tuple[Path, Path], 
 
     ran.clear()
     monkeypatch.setattr(SUITES, "get", lambda name: dataclasses.replace(real, run_case=lambda c, x: ran.append(c) or real.run_case(c, x)))
-    assert main(["--suite", "kernels", "--resume", "--out", str(out)]) == 0
-    assert "8 cases, 2 already done" in capsys.readouterr().err
+    assert main(["--suite", "kernels", "--resume", "--out", str(out), "--threads", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "8 cases, 2 already done" in err
+    assert "resuming with --threads 2 (the run started with 1;" in err  # honoured, not silently dropped
     run = load_run(run_dir)
     assert len(ran) == 6 and run.meta["status"] == "complete" and len(run.meta["resumed"]) == 1
+    assert run.meta["cli"]["threads"] == 2 and run.meta["threads_changed"][0]["from"] == 1
     assert (run_dir / "rows.jsonl").read_text().startswith(kept)
     assert len({r["case_key"] for r in run.rows}) == len(run.rows) == 8
 
