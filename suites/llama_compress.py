@@ -163,10 +163,12 @@ def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
 
 
 def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
-    """One file per everything that changes the projected factors."""
+    """One file per everything that changes the projected factors. ``format`` goes up whenever
+    a family's ``hparams_for`` or state layout changes, so stale files are never loaded into
+    differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer)."""
     key = {"model": str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).is_dir() else cfg["model"],
            "family": case["family"], "rho": case["rho"], "layers": cfg["layers"], "projections": cfg["projections"],
-           "options": (cfg.get("projection") or {}).get(case["family"], {}), "dtype": ctx.dtype, "format": 1}
+           "options": (cfg.get("projection") or {}).get(case["family"], {}), "dtype": ctx.dtype, "format": 2}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{digest}.pt"
 
