@@ -196,6 +196,10 @@ class BlastLinear(StructuredLinear):
     def to_dense(self) -> torch.Tensor:
         return blast_dense(self.U, self.S, self.V)
 
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        self.V.mul_(d.view(self.blocks, -1, 1))  # V_j spans input block j
+
     @property
     def hparams(self) -> dict[str, Any]:
         return {"blocks": self.blocks, "rank": self.rank}

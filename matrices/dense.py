@@ -28,6 +28,10 @@ class DenseLinear(StructuredLinear):
     def to_dense(self) -> torch.Tensor:
         return self.weight
 
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        self.weight.mul_(d)
+
     @property
     def hparams(self) -> dict[str, Any]:
         return {}
@@ -41,4 +45,8 @@ class DenseLinear(StructuredLinear):
         return {}
 
     def _project(self, weight: torch.Tensor) -> None:
+        self.weight.copy_(weight)
+
+    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.0) -> None:
+        """Nothing to fit: the dense layer is its own best approximation under any weighting."""
         self.weight.copy_(weight)

@@ -345,6 +345,14 @@ class GaudiLinear(StructuredLinear):
         u, v = self._masked_factors()
         return u @ v
 
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        self.V.mul_(d)  # masks multiply V entrywise, so they commute with the scaling
+
+    def refine_parameters(self) -> list[nn.Parameter]:
+        """The factors only: the bands stay where the projection froze them (hard boxcars)."""
+        return [self.U, self.V]
+
     # ---- bookkeeping -------------------------------------------------------------
     @property
     def hparams(self) -> dict[str, Any]:

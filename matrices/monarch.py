@@ -66,6 +66,10 @@ class MonarchLinear(StructuredLinear):
         tiles = torch.einsum("lskr,klrp->lksp", self.R.view(b, s, b, r), self.L.view(b, b, r, p))
         return tiles.permute(2, 0, 1, 3).reshape(self.out_features, self.in_features)
 
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        self.L.mul_(d.view(self.blocks, 1, -1))  # L_k reads input chunk k
+
     @property
     def hparams(self) -> dict[str, Any]:
         return {"blocks": self.blocks}

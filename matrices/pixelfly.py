@@ -97,6 +97,13 @@ class PixelflyLinear(StructuredLinear):
         grid = self.tile_weight.new_zeros(b, b, p, q).index_put((rows, self.columns), self._tile_grid())
         return grid.transpose(1, 2).reshape(self.out_features, self.in_features) + self.U @ self.V
 
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        b, p, _ = self.tile_weight.shape
+        chunks = d.view(b, -1)[self.columns]  # (B, k+1, q): the input chunk each slot reads
+        self.tile_weight.view(b, p, self.butterfly + 1, -1).mul_(chunks.unsqueeze(1))
+        self.V.mul_(d)
+
     @property
     def hparams(self) -> dict[str, Any]:
         return {"tiles": self.tiles, "butterfly": self.butterfly, "rank": self.rank}

@@ -18,7 +18,7 @@ from structbench.results import RunWriter
 from structbench.suite import RunContext, Suite, case_key
 
 
-SHOWN = ("family", "shape", "matrix", "layer", "rho", "tokens", "mode", "method")
+SHOWN = ("family", "shape", "matrix", "layer", "rho", "objective", "tokens", "mode", "method")
 
 
 def _log(message: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from structbench import weighted
 from structbench.errors import StructbenchError
 
 ProgressFn = Callable[[int, float], None]
@@ -82,6 +83,14 @@ class StructuredLinear(nn.Module, abc.ABC):
     def to_dense(self) -> torch.Tensor:
         """The ``m x n`` weight this module applies (no bias)."""
 
+    @abc.abstractmethod
+    def scale_input_(self, d: torch.Tensor) -> None:
+        """Replace ``W`` by ``W diag(d)`` in place, keeping the structure.
+
+        Every family's structure survives a diagonal input scaling, which turns a weighted
+        projection under a diagonal Gram into the family's own Frobenius projection
+        (``structbench.weighted``)."""
+
     @property
     @abc.abstractmethod
     def hparams(self) -> dict[str, Any]:
@@ -100,6 +109,31 @@ class StructuredLinear(nn.Module, abc.ABC):
     @abc.abstractmethod
     def _project(self, weight: torch.Tensor, **options: Any) -> None:
         """Set this module's factors to approximate ``weight`` (``m x n``, float)."""
+
+    def _project_weighted(
+        self,
+        weight: torch.Tensor,
+        gram: torch.Tensor,
+        *,
+        damp: float = weighted.DAMP,
+        refine_steps: int = weighted.REFINE_STEPS,
+        refine_lr: float = weighted.REFINE_LR,
+        **options: Any,
+    ) -> None:
+        """Set the factors to minimise ``||(W - What) G^{1/2}||_F`` (``gram`` float64, checked).
+
+        The default for families without a closed form: the family's own projection of
+        ``W D`` scaled back by ``D^{-1}`` (exact when ``G`` is diagonal, so ``G = I`` is the
+        plain projection), then ``refine_steps`` Adam steps on the weighted loss. Families
+        with a closed form override this (low-rank, block-diagonal)."""
+        white = weighted.whitening(gram, damp)
+        weighted.diagonal_start(self, weight, white, self._project, options)
+        if not white.diagonal:
+            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+
+    def refine_parameters(self) -> list[nn.Parameter]:
+        """The parameters a weighted refinement may move: every weight factor (not the bias)."""
+        return [p for name, p in self.named_parameters() if name != "bias"]
 
     # ---- shared behaviour ----------------------------------------------------------
     @classmethod
@@ -156,13 +190,18 @@ class StructuredLinear(nn.Module, abc.ABC):
         bias: torch.Tensor | None = None,
         *,
         rho: float | None = None,
+        gram: torch.Tensor | None = None,
         progress: ProgressFn | None = None,
         **hparams_and_options: Any,
     ) -> "StructuredLinear":
         """Project a dense ``m x n`` weight onto the family.
 
         Give either ``rho`` (hyperparameters chosen by ``hparams_for``) or the family's
-        hyperparameters; any other keyword is an option of the projection itself.
+        hyperparameters; any other keyword is an option of the projection itself. With
+        ``gram`` (the ``n x n`` second moment of the layer's inputs) the projection minimises
+        the output error on those inputs, ``||(W - What) gram^{1/2}||_F``, instead of
+        ``||W - What||_F`` (``_project_weighted``; options ``damp``, and for iterative
+        families ``refine_steps``/``refine_lr`` besides their own).
         """
         if weight.dim() != 2:
             raise StructbenchError(f"{cls.family}: from_dense needs a 2-D weight, got shape {tuple(weight.shape)}")
@@ -178,9 +217,14 @@ class StructuredLinear(nn.Module, abc.ABC):
         if progress is not None:
             options["progress"] = progress
         with torch.no_grad():
-            module._project(weight.detach(), **options)
+            if gram is None:
+                module._project(weight.detach(), **options)
+            else:
+                g = weighted.check_gram(gram, n, cls.family).to(weight.device)
+                module._project_weighted(weight.detach(), g, **options)
             if bias is not None:
                 module.bias.copy_(bias.detach())
+        module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
         return module
 
     @classmethod

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.registry import get_family
 from structbench.structured import ProgressFn, StructuredLinear
+from structbench.weighted import weighted_error
 
 LayerFilter = Callable[[str, nn.Linear], bool]
 
@@ -25,6 +26,8 @@ class SwapRecord:
     hparams: dict[str, Any]
     rho: float
     rel_error: float | None
+    weighted_error: float | None = None
+    """``||(W - What) G^{1/2}||_F / ||W G^{1/2}||_F`` on the calibration Gram, when one was given."""
 
 
 def _matcher(include: str | LayerFilter | None) -> LayerFilter:
@@ -44,6 +47,8 @@ def swap_linears(
     include: str | LayerFilter | None = None,
     project: bool = True,
     measure_error: bool = True,
+    grams: Mapping[str, torch.Tensor] | None = None,
+    calibrated: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     layer_progress: ProgressFn | None = None,
     **projection_options: Any,
@@ -52,8 +57,11 @@ def swap_linears(
     predicate) by ``family`` at ``rho``, in place.
 
     With ``project`` the pretrained weight is projected onto the family (``from_dense``);
-    without it the new layer keeps its own from-scratch initialisation. ``progress`` is
-    called as ``progress(layer_name, k, K)`` before each layer.
+    without it the new layer keeps its own from-scratch initialisation. ``grams`` maps layer
+    names to their inputs' second moments (``structbench.models.calibration``): every record
+    then carries the activation-weighted error, and with ``calibrated`` the projection
+    minimises it (``from_dense(..., gram=)``). ``progress`` is called as
+    ``progress(layer_name, k, K)`` before each layer.
     """
     cls = get_family(family)
     match = _matcher(include)
@@ -64,26 +72,33 @@ def swap_linears(
     ]
     if not targets:
         raise StructbenchError(f"swap_linears: no nn.Linear layer matches {include!r}")
+    if (grams is not None or calibrated) and (grams is None or any(name not in grams for name, _ in targets)):
+        missing = [name for name, _ in targets if grams is None or name not in grams]
+        raise StructbenchError(f"swap_linears: no calibration Gram for {missing[:3]}{'...' if len(missing) > 3 else ''}")
     records: list[SwapRecord] = []
     for k, (name, layer) in enumerate(targets):
         if progress is not None:
             progress(name, k, len(targets))
         weight = layer.weight.detach()
         if project:
+            gram = grams[name] if calibrated and grams is not None else None
             new = cls.from_dense(
                 weight.float(), None if layer.bias is None else layer.bias.detach().float(),
-                rho=rho, progress=layer_progress, **projection_options,
+                rho=rho, gram=gram, progress=layer_progress, **projection_options,
             )
         else:
             hp = cls.hparams_for(layer.out_features, layer.in_features, rho).hparams
             new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **hp)
         new = new.to(device=weight.device, dtype=weight.dtype)
-        err = None
+        err = werr = None
         if measure_error and project:
             with torch.no_grad():
-                err = relative_error(weight.float(), new.to_dense().float())
+                dense = new.to_dense().float()
+                err = relative_error(weight.float(), dense)
+                if grams is not None:
+                    werr = weighted_error(weight, dense, grams[name].to(weight.device))
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        records.append(SwapRecord(name, (layer.out_features, layer.in_features), new.hparams, new.rho, err))
+        records.append(SwapRecord(name, (layer.out_features, layer.in_features), new.hparams, new.rho, err, werr))
     return records

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -38,12 +39,14 @@ from structbench.suite import Metric, RunContext, Suite
 
 CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
 _SECTIONS = {
+    "calibration": {"tokens", "seq_len", "batch_size", "mode", "damp", "refine_steps"},
     "retrain": {"lr", "batch_size", "seq_len", "tokens"},
     "perplexity": {"window", "stride", "windows", "batch_size"},
     "tasks": {"names", "items", "batch_size"},
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
 }
-_TOP_KEYS = {"model", "families", "rhos", "layers", "projections", "projection", "retrain_steps", "quick", *_SECTIONS}
+_TOP_KEYS = {"model", "families", "rhos", "objectives", "layers", "projections", "projection", "retrain_steps", "quick",
+             *_SECTIONS}
 
 
 # ---- config ------------------------------------------------------------------------
@@ -52,7 +55,8 @@ def _positive_int(where: str, value: Any) -> int:
 
 
 def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
-    from structbench.models.compress import LLAMA_PROJECTIONS
+    from structbench.models.calibration import MODES
+    from structbench.models.compress import LLAMA_PROJECTIONS, OBJECTIVES
 
     check_keys(where, config, _TOP_KEYS - {"quick"})
     model = config.get("model")
@@ -67,6 +71,11 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     for family in families:
         get_family(family)  # unknown names raise with a did-you-mean
     rhos = [float(r) for r in number_list(f"{where}.rhos", config.get("rhos"), high=1.0)]
+    objectives = config.get("objectives")
+    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives) \
+            or len(set(objectives)) != len(objectives):
+        raise StructbenchError(f"{where}.objectives must be a non-empty list of distinct objectives from "
+                               f"{list(OBJECTIVES)}, got {objectives!r}")
     layers = config.get("layers")
     if layers != "all" and not (isinstance(layers, list) and layers and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
@@ -93,6 +102,15 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
         for key, value in values.items():
             if key == "lr":
                 number_list(f"{where}.{section}.lr", [value])
+            elif key == "damp":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                    raise StructbenchError(f"{where}.{section}.damp must be a number >= 0, got {value!r}")
+            elif key == "mode":
+                if value not in MODES:
+                    raise StructbenchError(f"{where}.{section}.mode {value!r} not understood; accepted: {', '.join(MODES)}")
+            elif key == "refine_steps":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise StructbenchError(f"{where}.{section}.refine_steps must be an integer >= 0, got {value!r}")
             elif key != "names":
                 _positive_int(f"{where}.{section}.{key}", value)
     names = config["tasks"]["names"]
@@ -101,7 +119,17 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     ppl = config["perplexity"]
     if ppl["stride"] > ppl["window"]:
         raise StructbenchError(f"{where}.perplexity.stride ({ppl['stride']}) must be <= window ({ppl['window']})")
+    calib = config["calibration"]
+    if calib["tokens"] < calib["seq_len"]:
+        raise StructbenchError(f"{where}.calibration.tokens ({calib['tokens']}) must be >= seq_len ({calib['seq_len']})")
     return {**config, "families": families, "rhos": rhos}
+
+
+def _check_calibration_text(config: dict[str, Any]) -> None:
+    """More calibration tokens than the ``train`` split holds is a config error, found before
+    any case runs (the tokens are cached for the run)."""
+    if "calibrated" in config["objectives"] or config["calibration"]["mode"] == "sequential":
+        _token_ids(config["model"], "train", config["calibration"]["tokens"])
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +141,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise StructbenchError("llama-compress config: quick must be a mapping of overrides")
     base = {k: v for k, v in config.items() if k != "quick"}
     resolved = _check(base, "llama-compress")
-    _check(deep_merge(base, quick), "llama-compress.quick")
+    _check_calibration_text(resolved)
+    _check_calibration_text(_check(deep_merge(base, quick), "llama-compress.quick"))
     return {**resolved, "quick": quick}
 
 
@@ -125,17 +154,19 @@ def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
 
 # ---- cases -------------------------------------------------------------------------
 def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
-    """The dense model first (the reference every row is read against), then per family
-    and rho the plain compressed model and, with ``retrain_steps``, its re-trained twin."""
+    """The dense model first (the reference every row is read against), then per family,
+    rho and objective the plain compressed model and, with ``retrain_steps``, its
+    re-trained twin."""
     cfg = effective(config, quick)
-    cases = [{"family": "dense", "rho": 1.0, "retrained": False}]
+    cases = [{"family": "dense", "rho": 1.0, "objective": "none", "retrained": False}]
     for family in cfg["families"]:
         if not get_family(family).compressible:
             continue
         for rho in cfg["rhos"]:
-            cases.append({"family": family, "rho": rho, "retrained": False})
-            if cfg["retrain_steps"]:
-                cases.append({"family": family, "rho": rho, "retrained": True})
+            for objective in cfg["objectives"]:
+                cases.append({"family": family, "rho": rho, "objective": objective, "retrained": False})
+                if cfg["retrain_steps"]:
+                    cases.append({"family": family, "rho": rho, "objective": objective, "retrained": True})
     return cases
 
 
@@ -154,23 +185,77 @@ def load_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def load_tokenizer(name: str) -> Any:
+    """The model's tokenizer alone (no weights loaded), with a pad token."""
+    from transformers import AutoTokenizer
+
+    folder = model_weights.ensure_smollm2_cache() if name == model_weights.SMOLLM2 else name
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 @functools.lru_cache(maxsize=4)
 def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
+    from structbench.models.calibration import calibration_tokens
     from structbench.models.lm_eval import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
-    return text_token_ids(load_model(model, torch.float32)[1], wiki_articles(split), tokens)
+    tokenizer = load_tokenizer(model)
+    if split == "train":  # calibration and re-training text: asking for more than there is is an error
+        return calibration_tokens(tokenizer, tokens)
+    return text_token_ids(tokenizer, wiki_articles(split), tokens)
+
+
+def _model_key(cfg: dict[str, Any]) -> str:
+    return str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).is_dir() else cfg["model"]
+
+
+def _calibration_key(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Everything that changes a set of Grams."""
+    calib = cfg["calibration"]
+    return {"model": _model_key(cfg), "tokens": calib["tokens"], "seq_len": calib["seq_len"], "mode": mode,
+            "layers": cfg["layers"], "projections": cfg["projections"], "split": "train"}
 
 
 def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
     """One file per everything that changes the projected factors. ``format`` goes up whenever
     a family's ``hparams_for`` or state layout changes, so stale files are never loaded into
-    differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer)."""
-    key = {"model": str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).is_dir() else cfg["model"],
-           "family": case["family"], "rho": case["rho"], "layers": cfg["layers"], "projections": cfg["projections"],
-           "options": (cfg.get("projection") or {}).get(case["family"], {}), "dtype": ctx.dtype, "format": 2}
+    differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer; 3: the
+    objective and, for the calibrated one, the calibration settings)."""
+    key = {"model": _model_key(cfg), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
+           "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
+           "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
+    if case["objective"] == "calibrated":
+        key["calibration"] = {**_calibration_key(cfg, cfg["calibration"]["mode"]), "damp": cfg["calibration"]["damp"]}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{digest}.pt"
+    return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{case['objective']}-{digest}.pt"
+
+
+def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float | None]:
+    """The dense model's Grams of the targeted projections, computed once and kept on disk
+    (they serve every family, rho and objective); with the seconds spent if computed now."""
+    from structbench.models.calibration import Calibration, collect_grams
+    from structbench.models.compress import decoder_filter
+
+    key = _calibration_key(cfg, "dense")
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = ctx.cache_dir / "llama-compress" / f"grams-{digest}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    calib = cfg["calibration"]
+    ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
+    start = time.perf_counter()
+    layers = None if cfg["layers"] == "all" else cfg["layers"]
+    grams = collect_grams(model, Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"],
+                                             calib["batch_size"]), decoder_filter(layers, cfg["projections"]))
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(grams, tmp)
+    tmp.replace(path)
+    return grams, seconds
 
 
 def _linear_params(model: Any, cfg: dict[str, Any]) -> int:
@@ -204,19 +289,38 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     row: dict[str, Any] = {"model": cfg["model"]}
 
     if case["family"] != "dense":
+        from structbench.models.calibration import Calibration, gram_bytes
+
         layers = None if cfg["layers"] == "all" else cfg["layers"]
         options = dict((cfg.get("projection") or {}).get(case["family"], {}))
+        calib = cfg["calibration"]
         cache_file = _cache_file(cfg, case, ctx)
         cached = cache_file.is_file()
+        # Every row gets the activation-weighted error on the dense model's Grams (the same
+        # yardstick for both objectives); sequential mode measures on the Grams it fitted to.
+        grams, calibration_seconds = (None, None) if cached else _dense_grams(cfg, model, ctx)
+        calibration: Any = grams
+        if case["objective"] == "calibrated":
+            options.update(damp=calib["damp"], refine_steps=calib["refine_steps"])
+            if calib["mode"] == "sequential" and not cached:
+                calibration = Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"],
+                                          calib["batch_size"], "sequential")
         start = time.perf_counter()
         records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
-                           cache_file=cache_file, progress=lambda name, k, n: ctx.log(f"  projecting {name} ({k + 1}/{n})")
+                           objective=case["objective"], calibration=calibration, cache_file=cache_file,
+                           progress=lambda name, k, n: ctx.log(f"  projecting {name} ({k + 1}/{n})")
                            if k % 7 == 0 else None, **options)
         errors = [r.rel_error for r in records if r.rel_error is not None]
+        weighted = [r.weighted_error for r in records if r.weighted_error is not None]
         row.update({"projection_seconds": None if cached else time.perf_counter() - start,
                     "projection_cached": cached, "layers_swapped": len(records),
+                    "calibration_mode": calib["mode"] if case["objective"] == "calibrated" else None,
+                    "calibration_seconds": calibration_seconds,
+                    "gram_bytes": gram_bytes(grams) if grams is not None else None,
                     "rel_error_mean": statistics.fmean(errors) if errors else None,
+                    "weighted_error_mean": statistics.fmean(weighted) if weighted else None,
                     "hparams": json.dumps(sorted({json.dumps(r.hparams, sort_keys=True) for r in records}))})
+        del grams, calibration
     model = model.to(device=ctx.device, dtype=dtype)
 
     if case["retrained"]:
@@ -282,7 +386,7 @@ _TASK_METRICS = {
 
 SUITE = Suite(
     name="llama-compress",
-    version="1",
+    version="2",
     description="Compress a pretrained Llama (SmolLM2-135M) with each family at CR 20%/50%: perplexity, "
     "zero-shot accuracy, size, MACs and throughput, optionally re-trained",
     config_path=CONFIG_PATH,
@@ -303,5 +407,8 @@ SUITE = Suite(
         "prefill_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median prompt tokens per second, batch 1"),
         "generate_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median greedy decode tokens per second with KV cache, batch 1"),
         "rel_error_mean": Metric("", higher_is_better=False, description="mean relative Frobenius error of the projected matrices"),
+        "weighted_error_mean": Metric("", higher_is_better=False, description="mean activation-weighted error "
+                                      "||(W - What) X||_F / ||W X||_F of the projected matrices on the dense model's "
+                                      "calibration inputs"),
     },
 )

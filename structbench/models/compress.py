@@ -17,18 +17,21 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from structbench.errors import StructbenchError
+from structbench.models.calibration import Calibration, collect_grams, sequential_grams
 from structbench.registry import get_family
 from structbench.structured import StructuredLinear
 from structbench.swap import SwapRecord, swap_linears
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The seven linear maps of a Llama decoder layer (attention q/k/v/o, MLP gate/up/down)."""
+OBJECTIVES = ("frobenius", "calibrated")
+"""What a projection minimises: ``||W - What||_F``, or the output error on calibration inputs."""
 
 STRUCTURE_FILE = "structbench.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -56,6 +59,8 @@ def compress(
     *,
     layers: Iterable[int] | None = None,
     projections: Sequence[str] = LLAMA_PROJECTIONS,
+    objective: str = "frobenius",
+    calibration: Calibration | Mapping[str, torch.Tensor] | None = None,
     cache_file: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     **projection_options: Any,
@@ -63,10 +68,19 @@ def compress(
     """Replace the chosen decoder projections of ``model`` by ``family`` at ``rho``, in place.
 
     Each weight is projected onto the family (``from_dense`` with ``projection_options``,
-    e.g. ``steps=`` for BLAST's PrecGD). With ``cache_file``, a finished compression is
-    saved there and a later call with the same file restores the factors instead of
+    e.g. ``steps=`` for BLAST's PrecGD). ``objective`` is ``frobenius`` (``||W - What||_F``)
+    or ``calibrated`` (``||(W - What) X||_F`` on calibration inputs). ``calibration`` is a
+    ``Calibration`` (text and mode; Grams are collected here) or precomputed dense-mode Grams
+    by layer name; with it every record also carries the activation-weighted error. A
+    sequential ``Calibration`` compresses layer by layer, each fitted to the inputs the
+    already compressed layers before it produce. With ``cache_file``, a finished compression
+    is saved there and a later call with the same file restores the factors instead of
     projecting; the caller names the file after everything that changes the result.
     """
+    if objective not in OBJECTIVES:
+        raise StructbenchError(f"objective {objective!r} not understood; accepted: {', '.join(OBJECTIVES)}")
+    if objective == "calibrated" and calibration is None:
+        raise StructbenchError("the calibrated objective needs calibration text or Grams")
     include = decoder_filter(layers, projections)
     cache = Path(cache_file) if cache_file is not None else None
     if cache is not None and cache.is_file():
@@ -77,8 +91,24 @@ def compress(
             raise StructbenchError(f"{cache} holds other layers than this model's {family} layers; delete it")
         for name, state in saved["state"].items():
             modules[name].load_state_dict(state)
-        return [SwapRecord(r["name"], tuple(r["shape"]), r["hparams"], r["rho"], r["rel_error"]) for r in saved["records"]]
-    records = swap_linears(model, family, rho, include=include, progress=progress, **projection_options)
+        return [SwapRecord(**{**r, "shape": tuple(r["shape"])}) for r in saved["records"]]
+    calibrated = objective == "calibrated"
+    if isinstance(calibration, Calibration) and calibration.mode == "sequential" and calibrated:
+        records: list[SwapRecord] = []
+        wanted = None if layers is None else set(layers)
+
+        def layer_filter(index: int) -> Callable[[str, nn.Module], bool] | None:
+            return include if wanted is None or index in wanted else None
+
+        def on_layer(index: int, grams: dict[str, torch.Tensor]) -> None:
+            records.extend(swap_linears(model, family, rho, include=include_names(grams), grams=grams, calibrated=True,
+                                        progress=progress, **projection_options))
+
+        sequential_grams(model, calibration, layer_filter, on_layer)
+    else:
+        grams = collect_grams(model, calibration, include) if isinstance(calibration, Calibration) else calibration
+        records = swap_linears(model, family, rho, include=include, grams=grams, calibrated=calibrated,
+                               progress=progress, **projection_options)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -86,6 +116,12 @@ def compress(
                     "records": [vars(r) for r in records]}, tmp)
         tmp.replace(cache)  # atomic: an interrupted save never looks like a finished one
     return records
+
+
+def include_names(names: Iterable[str]) -> Callable[[str, nn.Module], bool]:
+    """A layer filter matching exactly these qualified names."""
+    chosen = set(names)
+    return lambda name, layer: name in chosen
 
 
 def _structured(model: nn.Module) -> dict[str, StructuredLinear]:

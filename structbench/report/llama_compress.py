@@ -12,8 +12,9 @@ from structbench.report.html import Section
 from structbench.report.plots import FAMILY_ORDER, lines_by_family, scatter_by_family
 from structbench.results import RunData
 
-SPEED = ["family", "cr", "retrained", "params", "bytes", "linear_params", "macs_per_token", "prefill_tokens_per_s",
-         "generate_tokens_per_s", "rel_error_mean", "projection_seconds", "retrain_seconds", "case_seconds", "hparams"]
+SPEED = ["family", "cr", "objective", "retrained", "params", "bytes", "linear_params", "macs_per_token", "prefill_tokens_per_s",
+         "generate_tokens_per_s", "rel_error_mean", "weighted_error_mean", "calibration_mode", "projection_seconds",
+         "calibration_seconds", "retrain_seconds", "case_seconds", "hparams"]
 
 
 def task_labels(frame: pd.DataFrame) -> list[str]:
@@ -21,17 +22,25 @@ def task_labels(frame: pd.DataFrame) -> list[str]:
     return [c.removeprefix("chance_") for c in frame.columns if c.startswith("chance_")]
 
 
+def _objectives(ok: pd.DataFrame) -> pd.Series:
+    """Each row's projection objective (rows of runs before the objective axis: ``frobenius``)."""
+    return ok["objective"].fillna("frobenius") if "objective" in ok else pd.Series("frobenius", index=ok.index)
+
+
 def _ordered(ok: pd.DataFrame) -> pd.DataFrame:
     rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    ok = ok.assign(objective=_objectives(ok))
     return ok.assign(_f=ok["family"].map(lambda f: rank.get(f, len(rank))), _r=-ok["rho"]).sort_values(
-        ["_f", "_r", "retrained"]).drop(columns=["_f", "_r"])
+        ["_f", "_r", "objective", "retrained"]).drop(columns=["_f", "_r"])
 
 
 def paper_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One line per model in the shape of the BLAST paper's Llama table.
 
     CR is the nominal compression of the targeted projections (1 - rho, in %); the
-    achieved one is ``cr`` in the size table. Per task both ``acc`` (summed
+    achieved one is ``cr`` in the size table. The objective is what the projection
+    minimised (``frobenius``: the weights; ``calibrated``: the outputs on calibration
+    text). Per task both ``acc`` (summed
     log-likelihood) and ``acc_norm`` (per character): a small model can sit at chance on
     one and clearly above it on the other.
     """
@@ -39,6 +48,7 @@ def paper_table(ok: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "family": ok["family"],
         "CR %": ((1 - ok["rho"]) * 100).round(0).astype(int),
+        "objective": ok["objective"].where(ok["family"] != "dense", "-"),
         "re-trained": ok["retrained"].map({True: "yes", False: "no"}),
         "perplexity": ok["perplexity"],
         **{f"{task} {kind}": ok[f"{kind}_{task}"] for task in tasks for kind in ("acc", "acc_norm")},
@@ -55,11 +65,21 @@ def _notes(run: RunData, ok: pd.DataFrame) -> str:
     chance = ", ".join(f"{t} {first[f'chance_{t}']:.3f} ({int(first[f'items_{t}'])} items)" for t in task_labels(ok))
     return (f"Model {config.get('model')}{' (--quick)' if quick else ''}: the linear projections "
             f"{', '.join(config.get('projections', []))} of decoder layers {config.get('layers')} replaced by each family at "
-            f"rho = kept fraction of each matrix's parameters (CR = 1 - rho), projected from the pretrained weights. "
+            f"rho = kept fraction of each matrix's parameters (CR = 1 - rho), projected from the pretrained weights "
+            f"either in Frobenius norm or against calibration inputs ({_calibration_note(config)}). "
             f"Perplexity on {int(first['ppl_tokens'])} tokens of held-out Wikipedia lead sections "
             f"({int(first['ppl_windows'])} windows). Zero-shot accuracy: summed log-likelihood of each answer given "
             f"the question (lm-evaluation-harness scoring); chance: {chance}. SmolLM2's weights come from a 4-bit "
             f"GGUF expanded to fp32, not the original bf16 checkpoint.")
+
+
+def _calibration_note(config: dict) -> str:
+    calib = config.get("calibration")
+    if not calib:
+        return "not configured"
+    return (f"{calib['tokens']} tokens of the Wikipedia train split in sequences of {calib['seq_len']}, "
+            f"{calib['mode']} Grams, ridge {calib['damp']} x mean diagonal, {calib['refine_steps']} refinement steps "
+            f"for families without a closed form")
 
 
 def llama_compress_report(run: RunData) -> list[Section]:
@@ -72,9 +92,9 @@ def llama_compress_report(run: RunData) -> list[Section]:
         sections.append(Section("Compressed Llama: perplexity and zero-shot accuracy", _notes(run, ok),
                                 tables=[paper_table(ok)]))
         dense = ok[ok["family"] == "dense"]
-        for retrained, part in ok[ok["family"] != "dense"].groupby("retrained"):
+        for (objective, retrained), part in ok[ok["family"] != "dense"].groupby(["objective", "retrained"]):
             part = pd.concat([dense, part])
-            suffix = " (re-trained)" if retrained else ""
+            suffix = f" ({objective}{', re-trained' if retrained else ''})"
             reference = lambda col: float(dense[col].iloc[0]) if not dense.empty else None  # noqa: E731
             sections.append(Section(
                 f"Quality against compression{suffix}",
@@ -95,5 +115,6 @@ def llama_compress_report(run: RunData) -> list[Section]:
             tables=[ok[[c for c in SPEED if c in ok.columns]]]))
     bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
     if not bad.empty:
-        sections.append(Section("Skipped and failed cases", tables=[bad[["family", "rho", "retrained", "status", "reason"]]]))
+        columns = [c for c in ("family", "rho", "objective", "retrained", "status", "reason") if c in bad]
+        sections.append(Section("Skipped and failed cases", tables=[bad[columns]]))
     return sections
