@@ -29,6 +29,7 @@ import torch
 from structbench.config import check_keys, deep_merge, number_list
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
+from structbench.weighted import weighted_error
 from structbench.measure.timing import synchronize
 from structbench.models import weights as model_weights
 from structbench.registry import get_family, list_families
@@ -37,7 +38,12 @@ from structbench.suite import Metric, RunContext, Suite
 from structbench.synthetic import KINDS, make_matrix
 
 CONFIG_PATH = Path(__file__).with_name("approx.yaml")
-_TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "quick"}
+_TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "objectives",
+             "calibration", "quick"}
+_CALIBRATION_KEYS = {"tokens", "seq_len", "batch_size", "damp", "refine_steps"}
+CALIBRATED_MODELS = (model_weights.SMOLLM2,)
+"""Real models whose layers also get the calibrated objective and the activation-weighted
+error: causal LMs whose inputs come from the Wikipedia ``train`` split."""
 _SYNTHETIC_KEYS = {"kinds", "sizes", "seeds", "params"}
 _CONVERGENCE_KEYS = {
     "size", "blocks", "true_rank", "ranks", "methods", "steps", "delta0", "lr", "seeds",
@@ -141,7 +147,34 @@ def _check_section(config: dict[str, Any], where: str) -> dict[str, Any]:
     _check_real(f"{where}.real", config.get("real") or {})
     if config.get("convergence"):
         _check_convergence(f"{where}.convergence", config["convergence"])
-    return {**config, "families": families, "rhos": rhos}
+    _check_calibration(where, config)
+    return {**config, "families": families, "rhos": rhos, "objectives": config.get("objectives", ["frobenius"])}
+
+
+def _check_calibration(where: str, config: dict[str, Any]) -> None:
+    from structbench.models.compress import OBJECTIVES
+
+    objectives = config.get("objectives", ["frobenius"])
+    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives) \
+            or len(set(objectives)) != len(objectives):
+        raise StructbenchError(f"approx config: {where}.objectives must be a non-empty list of distinct objectives "
+                               f"from {list(OBJECTIVES)}, got {objectives!r}")
+    calib = config.get("calibration")
+    if calib is None and objectives == ["frobenius"]:
+        return
+    if not isinstance(calib, dict):
+        raise StructbenchError(f"approx config: {where}.calibration must be a mapping with keys {sorted(_CALIBRATION_KEYS)}")
+    check_keys(f"approx config: {where}.calibration", calib, _CALIBRATION_KEYS)
+    missing = sorted(_CALIBRATION_KEYS - set(calib))
+    if missing:
+        raise StructbenchError(f"approx config: {where}.calibration lacks {missing}")
+    for key in ("tokens", "seq_len", "batch_size"):
+        _ints(f"{where}.calibration.{key}", [calib[key]])
+    number_list(f"approx config: {where}.calibration.damp", [calib["damp"]], low=-1e-300)
+    number_list(f"approx config: {where}.calibration.refine_steps", [calib["refine_steps"]], integer=True, low=-1)
+    if calib["tokens"] < calib["seq_len"]:
+        raise StructbenchError(f"approx config: {where}.calibration.tokens ({calib['tokens']}) must be >= seq_len "
+                               f"({calib['seq_len']})")
 
 
 def _without_quick(config: dict[str, Any]) -> dict[str, Any]:
@@ -169,31 +202,40 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- cases -------------------------------------------------------------------------
+def _effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The config a run uses: with ``quick``, the base config with the quick overrides."""
+    return deep_merge(_without_quick(config), config.get("quick") or {}) if quick else config
+
+
 def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     """Cases grouped by source matrix, so consecutive cases reuse one loaded matrix."""
-    cfg = deep_merge(_without_quick(config), config.get("quick") or {}) if quick else config
+    cfg = _effective(config, quick)
     families = cfg["families"]
     options = cfg.get("projection") or {}
     cases: list[dict[str, Any]] = []
 
-    def projections(source: dict[str, Any], rhos: list[float]) -> None:
+    def projections(source: dict[str, Any], rhos: list[float], objectives: list[str]) -> None:
         for family in families:
             # The options are part of the case: a run with other options measures other things.
             opts = json.dumps(options.get(family, {}), sort_keys=True)
             for rho in rhos:
-                cases.append({"experiment": "projection", **source, "family": family, "rho": rho, "options": opts})
+                for objective in objectives:
+                    cases.append({"experiment": "projection", **source, "family": family, "rho": rho,
+                                  "objective": objective, "options": opts})
 
     synthetic = cfg.get("synthetic") or {}
     for kind in synthetic.get("kinds") or []:
         for m, n in synthetic.get("sizes") or []:
             for seed in synthetic["seeds"]:
                 projections({"source": "synthetic", "matrix": kind, "shape": f"{m}x{n}", "out_features": m,
-                             "in_features": n, "seed": seed}, cfg["rhos"])
+                             "in_features": n, "seed": seed}, cfg["rhos"], ["frobenius"])
     for model, layers in (cfg.get("real") or {}).items():
         indices = range(model_weights.MODELS[model].layers) if layers == "all" else layers
+        objectives = cfg["objectives"] if model in CALIBRATED_MODELS else ["frobenius"]
         for layer in indices:
             for layer_type in model_weights.layer_types(model):
-                projections({"source": model, "matrix": layer_type, "layer": layer}, cfg.get("real_rhos", cfg["rhos"]))
+                projections({"source": model, "matrix": layer_type, "layer": layer}, cfg.get("real_rhos", cfg["rhos"]),
+                            objectives)
     return cases + _convergence_cases(cfg.get("convergence") or {})
 
 
@@ -267,12 +309,43 @@ def _seconds(ctx: RunContext, fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _error(target: torch.Tensor, module: torch.nn.Module, ctx: RunContext) -> float:
+def _error(target: torch.Tensor, module: torch.nn.Module, ctx: RunContext, gram: torch.Tensor | None = None) -> float:
     """Error of the matrix the module applies in use (eval mode) with its factors stored in
-    the run's dtype, multiplied out in float64 so only the factors' rounding counts."""
+    the run's dtype, multiplied out in float64 so only the factors' rounding counts: relative
+    Frobenius, or with ``gram`` the activation-weighted ``||(W - What) X|| / ||W X||``."""
     stored = getattr(torch, str(ctx.dtype).removeprefix("torch."))
     with torch.no_grad():
-        return relative_error(target.double(), module.eval().to(stored).double().to_dense())
+        approx = module.eval().to(stored).double().to_dense()
+        return relative_error(target.double(), approx) if gram is None else weighted_error(target, approx, gram)
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_grams(model: str, layers: str | tuple[int, ...], tokens: int, seq_len: int, batch_size: int,
+                       cache_dir: Path) -> dict[str, torch.Tensor]:
+    """The dense model's Grams of every projection of ``layers``, stored once under the cache
+    (the llama-compress suite reads the same file when it compresses the same layers)."""
+    from structbench.models.calibration import Calibration, calibration_tokens, collect_grams, grams_key, stored_grams
+    from structbench.models.compress import decoder_filter
+    from structbench.models.loading import load_model
+
+    def collect() -> dict[str, torch.Tensor]:
+        net, tokenizer = load_model(model, torch.float32)
+        text = Calibration(calibration_tokens(tokenizer, tokens), seq_len, batch_size)
+        return collect_grams(net, text, decoder_filter(None if layers == "all" else layers))
+
+    return stored_grams(cache_dir / "calibration", grams_key(model, tokens, seq_len, "dense", layers), collect)[0]
+
+
+def _gram(case: dict[str, Any], ctx: RunContext) -> torch.Tensor | None:
+    """The calibration Gram of a real layer's inputs, for models that have them."""
+    if case["source"] not in CALIBRATED_MODELS:
+        return None
+    cfg = _effective(ctx.config, ctx.quick)
+    calib, layers = cfg["calibration"], cfg["real"][case["source"]]
+    grams = _calibration_grams(case["source"], layers if layers == "all" else tuple(sorted(set(layers))),
+                               calib["tokens"], calib["seq_len"], calib["batch_size"], ctx.cache_dir)
+    module = {short: full for full, short in model_weights.MODELS[case["source"]].types.items()}[case["matrix"]]
+    return grams[f"model.layers.{case['layer']}.{module}"].to(ctx.device)
 
 
 def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
@@ -285,12 +358,18 @@ def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any
         return _skipped(case, str(exc))
     m, n = w.shape
     shape = {"out_features": m, "in_features": n}
+    gram = _gram(case, ctx)
+    options = json.loads(case["options"])
+    if case["objective"] == "calibrated":
+        calib = _effective(ctx.config, ctx.quick)["calibration"]
+        options.update(gram=gram, damp=calib["damp"], refine_steps=calib["refine_steps"])
     try:
         fit = family.hparams_for(m, n, case["rho"])
-        module, seconds = _seconds(ctx, lambda: family.from_dense(w, **fit.hparams, **json.loads(case["options"])))
+        module, seconds = _seconds(ctx, lambda: family.from_dense(w, **fit.hparams, **options))
     except StructbenchError as exc:
         return _skipped(case, str(exc), **shape)
-    return [{**case, **shape, "status": "ok", "reason": None, "rel_error": _error(w, module, ctx), "seconds": seconds,
+    return [{**case, **shape, "status": "ok", "reason": None, "rel_error": _error(w, module, ctx),
+             "weighted_error": None if gram is None else _error(w, module, ctx, gram), "seconds": seconds,
              "rho_actual": module.rho, "hparams": json.dumps(module.hparams, sort_keys=True),
              "params": module.num_params() - (m if module.bias is not None else 0)}]
 
@@ -359,9 +438,10 @@ def _report(run: Any) -> list[Any]:
 
 SUITE = Suite(
     name="approx",
-    version="2",
-    description="Relative Frobenius error and time of each family's projection from dense, on synthetic "
-    "and real (SmolLM2-135M, MiniLM) weights; BLAST GD vs PrecGD convergence",
+    version="3",
+    description="Relative Frobenius and activation-weighted error and time of each family's projection from "
+    "dense (Frobenius or calibrated objective), on synthetic and real (SmolLM2-135M, MiniLM) weights; "
+    "BLAST GD vs PrecGD convergence",
     config_path=CONFIG_PATH,
     validate=validate,
     expand=expand,
@@ -369,6 +449,8 @@ SUITE = Suite(
     report=_report,
     metrics={
         "rel_error": Metric("", higher_is_better=False, description="||W - What||_F / ||W||_F"),
+        "weighted_error": Metric("", higher_is_better=False, description="||(W - What) X||_F / ||W X||_F on the "
+                                 "layer's calibration inputs (real causal-LM layers)"),
         "seconds": Metric("s", higher_is_better=False, description="wall time of from_dense"),
         "rho_actual": Metric("", higher_is_better=None, description="kept fraction of the dense parameters"),
         "params": Metric("", higher_is_better=None, description="stored weight parameters (bias excluded)"),

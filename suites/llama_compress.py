@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from structbench.config import check_keys, deep_merge, number_list
 from structbench.errors import StructbenchError
 from structbench.models import weights as model_weights
+from structbench.models.loading import check_model_name, load_model, load_tokenizer, model_key
 from structbench.models.tasks import TASKS
 from structbench.registry import get_family, list_families
 from structbench.suite import Metric, RunContext, Suite
@@ -59,10 +59,7 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     from structbench.models.compress import LLAMA_PROJECTIONS, OBJECTIVES
 
     check_keys(where, config, _TOP_KEYS - {"quick"})
-    model = config.get("model")
-    if model not in model_weights.MODELS and not (isinstance(model, str) and Path(model).is_dir()):
-        raise StructbenchError(f"{where}.model {model!r}: give {model_weights.SMOLLM2} or a folder holding a "
-                               "Hugging Face causal LM (config.json, weights, tokenizer)")
+    check_model_name(config.get("model"), f"{where}.model")
     families = config.get("families")
     if families == "all":
         families = [f for f in list_families() if get_family(f).compressible]
@@ -171,31 +168,6 @@ def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
 
 
 # ---- measuring ---------------------------------------------------------------------
-def load_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: SmolLM2 from its safetensors cache, or a Hugging Face folder."""
-    if name == model_weights.SMOLLM2:
-        model, tokenizer = model_weights.load_smollm2(dtype)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def load_tokenizer(name: str) -> Any:
-    """The model's tokenizer alone (no weights loaded), with a pad token."""
-    from transformers import AutoTokenizer
-
-    folder = model_weights.ensure_smollm2_cache() if name == model_weights.SMOLLM2 else name
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 @functools.lru_cache(maxsize=4)
 def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
     from structbench.models.calibration import calibration_tokens
@@ -208,15 +180,13 @@ def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
     return text_token_ids(tokenizer, wiki_articles(split), tokens)
 
 
-def _model_key(cfg: dict[str, Any]) -> str:
-    return str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).is_dir() else cfg["model"]
-
-
 def _calibration_key(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
-    """Everything that changes a set of Grams."""
+    from structbench.models.calibration import grams_key
+    from structbench.models.compress import LLAMA_PROJECTIONS
+
     calib = cfg["calibration"]
-    return {"model": _model_key(cfg), "tokens": calib["tokens"], "seq_len": calib["seq_len"], "mode": mode,
-            "layers": cfg["layers"], "projections": cfg["projections"], "split": "train"}
+    projections = "all" if set(cfg["projections"]) == set(LLAMA_PROJECTIONS) else cfg["projections"]
+    return grams_key(model_key(cfg["model"]), calib["tokens"], calib["seq_len"], mode, cfg["layers"], projections)
 
 
 def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
@@ -224,7 +194,7 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
     a family's ``hparams_for`` or state layout changes, so stale files are never loaded into
     differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer; 3: the
     objective and, for the calibrated one, the calibration settings)."""
-    key = {"model": _model_key(cfg), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
+    key = {"model": model_key(cfg["model"]), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
            "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
            "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
     if case["objective"] == "calibrated":
@@ -235,27 +205,20 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
 
 def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float | None]:
     """The dense model's Grams of the targeted projections, computed once and kept on disk
-    (they serve every family, rho and objective); with the seconds spent if computed now."""
-    from structbench.models.calibration import Calibration, collect_grams
+    (they serve every family, rho and objective, and the approx suite); with the seconds
+    spent if computed now."""
+    from structbench.models.calibration import Calibration, collect_grams, stored_grams
     from structbench.models.compress import decoder_filter
 
-    key = _calibration_key(cfg, "dense")
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = ctx.cache_dir / "llama-compress" / f"grams-{digest}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True), None
     calib = cfg["calibration"]
-    ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
-    start = time.perf_counter()
     layers = None if cfg["layers"] == "all" else cfg["layers"]
-    grams = collect_grams(model, Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"],
-                                             calib["batch_size"]), decoder_filter(layers, cfg["projections"]))
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(grams, tmp)
-    tmp.replace(path)
-    return grams, seconds
+
+    def collect() -> dict[str, torch.Tensor]:
+        ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
+        text = Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"], calib["batch_size"])
+        return collect_grams(model, text, decoder_filter(layers, cfg["projections"]))
+
+    return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense"), collect)
 
 
 def _linear_params(model: Any, cfg: dict[str, Any]) -> int:

@@ -54,7 +54,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(folder: Path) -> tuple[torch.nn.Module, object]:
-    from suites.llama_compress import load_model
+    from structbench.models.loading import load_model
 
     return load_model(str(folder), torch.float32)
 

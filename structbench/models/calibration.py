@@ -17,7 +17,12 @@ few thousand rows (relative error ~1e-6), which halves the cost of the pass.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -236,3 +241,33 @@ def gram_bytes(grams: Mapping[str, torch.Tensor]) -> int:
     """Memory the distinct Gram matrices hold (shared ones once)."""
     return sum(g.numel() * g.element_size() for g in {id(g): g for g in grams.values()}.values())
 
+
+
+def grams_key(model: str, tokens: int, seq_len: int, mode: str, layers: Any = "all", projections: Any = "all") -> dict[str, Any]:
+    """Everything that changes a set of Grams (the batch size only reorders float32 sums).
+    ``layers`` and ``projections`` are ``"all"`` or lists, compared as sets, so that suites
+    asking for the same layers share one file."""
+    def canonical(value: Any) -> Any:
+        return value if value == "all" else sorted(set(value))
+
+    return {"model": model, "tokens": tokens, "seq_len": seq_len, "mode": mode, "layers": canonical(layers),
+            "projections": canonical(projections), "split": "train", "format": 1}
+
+
+def stored_grams(folder: Path, key: dict[str, Any],
+                 collect: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], float | None]:
+    """The Grams stored under ``folder`` for ``key``, or ``collect()``ed now and stored (written
+    to a temporary file and renamed, so an interrupted save never looks finished); with the
+    seconds collecting took, None when they were loaded. Shared Grams stay shared on disk."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"grams-{digest}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    start = time.perf_counter()
+    grams = collect()
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(grams, tmp)
+    tmp.replace(path)
+    return grams, seconds

@@ -86,12 +86,12 @@ def _cell(error: float, rho_actual: float) -> str:
     return f"{error:.3f} (ρ {rho_actual:.2f})"
 
 
-def _error_table(frame: pd.DataFrame, row: str, rho: float, label: str) -> pd.DataFrame:
-    """Mean error per ``row`` value x family at target ``rho``, each cell with its mean
-    rho_actual, the best family per row and how many source matrices each mean covers."""
+def _error_table(frame: pd.DataFrame, row: str, rho: float, label: str, column: str = "rel_error") -> pd.DataFrame:
+    """Mean error (``column``) per ``row`` value x family at target ``rho``, each cell with its
+    mean rho_actual, the best family per row and how many source matrices each mean covers."""
     part = frame[frame["rho"] == rho]
     agg = part.groupby([row, "family"], sort=False).agg(
-        rel_error=("rel_error", "mean"), rho_actual=("rho_actual", "mean")).reset_index()
+        rel_error=(column, "mean"), rho_actual=("rho_actual", "mean")).reset_index()
     agg["cell"] = [_cell(e, r) for e, r in zip(agg["rel_error"], agg["rho_actual"])]
     table = agg.pivot(index=row, columns="family", values="cell")
     families = [f for f in FAMILY_ORDER if f in table.columns] + [f for f in table.columns if f not in FAMILY_ORDER]
@@ -154,7 +154,8 @@ def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
 
 def _real_sections(frame: pd.DataFrame) -> list[Section]:
     sections = []
-    for model, part in frame.groupby("source", sort=False):
+    objective = frame["objective"].fillna("frobenius") if "objective" in frame else pd.Series("frobenius", frame.index)
+    for model, part in frame[objective == "frobenius"].groupby("source", sort=False):
         types = list(dict.fromkeys(part["matrix"]))
         layers = sorted(part["layer"].dropna().astype(int).unique())
         shapes = part.drop_duplicates("matrix").set_index("matrix")["shape"]
@@ -169,7 +170,34 @@ def _real_sections(frame: pd.DataFrame) -> list[Section]:
             f"band min..max over layers.",
             figures=figures, tables=tables,
         ))
+        weighted = frame[(frame["source"] == model) & frame.get("weighted_error", pd.Series(index=frame.index)).notna()]
+        if not weighted.empty:
+            sections.append(_weighted_section(model, weighted.assign(objective=objective), types))
     return sections
+
+
+def _weighted_section(model: str, part: pd.DataFrame, types: list[str]) -> Section:
+    """Activation-weighted error per layer type, family and objective: what each projection
+    does to the layer's outputs on real text, the quantity that decides a compressed model."""
+    part = part.assign(weighted_error=part["weighted_error"].astype(float))
+    objectives = [o for o in ("frobenius", "calibrated") if (part["objective"] == o).any()]
+    tables, figures = [], []
+    for rho in _present(part["rho"]):
+        for obj in objectives:
+            here = part[part["objective"] == obj]
+            tables.append(_error_table(here, "matrix", rho, f"layer type (rho {rho}, {obj} objective)",
+                                       column="weighted_error"))
+            figures.append(heatmap(here[here["rho"] == rho], "family", "matrix", "weighted_error",
+                                   row_order=FAMILY_ORDER, col_order=types,
+                                   title=f"mean activation-weighted error at rho {rho}, {obj} objective")
+                           .update_yaxes(autorange="reversed"))
+    return Section(
+        f"Real weights: {model}, activation-weighted error",
+        "||(W - What) X||_F / ||W X||_F with X the layer's inputs in the dense model over calibration text "
+        "(Wikipedia train split), mean over layers. frobenius: the projection minimised ||W - What||_F; "
+        "calibrated: it minimised this error itself (from_dense(W, gram=X X^T / N)). The Frobenius error of "
+        "a calibrated fit can be larger: it spends its budget on the directions the inputs use.",
+        figures=figures, tables=tables)
 
 
 def _ranges(values: list[int]) -> str:
