@@ -40,7 +40,7 @@ from structbench.suite import Metric, RunContext, Suite
 CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
 _SECTIONS = {
     "calibration": {"tokens", "seq_len", "batch_size", "mode", "damp", "refine_steps"},
-    "retrain": {"lr", "batch_size", "seq_len", "tokens"},
+    "retrain": {"lr", "batch_size", "seq_len", "tokens", "rhos", "objectives", "dense"},
     "perplexity": {"window", "stride", "windows", "batch_size"},
     "tasks": {"names", "items", "batch_size"},
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
@@ -97,6 +97,8 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
         if missing:
             raise StructbenchError(f"{where}.{section} lacks {missing}")
         for key, value in values.items():
+            if key in ("rhos", "objectives", "dense"):
+                continue  # re-training's case selection, checked below
             if key == "lr":
                 number_list(f"{where}.{section}.lr", [value])
             elif key == "damp":
@@ -116,17 +118,26 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     ppl = config["perplexity"]
     if ppl["stride"] > ppl["window"]:
         raise StructbenchError(f"{where}.perplexity.stride ({ppl['stride']}) must be <= window ({ppl['window']})")
+    retrain = config["retrain"]
+    number_list(f"{where}.retrain.rhos", retrain["rhos"], high=1.0)
+    if not isinstance(retrain["objectives"], list) or not set(retrain["objectives"]) <= set(OBJECTIVES):
+        raise StructbenchError(f"{where}.retrain.objectives must be a list from {list(OBJECTIVES)}, "
+                               f"got {retrain['objectives']!r}")
+    if not isinstance(retrain["dense"], bool):
+        raise StructbenchError(f"{where}.retrain.dense must be true or false, got {retrain['dense']!r}")
     calib = config["calibration"]
     if calib["tokens"] < calib["seq_len"]:
         raise StructbenchError(f"{where}.calibration.tokens ({calib['tokens']}) must be >= seq_len ({calib['seq_len']})")
     return {**config, "families": families, "rhos": rhos}
 
 
-def _check_calibration_text(config: dict[str, Any]) -> None:
-    """More calibration tokens than the ``train`` split holds is a config error, found before
-    any case runs (the tokens are cached for the run)."""
-    if "calibrated" in config["objectives"] or config["calibration"]["mode"] == "sequential":
-        _token_ids(config["model"], "train", config["calibration"]["tokens"])
+def _check_text_sizes(config: dict[str, Any]) -> None:
+    """More calibration or re-training tokens than the ``train`` split holds is a config
+    error, found before any case runs (the tokens are cached for the run)."""
+    if config["families"]:  # every compressed row measures the activation-weighted error
+        _token_ids(config["model"], "train", config["calibration"]["tokens"], "calibration.tokens")
+    if config["retrain_steps"]:
+        _token_ids(config["model"], "train", config["retrain"]["tokens"], "retrain.tokens")
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +149,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise StructbenchError("llama-compress config: quick must be a mapping of overrides")
     base = {k: v for k, v in config.items() if k != "quick"}
     resolved = _check(base, "llama-compress")
-    _check_calibration_text(resolved)
-    _check_calibration_text(_check(deep_merge(base, quick), "llama-compress.quick"))
+    _check_text_sizes(resolved)
+    _check_text_sizes(_check(deep_merge(base, quick), "llama-compress.quick"))
     return {**resolved, "quick": quick}
 
 
@@ -152,31 +163,37 @@ def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
 # ---- cases -------------------------------------------------------------------------
 def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     """The dense model first (the reference every row is read against), then per family,
-    rho and objective the plain compressed model and, with ``retrain_steps``, its
-    re-trained twin."""
+    rho and objective the plain compressed model and, with ``retrain_steps``, a re-trained
+    twin for the rhos and objectives ``retrain`` selects. ``retrain.dense`` adds the dense
+    model fine-tuned by the same recipe: the control that separates recovering from
+    compression from what fine-tuning on the text does by itself."""
     cfg = effective(config, quick)
+    retrain = cfg["retrain"] if cfg["retrain_steps"] else {"rhos": [], "objectives": [], "dense": False}
     cases = [{"family": "dense", "rho": 1.0, "objective": "none", "retrained": False}]
+    if retrain["dense"]:
+        cases.append({"family": "dense", "rho": 1.0, "objective": "none", "retrained": True})
     for family in cfg["families"]:
         if not get_family(family).compressible:
             continue
         for rho in cfg["rhos"]:
             for objective in cfg["objectives"]:
                 cases.append({"family": family, "rho": rho, "objective": objective, "retrained": False})
-                if cfg["retrain_steps"]:
+                if rho in retrain["rhos"] and objective in retrain["objectives"]:
                     cases.append({"family": family, "rho": rho, "objective": objective, "retrained": True})
     return cases
 
 
 # ---- measuring ---------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _token_ids(model: str, split: str, tokens: int) -> torch.Tensor:
+def _token_ids(model: str, split: str, tokens: int, what: str = "") -> torch.Tensor:
+    """``tokens`` ids of a text split; ``what`` names the config key of a ``train``-split request."""
     from structbench.models.calibration import calibration_tokens
     from structbench.models.lm_eval import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
     tokenizer = load_tokenizer(model)
     if split == "train":  # calibration and re-training text: asking for more than there is is an error
-        return calibration_tokens(tokenizer, tokens)
+        return calibration_tokens(tokenizer, tokens, what)
     return text_token_ids(tokenizer, wiki_articles(split), tokens)
 
 
@@ -215,7 +232,7 @@ def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict
 
     def collect() -> dict[str, torch.Tensor]:
         ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
-        text = Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"], calib["batch_size"])
+        text = Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"], calib["batch_size"])
         return collect_grams(model, text, decoder_filter(layers, cfg["projections"]))
 
     return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense"), collect)
@@ -266,7 +283,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         if case["objective"] == "calibrated":
             options.update(damp=calib["damp"], refine_steps=calib["refine_steps"])
             if calib["mode"] == "sequential" and not cached:
-                calibration = Calibration(_token_ids(cfg["model"], "train", calib["tokens"]), calib["seq_len"],
+                calibration = Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"],
                                           calib["batch_size"], "sequential")
         start = time.perf_counter()
         records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
@@ -288,8 +305,11 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
     if case["retrained"]:
         train = cfg["retrain"]
+        if case["family"] == "dense":  # the control: the targeted projections trainable, as a family's factors are
+            compress(model, "dense", 1.0, layers=None if cfg["layers"] == "all" else cfg["layers"],
+                     projections=cfg["projections"])
         start = time.perf_counter()
-        losses = finetune(model, _token_ids(cfg["model"], "train", train["tokens"]), cfg["retrain_steps"],
+        losses = finetune(model, _token_ids(cfg["model"], "train", train["tokens"], "retrain.tokens"), cfg["retrain_steps"],
                           lr=train["lr"], batch_size=train["batch_size"], seq_len=train["seq_len"], seed=ctx.seed,
                           progress=lambda step, loss: ctx.log(f"  retrain step {step}: loss {loss:.3f}") if step % 50 == 0 else None)
         row.update({"retrain_seconds": time.perf_counter() - start, "retrain_loss_first": losses[0],

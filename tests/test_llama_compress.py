@@ -290,12 +290,15 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         "projection: {blast: {steps: 3}}\n"
         "calibration: {tokens: 256, seq_len: 32, batch_size: 4, refine_steps: 5}\n")
     common = ["--config", str(config), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
-    assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5]",
-                   "--set", "objectives=[frobenius]"]) == 0
+    assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5, 0.9]",
+                   "--set", "objectives=[frobenius]", "--set", "retrain.objectives=[frobenius]",
+                   "--set", "retrain.rhos=[0.5]"]) == 0
     run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
     rows = {(r["family"], r["rho"], r["retrained"]): r for r in run.rows}
-    assert set(rows) == {("dense", 1.0, False), ("lowrank", 0.5, False), ("lowrank", 0.5, True),
-                         ("blast", 0.5, False), ("blast", 0.5, True)}
+    assert set(rows) == {("dense", 1.0, False), ("dense", 1.0, True), ("lowrank", 0.5, False), ("lowrank", 0.5, True),
+                         ("blast", 0.5, False), ("blast", 0.5, True), ("lowrank", 0.9, False), ("blast", 0.9, False)}
+    control = rows[("dense", 1.0, True)]  # the dense model fine-tuned by the same recipe
+    assert control["retrain_loss_last"] > 0 and control["rho_actual"] == 1.0
     assert all(r["status"] == "ok" for r in rows.values()), [r["reason"] for r in rows.values()]
     dense, low = rows[("dense", 1.0, False)], rows[("lowrank", 0.5, False)]
     assert 0 < low["weighted_error_mean"] < 1 and low["gram_bytes"] > 0 and low["calibration_seconds"] > 0
@@ -309,7 +312,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     assert "perplexity vs CR" in report and "goal_inference" in report
 
     # a second run reuses the projected factors; a bad override is one clear error
-    assert _bench([*common, "--families", "blast", "--set", "rhos=[0.5]"]) == 0
+    assert _bench([*common, "--families", "blast", "--set", "rhos=[0.5]", "--set", "retrain_steps=0"]) == 0
     rerun = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
     blast = [r for r in rerun.rows if r["family"] == "blast"][0]
     assert blast["projection_cached"] and blast["projection_seconds"] is None
@@ -319,7 +322,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     assert "tasks.names" in capsys.readouterr().err
 
     # both objectives, every family, sequential calibration: the calibrated fit has the lower output error
-    assert _bench([*common, "--set", "rhos=[0.5]", "--set", "calibration.mode=sequential"]) == 0
+    assert _bench([*common, "--set", "rhos=[0.5]", "--set", "calibration.mode=sequential", "--set", "retrain_steps=0"]) == 0
     run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
     assert all(r["status"] == "ok" for r in run.rows), [r["reason"] for r in run.rows]
     both = {(r["family"], r["objective"]): r for r in run.rows if r["family"] != "dense"}
@@ -337,7 +340,8 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     ("calibration.tokens=0", "calibration.tokens"), ("calibration.seq_len=2.5", "calibration.seq_len"),
     ("calibration.batch_size=-1", "calibration.batch_size"), ("calibration.mode=online", "calibration.mode"),
     ("calibration.damp=-1", "calibration.damp"), ("objectives=[frobenius, spectral]", "objectives"),
-    ("objectives=[]", "objectives"), ("calibration.tokens=100000000", "exceeds"),
+    ("objectives=[]", "objectives"), ("calibration.tokens=100000000", "calibration.tokens=100000000 exceeds"),
+    ("retrain.tokens=100000000", "retrain.tokens=100000000 exceeds"), ("retrain.objectives=[l1]", "retrain.objectives"),
 ])
 def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path: Path, override: str, message: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,14 +62,15 @@ class Calibration:
             yield seqs[start : start + self.batch_size].to(device)
 
 
-def calibration_tokens(tokenizer: Any, tokens: int) -> torch.Tensor:
-    """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads)."""
+def calibration_tokens(tokenizer: Any, tokens: int, what: str = "calibration.tokens") -> torch.Tensor:
+    """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads);
+    asking for more than the split holds is an error naming ``what`` asked."""
     from structbench.models.lm_eval import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
     ids = text_token_ids(tokenizer, wiki_articles("train"), tokens)
     if len(ids) < tokens:
-        raise StructbenchError(f"calibration.tokens={tokens} exceeds the {len(ids)} tokens of the Wikipedia train split")
+        raise StructbenchError(f"{what}={tokens} exceeds the {len(ids)} tokens of the Wikipedia train split")
     return ids
 
 
