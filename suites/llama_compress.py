@@ -38,11 +38,14 @@ from structbench.registry import get_family, list_families
 from structbench.suite import Metric, RunContext, Suite
 
 CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
+SCORERS = ("structbench", "lm-eval")
+"""Who scores the zero-shot tasks: this project's batched scorer, or lm-evaluation-harness
+itself on the same items (``structbench.models.harness``; slower, the reference)."""
 _SECTIONS = {
     "calibration": {"tokens", "seq_len", "batch_size", "mode", "damp", "refine_steps"},
     "retrain": {"lr", "batch_size", "seq_len", "tokens", "rhos", "objectives", "dense"},
     "perplexity": {"window", "stride", "windows", "batch_size"},
-    "tasks": {"names", "items", "batch_size"},
+    "tasks": {"names", "items", "batch_size", "scorer"},
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
 }
 _TOP_KEYS = {"model", "families", "rhos", "objectives", "layers", "projections", "projection", "retrain_steps", "quick",
@@ -99,6 +102,10 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
         for key, value in values.items():
             if key in ("rhos", "objectives", "dense"):
                 continue  # re-training's case selection, checked below
+            if key == "scorer":
+                if value not in SCORERS:
+                    raise StructbenchError(f"{where}.tasks.scorer {value!r} not understood; accepted: {', '.join(SCORERS)}")
+                continue
             if key == "lr":
                 number_list(f"{where}.{section}.lr", [value])
             elif key == "damp":
@@ -327,9 +334,14 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     ctx.log(f"  {case['family']} rho={case['rho']}: tasks")
     start = time.perf_counter()
     accs, norms = [], []
+    if cfg["tasks"]["scorer"] == "lm-eval":
+        from structbench.models.harness import harness_multiple_choice as score
+    else:
+        score = lm_eval.multiple_choice
+    row["scorer"] = cfg["tasks"]["scorer"]
     for name in cfg["tasks"]["names"]:
         items = load_task(name, cfg["tasks"]["items"], cache=ctx.cache_dir, seed=0)
-        scores = lm_eval.multiple_choice(model, tokenizer, items, cfg["tasks"]["batch_size"])
+        scores = score(model, tokenizer, items, cfg["tasks"]["batch_size"])
         label = task_label(name)
         row.update({f"acc_{label}": scores.acc, f"acc_norm_{label}": scores.acc_norm,
                     f"chance_{label}": chance_accuracy(items), f"items_{label}": scores.items})

@@ -100,6 +100,22 @@ def test_acc_and_acc_norm_pick_by_sum_and_by_length(monkeypatch: pytest.MonkeyPa
     assert tasks.chance_accuracy(items) == 0.5
 
 
+def test_scorer_agrees_with_lm_evaluation_harness_item_for_item(tiny_llama: Path, tmp_path: Path) -> None:
+    pytest.importorskip("lm_eval")
+    from structbench.models.harness import harness_multiple_choice
+
+    model, tokenizer = _load(tiny_llama)
+    write_fake_tasks(tmp_path, n=12)
+    items = tasks.load_task("social_iqa", cache=tmp_path)
+    items += [tasks.MultipleChoice("Q: The cat sat on\nA:", (" the mat.", " a dog", " rain fell on the town"), gold=0)]
+    ours = lm_eval.multiple_choice(model, tokenizer, items, batch_size=5)
+    theirs = harness_multiple_choice(model, tokenizer, items, batch_size=4)
+    assert ours.picks == theirs.picks and ours.picks_norm == theirs.picks_norm
+    assert (ours.acc, ours.acc_norm) == (theirs.acc, theirs.acc_norm)
+    for mine, ref in zip(ours.loglikelihoods, theirs.loglikelihoods):
+        assert mine == pytest.approx(ref, abs=1e-3)
+
+
 def test_macs_count_attention_and_throughput_is_positive(tiny_llama: Path) -> None:
     model, _ = _load(tiny_llama)
     lm_eval.use_eager_attention(model)
@@ -349,3 +365,31 @@ def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compressed() -> None:
+    """The real thing: SmolLM2-135M and BIG-bench items (downloaded once), dense and with every
+    projection of 6 layers compressed, scored by this project and by lm-evaluation-harness."""
+    pytest.importorskip("lm_eval")
+    from structbench.models import weights
+    from structbench.models.harness import harness_multiple_choice
+    from structbench.models.loading import load_model
+
+    try:
+        weights.require(weights.SMOLLM2)
+        names = ["social_iqa", "goal_step_wikihow/goal_inference"]
+        tasks.ensure_tasks(names)
+    except StructbenchError as exc:
+        pytest.skip(str(exc))
+    for compressed in (False, True):
+        model, tokenizer = load_model(weights.SMOLLM2, torch.float32)
+        if compressed:
+            compress(model, "lowrank", 0.8, layers=range(6))
+        for name in names:
+            items = tasks.load_task(name, 40)
+            ours = lm_eval.multiple_choice(model, tokenizer, items)
+            theirs = harness_multiple_choice(model, tokenizer, items)
+            assert ours.picks == theirs.picks and ours.picks_norm == theirs.picks_norm, (name, compressed)
+            for mine, ref in zip(ours.loglikelihoods, theirs.loglikelihoods):
+                assert mine == pytest.approx(ref, rel=1e-4, abs=1e-3)  # float32 sums, other batching

@@ -148,22 +148,36 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
 
 @dataclass
 class ChoiceScores:
+    """Accuracies over the items, and each item's pick (by sum, and per character), so that
+    two scorers can be compared item for item."""
+
     acc: float
     acc_norm: float
     items: int
+    picks: tuple[int, ...] = ()
+    picks_norm: tuple[int, ...] = ()
+    loglikelihoods: tuple[tuple[float, ...], ...] = ()
+
+
+def choice_scores(items: Sequence[MultipleChoice], loglikelihoods: Sequence[Sequence[float]]) -> ChoiceScores:
+    """``acc`` (argmax of each item's summed log-likelihoods) and ``acc_norm`` (of the sums
+    divided by each choice's length in characters)."""
+    picks, picks_norm = [], []
+    for item, ll in zip(items, loglikelihoods):
+        norm = [s / len(c) for s, c in zip(ll, item.choices)]
+        picks.append(max(range(len(ll)), key=ll.__getitem__))
+        picks_norm.append(max(range(len(norm)), key=norm.__getitem__))
+    hits = sum(p == item.gold for p, item in zip(picks, items))
+    hits_norm = sum(p == item.gold for p, item in zip(picks_norm, items))
+    return ChoiceScores(hits / len(items), hits_norm / len(items), len(items), tuple(picks), tuple(picks_norm),
+                        tuple(tuple(ll) for ll in loglikelihoods))
 
 
 def multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MultipleChoice], batch_size: int = 16) -> ChoiceScores:
     """``acc`` and ``acc_norm`` over ``items`` (see the module docstring)."""
     requests = [(item.context, choice) for item in items for choice in item.choices]
     scores = iter(loglikelihoods(model, tokenizer, requests, batch_size))
-    hits = hits_norm = 0
-    for item in items:
-        ll = [next(scores) for _ in item.choices]
-        norm = [s / len(c) for s, c in zip(ll, item.choices)]
-        hits += max(range(len(ll)), key=ll.__getitem__) == item.gold
-        hits_norm += max(range(len(norm)), key=norm.__getitem__) == item.gold
-    return ChoiceScores(hits / len(items), hits_norm / len(items), len(items))
+    return choice_scores(items, [[next(scores) for _ in item.choices] for item in items])
 
 
 # ---- size and speed ------------------------------------------------------------------
