@@ -222,7 +222,11 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
            "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
            "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
     if case["objective"] == "calibrated":
-        key["calibration"] = {**_calibration_key(cfg, cfg["calibration"]["mode"]), "damp": cfg["calibration"]["damp"]}
+        from structbench.weighted import REFINE_LR
+
+        calib = cfg["calibration"]
+        key["calibration"] = {**_calibration_key(cfg, calib["mode"]), "damp": calib["damp"],
+                              "refine_steps": calib["refine_steps"], "refine_lr": REFINE_LR}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{case['objective']}-{digest}.pt"
 
