@@ -205,10 +205,17 @@ class StructuredLinear(nn.Module, abc.ABC):
         """
         if weight.dim() != 2:
             raise StructbenchError(f"{cls.family}: from_dense needs a 2-D weight, got shape {tuple(weight.shape)}")
+        if not bool(torch.isfinite(weight).all()):
+            raise StructbenchError(f"{cls.family}: from_dense needs a finite weight; this one has NaN or Inf entries")
         m, n = weight.shape
         hp_names = cls.hparam_names()
         hparams = {k: v for k, v in hparams_and_options.items() if k in hp_names}
         options = {k: v for k, v in hparams_and_options.items() if k not in hp_names}
+        accepted = cls.projection_options(weighted=gram is not None)
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise StructbenchError(f"{cls.family}: from_dense{' with gram' if gram is not None else ''} does not take "
+                                   f"{unknown}; accepted: rho, {', '.join(sorted(hp_names | accepted))}")
         if rho is not None:
             if hparams:
                 raise StructbenchError(f"{cls.family}: give rho or hyperparameters {sorted(hparams)}, not both")
@@ -226,6 +233,23 @@ class StructuredLinear(nn.Module, abc.ABC):
                 module.bias.copy_(bias.detach())
         module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
         return module
+
+    @classmethod
+    def projection_options(cls, weighted: bool = False) -> frozenset[str]:
+        """Keyword options of the (weighted) projection: ``_project``'s, or ``_project_weighted``'s
+        plus, where it hands the rest on, ``_project``'s."""
+        import inspect
+
+        def keywords(fn: Any) -> tuple[set[str], bool]:
+            params = list(inspect.signature(fn).parameters.values())[2:]  # self, weight
+            named = {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+            return named - {"gram"}, any(p.kind is p.VAR_KEYWORD for p in params)
+
+        plain, _ = keywords(cls._project)
+        if not weighted:
+            return frozenset(plain)
+        own, passes_on = keywords(cls._project_weighted)
+        return frozenset(own | plain if passes_on else own)
 
     @classmethod
     def hparam_names(cls) -> frozenset[str]:

@@ -22,14 +22,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
+from torch import nn
 
 from structbench.errors import StructbenchError
 
-if TYPE_CHECKING:
-    from structbench.structured import StructuredLinear
+
+class Weighable(Protocol):
+    """What the shared weighted projection needs of a family (``StructuredLinear`` has it all)."""
+
+    family: str
+
+    def scale_input_(self, d: torch.Tensor) -> None: ...
+
+    def refine_parameters(self) -> list[nn.Parameter]: ...
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
 
 DAMP = 1e-4
 """Default ridge relative to the Gram's mean diagonal: enough to keep every ``S`` invertible,
@@ -113,7 +123,7 @@ def weighted_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tenso
     return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
 
 
-def diagonal_start(module: "StructuredLinear", weight: torch.Tensor, white: Whitening,
+def diagonal_start(module: Weighable, weight: torch.Tensor, white: Whitening,
                    project: Callable[..., None], options: dict[str, Any]) -> None:
     """Project ``W D`` with the family's own (Frobenius) projection, then undo ``D``."""
     # Relative to the largest entry: the problem is scale-free, and x / x == 1 exactly, so an
@@ -130,7 +140,7 @@ def check_refine(steps: Any, lr: Any, family: str) -> None:
         raise StructbenchError(f"{family}: refine_lr must be a number > 0, got {lr!r}")
 
 
-def refine(module: "StructuredLinear", weight: torch.Tensor, white: Whitening, *, steps: int = REFINE_STEPS,
+def refine(module: Weighable, weight: torch.Tensor, white: Whitening, *, steps: int = REFINE_STEPS,
            lr: float = REFINE_LR, progress: Callable[[int, float], None] | None = None) -> list[float]:
     """Adam on ``||(W - What) S||^2 / ||W S||^2`` over ``module.refine_parameters()``, keeping the
     best iterate (the start included). Returns the relative weighted error after each step."""

@@ -141,8 +141,8 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
 def _check_text_sizes(config: dict[str, Any]) -> None:
     """More calibration or re-training tokens than the ``train`` split holds is a config
     error, found before any case runs (the tokens are cached for the run)."""
-    if config["families"]:  # every compressed row measures the activation-weighted error
-        _token_ids(config["model"], "train", config["calibration"]["tokens"], "calibration.tokens")
+    # every compressed row measures the activation-weighted error, so the text is always needed
+    _token_ids(config["model"], "train", config["calibration"]["tokens"], "calibration.tokens")
     if config["retrain_steps"]:
         _token_ids(config["model"], "train", config["retrain"]["tokens"], "retrain.tokens")
 

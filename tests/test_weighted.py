@@ -129,3 +129,16 @@ def test_bad_grams_are_one_clear_error() -> None:
         lowrank.from_dense(w, rho=0.5, gram=torch.eye(128), damp=-1.0)
     with pytest.raises(StructbenchError, match="refine_steps"):
         get_family("monarch").from_dense(w, rho=0.5, gram=_gram(_inputs(128, 256)), refine_steps=-1)
+
+
+@pytest.mark.parametrize("family", COMPRESSIBLE)
+def test_misspelled_options_and_non_finite_weights_are_one_clear_error(family: str) -> None:
+    cls, w = get_family(family), _weight(64, 128)
+    with pytest.raises(StructbenchError, match=r"does not take \['refine_step'\]; accepted: .*refine_steps"):
+        cls.from_dense(w, rho=0.5, gram=torch.eye(128), refine_step=3)
+    with pytest.raises(StructbenchError, match=r"does not take \['refine_steps'\]"):
+        cls.from_dense(w, rho=0.5, refine_steps=3)  # a weighted option without a Gram
+    bad = w.clone()
+    bad[3, 4] = float("inf")
+    with pytest.raises(StructbenchError, match="finite"):
+        cls.from_dense(bad, rho=0.5)

@@ -170,7 +170,8 @@ def _real_sections(frame: pd.DataFrame) -> list[Section]:
             f"band min..max over layers.",
             figures=figures, tables=tables,
         ))
-        weighted = frame[(frame["source"] == model) & frame.get("weighted_error", pd.Series(index=frame.index)).notna()]
+        weighted = frame[frame["source"] == model]
+        weighted = weighted[weighted["weighted_error"].notna()] if "weighted_error" in weighted else weighted.iloc[0:0]
         if not weighted.empty:
             sections.append(_weighted_section(model, weighted.assign(objective=objective), types))
     return sections
