@@ -95,9 +95,11 @@ def list_families(pattern: str | None = None) -> list[str]:
     return FAMILIES.names(pattern)
 
 
-def build(name: str, in_features: int, out_features: int, *, bias: bool = True, **hparams: Any):
-    """Construct family ``name`` as a drop-in for ``nn.Linear(in_features, out_features, bias)``."""
-    return get_family(name)(in_features, out_features, bias=bias, **hparams)
+def build(name: str, in_features: int, out_features: int, *, bias: bool = True, device: Any = None,
+          dtype: Any = None, **hparams: Any):
+    """Construct family ``name`` as a drop-in for ``nn.Linear(in_features, out_features, bias,
+    device=, dtype=)``."""
+    return get_family(name)(in_features, out_features, bias=bias, **hparams).to(device=device, dtype=dtype)
 
 
 def hparams_for(name: str, out_features: int, in_features: int, rho: float):

@@ -155,6 +155,9 @@ class StructuredLinear(nn.Module, abc.ABC):
                 f"{self.family}: input has {x.shape[-1]} features, layer expects {self.in_features}"
             )
         lead = x.shape[:-1]
+        if x.numel() == 0:  # an empty batch gives an empty output, as nn.Linear does
+            y = x.new_zeros(*lead, self.out_features)
+            return y if self.bias is None else y + self.bias
         y = self._forward(x.reshape(-1, self.in_features), self.bias)
         return y.reshape(*lead, self.out_features)
 
@@ -220,19 +223,21 @@ class StructuredLinear(nn.Module, abc.ABC):
             if hparams:
                 raise StructbenchError(f"{cls.family}: give rho or hyperparameters {sorted(hparams)}, not both")
             hparams = cls.hparams_for(m, n, rho).hparams
-        module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=weight.dtype)
+        # SVDs and solves have no half-precision kernels: fit in float32, store in the weight's dtype
+        work = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=work)
         if progress is not None:
             options["progress"] = progress
         with torch.no_grad():
             if gram is None:
-                module._project(weight.detach(), **options)
+                module._project(weight.detach().to(work), **options)
             else:
                 g = weighted.check_gram(gram, n, cls.family).to(weight.device)
-                module._project_weighted(weight.detach(), g, **options)
+                module._project_weighted(weight.detach().to(work), g, **options)
             if bias is not None:
                 module.bias.copy_(bias.detach())
         module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
-        return module
+        return module.to(weight.dtype)
 
     @classmethod
     def projection_options(cls, weighted: bool = False) -> frozenset[str]:

@@ -80,10 +80,11 @@ def swap_linears(
         if progress is not None:
             progress(name, k, len(targets))
         weight = layer.weight.detach()
+        work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
         if project:
             gram = grams[name] if calibrated and grams is not None else None
             new = cls.from_dense(
-                weight.float(), None if layer.bias is None else layer.bias.detach().float(),
+                weight.to(work), None if layer.bias is None else layer.bias.detach().to(work),
                 rho=rho, gram=gram, progress=layer_progress, **projection_options,
             )
         else:
@@ -93,8 +94,8 @@ def swap_linears(
         err = werr = None
         if measure_error and project:
             with torch.no_grad():
-                dense = new.to_dense().float()
-                err = relative_error(weight.float(), dense)
+                dense = new.to_dense().to(work)
+                err = relative_error(weight.to(work), dense)
                 if grams is not None:
                     werr = weighted_error(weight, dense, grams[name].to(weight.device))
         parent_name, _, child = name.rpartition(".")

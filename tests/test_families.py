@@ -143,3 +143,40 @@ def test_bad_hparams_rejected(family: str) -> None:
         if isinstance(value, int):
             with pytest.raises(StructbenchError, match=name):
                 cls(64, 64, **{**hp, name: -1})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("train", [False, True])
+def test_an_empty_batch_gives_an_empty_output_like_nn_linear(family: str, train: bool) -> None:
+    module = make(family, 64, 128, 0.5).train(train)
+    for shape in [(0, 128), (2, 0, 128)]:
+        got = module(torch.randn(*shape, dtype=torch.float64))
+        assert got.shape == torch.nn.Linear(128, 64)(torch.randn(*shape)).shape
+
+
+@pytest.mark.parametrize("family", COMPRESSIBLE)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_fitted_in_float32_and_stored_in_their_dtype(family: str, dtype: torch.dtype) -> None:
+    w = torch.randn(64, 128)
+    module = get_family(family).from_dense(w.to(dtype), rho=0.5)
+    assert {p.dtype for p in module.parameters()} == {dtype}
+    reference = get_family(family).from_dense(w.to(dtype).float(), rho=0.5)  # the same fit, in float32
+    for (name, got), (_, want) in zip(module.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(got, want.to(got.dtype)), name  # its factors, rounded once
+
+
+def test_build_takes_device_and_dtype_like_nn_linear() -> None:
+    from structbench import build
+
+    layer = build("lowrank", 128, 64, rank=4, device="cpu", dtype=torch.float64)
+    assert {p.dtype for p in layer.parameters()} == {torch.float64} and layer.U.device.type == "cpu"
+
+
+def test_swap_linears_keeps_a_float64_model_in_float64() -> None:
+    from structbench import swap_linears
+
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64)).double()
+    [record] = swap_linears(model, "lowrank", 0.5)
+    assert next(model.parameters()).dtype == torch.float64
+    w = model[0].to_dense().detach()
+    assert w.dtype == torch.float64 and record.rel_error is not None
