@@ -2,20 +2,25 @@
 
 The linear projections of every decoder layer (q/k/v/o, gate/up/down) of a pretrained
 causal LM (SmolLM2-135M-Instruct by default, or any Hugging Face folder) are replaced by
-each family at a kept fraction ``rho`` of their parameters (0.8 and 0.5: the paper's
-20% and 50% compression), projecting the pretrained weights (BLAST by PrecGD). Each
-model, and the dense one, is evaluated on:
+each family at a kept fraction ``rho`` of their parameters (0.9, 0.8, 0.5: 10, 20 and 50%
+compression), projecting the pretrained weights with one of two objectives: ``frobenius``
+(``||W - What||_F``, BLAST by PrecGD as in the paper) or ``calibrated`` (the layer's output
+error on calibration text, ``structbench.weighted``), which is how LLMs are compressed in
+practice and what keeps a small model from collapsing. Each model, and the dense one, is
+evaluated on:
 
 * perplexity on held-out Wikipedia text (the ``test`` split of ``structbench.models.wikitext``),
-* zero-shot multiple-choice accuracy on BIG-bench tasks, scored as lm-evaluation-harness does,
+* zero-shot multiple-choice accuracy on BIG-bench tasks, scored as lm-evaluation-harness does
+  (or by the harness itself, ``tasks.scorer: lm-eval``),
 * size, fvcore MACs per token (whole model, eager attention counted) and prefill /
   greedy-generation throughput.
 
-One case is one ``(family, rho, retrained)`` model, so ``--resume`` loses at most one
-model; projected factors are cached under ``<cache>/llama-compress/`` so a re-run (or the
-re-trained case after the plain one) skips the projection. Re-trained cases fine-tune
-only the structured factors and the norms on the ``train`` split, disjoint from the
-evaluation text by construction.
+One case is one ``(family, rho, objective, retrained)`` model, so ``--resume`` loses at most
+one model; the dense model's calibration Grams and the projected factors are cached under
+``<cache>/`` so a re-run (or the re-trained case after the plain one) skips them. Re-trained
+cases fine-tune only the structured factors and the norms on the ``train`` split, disjoint
+from the evaluation text by construction; the dense model fine-tuned the same way is the
+control.
 """
 from __future__ import annotations
 
@@ -386,8 +391,9 @@ _TASK_METRICS = {
 SUITE = Suite(
     name="llama-compress",
     version="2",
-    description="Compress a pretrained Llama (SmolLM2-135M) with each family at CR 20%/50%: perplexity, "
-    "zero-shot accuracy, size, MACs and throughput, optionally re-trained",
+    description="Compress a pretrained Llama (SmolLM2-135M) with each family at CR 10/20/50%, projected in "
+    "Frobenius norm or against calibration activations: perplexity, zero-shot accuracy, size, MACs and "
+    "throughput, with re-trained rows",
     config_path=CONFIG_PATH,
     validate=validate,
     expand=expand,
