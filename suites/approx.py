@@ -40,7 +40,6 @@ from structbench.synthetic import KINDS, make_matrix
 CONFIG_PATH = Path(__file__).with_name("approx.yaml")
 _TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "objectives",
              "calibration", "quick"}
-_CALIBRATION_KEYS = {"tokens", "seq_len", "batch_size", "damp", "refine_steps"}
 CALIBRATED_MODELS = (model_weights.SMOLLM2,)
 """Real models whose layers also get the calibrated objective and the activation-weighted
 error: causal LMs whose inputs come from the Wikipedia ``train`` split."""
@@ -152,29 +151,11 @@ def _check_section(config: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_calibration(where: str, config: dict[str, Any]) -> None:
-    from structbench.models.compress import OBJECTIVES
+    from structbench.models.calibration import check_objectives, check_settings
 
-    objectives = config.get("objectives", ["frobenius"])
-    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives) \
-            or len(set(objectives)) != len(objectives):
-        raise StructbenchError(f"approx config: {where}.objectives must be a non-empty list of distinct objectives "
-                               f"from {list(OBJECTIVES)}, got {objectives!r}")
-    calib = config.get("calibration")
-    if calib is None and objectives == ["frobenius"]:
-        return
-    if not isinstance(calib, dict):
-        raise StructbenchError(f"approx config: {where}.calibration must be a mapping with keys {sorted(_CALIBRATION_KEYS)}")
-    check_keys(f"approx config: {where}.calibration", calib, _CALIBRATION_KEYS)
-    missing = sorted(_CALIBRATION_KEYS - set(calib))
-    if missing:
-        raise StructbenchError(f"approx config: {where}.calibration lacks {missing}")
-    for key in ("tokens", "seq_len", "batch_size"):
-        _ints(f"{where}.calibration.{key}", [calib[key]])
-    number_list(f"approx config: {where}.calibration.damp", [calib["damp"]], low=-1e-300)
-    number_list(f"approx config: {where}.calibration.refine_steps", [calib["refine_steps"]], integer=True, low=-1)
-    if calib["tokens"] < calib["seq_len"]:
-        raise StructbenchError(f"approx config: {where}.calibration.tokens ({calib['tokens']}) must be >= seq_len "
-                               f"({calib['seq_len']})")
+    objectives = check_objectives(f"approx config: {where}.objectives", config.get("objectives", ["frobenius"]))
+    if config.get("calibration") is not None or objectives != ["frobenius"]:
+        check_settings(f"approx config: {where}.calibration", config.get("calibration"))
 
 
 def _without_quick(config: dict[str, Any]) -> dict[str, Any]:

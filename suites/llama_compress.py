@@ -47,14 +47,13 @@ SCORERS = ("structbench", "lm-eval")
 """Who scores the zero-shot tasks: this project's batched scorer, or lm-evaluation-harness
 itself on the same items (``structbench.models.harness``; slower, the reference)."""
 _SECTIONS = {
-    "calibration": {"tokens", "seq_len", "batch_size", "mode", "damp", "refine_steps"},
     "retrain": {"lr", "batch_size", "seq_len", "tokens", "rhos", "objectives", "dense"},
     "perplexity": {"window", "stride", "windows", "batch_size"},
     "tasks": {"names", "items", "batch_size", "scorer"},
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
 }
-_TOP_KEYS = {"model", "families", "rhos", "objectives", "layers", "projections", "projection", "retrain_steps", "quick",
-             *_SECTIONS}
+_TOP_KEYS = {"model", "families", "rhos", "objectives", "calibration", "layers", "projections", "projection",
+             "retrain_steps", "quick", *_SECTIONS}
 
 
 # ---- config ------------------------------------------------------------------------
@@ -63,8 +62,8 @@ def _positive_int(where: str, value: Any) -> int:
 
 
 def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
-    from structbench.models.calibration import MODES
-    from structbench.models.compress import LLAMA_PROJECTIONS, OBJECTIVES
+    from structbench.models.calibration import OBJECTIVES, SETTINGS, check_objectives, check_settings
+    from structbench.models.compress import LLAMA_PROJECTIONS
 
     check_keys(where, config, _TOP_KEYS - {"quick"})
     check_model_name(config.get("model"), f"{where}.model")
@@ -76,11 +75,8 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     for family in families:
         get_family(family)  # unknown names raise with a did-you-mean
     rhos = [float(r) for r in number_list(f"{where}.rhos", config.get("rhos"), high=1.0)]
-    objectives = config.get("objectives")
-    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives) \
-            or len(set(objectives)) != len(objectives):
-        raise StructbenchError(f"{where}.objectives must be a non-empty list of distinct objectives from "
-                               f"{list(OBJECTIVES)}, got {objectives!r}")
+    check_objectives(f"{where}.objectives", config.get("objectives"))
+    check_settings(f"{where}.calibration", config.get("calibration"), SETTINGS | {"mode"})
     layers = config.get("layers")
     if layers != "all" and not (isinstance(layers, list) and layers and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
@@ -113,15 +109,6 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
                 continue
             if key == "lr":
                 number_list(f"{where}.{section}.lr", [value])
-            elif key == "damp":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                    raise StructbenchError(f"{where}.{section}.damp must be a number >= 0, got {value!r}")
-            elif key == "mode":
-                if value not in MODES:
-                    raise StructbenchError(f"{where}.{section}.mode {value!r} not understood; accepted: {', '.join(MODES)}")
-            elif key == "refine_steps":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise StructbenchError(f"{where}.{section}.refine_steps must be an integer >= 0, got {value!r}")
             elif key != "names":
                 _positive_int(f"{where}.{section}.{key}", value)
     names = config["tasks"]["names"]
@@ -137,9 +124,6 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
                                f"got {retrain['objectives']!r}")
     if not isinstance(retrain["dense"], bool):
         raise StructbenchError(f"{where}.retrain.dense must be true or false, got {retrain['dense']!r}")
-    calib = config["calibration"]
-    if calib["tokens"] < calib["seq_len"]:
-        raise StructbenchError(f"{where}.calibration.tokens ({calib['tokens']}) must be >= seq_len ({calib['seq_len']})")
     return {**config, "families": families, "rhos": rhos}
 
 
@@ -236,11 +220,20 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
     return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{case['objective']}-{digest}.pt"
 
 
+def _calibration(cfg: dict[str, Any], mode: str) -> Any:
+    """The configured calibration text and how to run it, in ``mode``."""
+    from structbench.models.calibration import Calibration
+
+    calib = cfg["calibration"]
+    return Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"],
+                       calib["batch_size"], mode)
+
+
 def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float | None]:
     """The dense model's Grams of the targeted projections, computed once and kept on disk
     (they serve every family, rho and objective, and the approx suite); with the seconds
     spent if computed now."""
-    from structbench.models.calibration import Calibration, collect_grams, stored_grams
+    from structbench.models.calibration import collect_grams, stored_grams
     from structbench.models.compress import decoder_filter
 
     calib = cfg["calibration"]
@@ -248,8 +241,7 @@ def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict
 
     def collect() -> dict[str, torch.Tensor]:
         ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
-        text = Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"], calib["batch_size"])
-        return collect_grams(model, text, decoder_filter(layers, cfg["projections"]))
+        return collect_grams(model, _calibration(cfg, "dense"), decoder_filter(layers, cfg["projections"]))
 
     return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense"), collect)
 
@@ -285,7 +277,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     row: dict[str, Any] = {"model": cfg["model"]}
 
     if case["family"] != "dense":
-        from structbench.models.calibration import Calibration, gram_bytes
+        from structbench.models.calibration import gram_bytes
 
         layers = None if cfg["layers"] == "all" else cfg["layers"]
         options = dict((cfg.get("projection") or {}).get(case["family"], {}))
@@ -299,8 +291,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         if case["objective"] == "calibrated":
             options.update(damp=calib["damp"], refine_steps=calib["refine_steps"])
             if calib["mode"] == "sequential" and not cached:
-                calibration = Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"],
-                                          calib["batch_size"], "sequential")
+                calibration = _calibration(cfg, "sequential")
         start = time.perf_counter()
         records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
                            objective=case["objective"], calibration=calibration, cache_file=cache_file,

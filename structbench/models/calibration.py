@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,45 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from structbench.config import check_keys, number_list
 from structbench.errors import StructbenchError
+from structbench.results import torch_save_atomic
 
 MODES = ("dense", "sequential")
+OBJECTIVES = ("frobenius", "calibrated")
+"""What a projection minimises: ``||W - What||_F``, or the output error on calibration inputs."""
+SETTINGS = frozenset({"tokens", "seq_len", "batch_size", "damp", "refine_steps"})
+"""The calibration settings every suite config has (llama-compress adds ``mode``)."""
 LayerFilter = Callable[[str, nn.Module], bool]
+
+
+def check_objectives(where: str, objectives: Any) -> list[str]:
+    """A config's list of objectives: non-empty, distinct, each one of ``OBJECTIVES``."""
+    if not isinstance(objectives, list) or not objectives or not all(o in OBJECTIVES for o in objectives) \
+            or len(set(objectives)) != len(objectives):
+        raise StructbenchError(f"{where} must be a non-empty list of distinct objectives from {list(OBJECTIVES)}, "
+                               f"got {objectives!r}")
+    return objectives
+
+
+def check_settings(where: str, calib: Any, keys: frozenset[str] = SETTINGS) -> None:
+    """A config's ``calibration`` mapping: exactly ``keys``, each value in range."""
+    if not isinstance(calib, dict):
+        raise StructbenchError(f"{where} must be a mapping with keys {sorted(keys)}")
+    check_keys(where, calib, keys)
+    missing = sorted(keys - set(calib))
+    if missing:
+        raise StructbenchError(f"{where} lacks {missing}")
+    for key in ("tokens", "seq_len", "batch_size"):
+        number_list(f"{where}.{key}", [calib[key]], integer=True)
+    number_list(f"{where}.refine_steps", [calib["refine_steps"]], integer=True, low=-1)
+    damp = calib["damp"]
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < float("inf"):
+        raise StructbenchError(f"{where}.damp must be a number >= 0, got {damp!r}")
+    if "mode" in keys and calib["mode"] not in MODES:
+        raise StructbenchError(f"{where}.mode {calib['mode']!r} not understood; accepted: {', '.join(MODES)}")
+    if calib["tokens"] < calib["seq_len"]:
+        raise StructbenchError(f"{where}.tokens ({calib['tokens']}) must be >= seq_len ({calib['seq_len']})")
 
 
 @dataclass(frozen=True)
@@ -102,9 +136,8 @@ class GramCollector:
         self._batch.clear()
 
     def next_batch(self) -> None:
-        """Call after each forward: inputs of the next batch are new tensors."""
-        if self._batch:
-            self._first = False
+        """Call after each forward: the groups are known once one batch has been seen."""
+        self._first = self._first and not self.leader
         self._batch.clear()
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -116,8 +149,6 @@ class GramCollector:
                 self._batch.append((x, leader))
             if self.leader.get(name, name) != name:
                 return
-            if not self._first:
-                self._batch.append((x, name))
             rows = x.detach().reshape(-1, x.shape[-1]).float()
             update = (rows.T @ rows).to(torch.float64)
             if name in self._sums:
@@ -148,13 +179,17 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _decoder(model: nn.Module) -> nn.Module:
+    """The decoder without the LM head (``model.model`` for Llama-style models)."""
+    return getattr(model, "base_model", model)
+
+
 @torch.no_grad()
 def collect_grams(model: nn.Module, calibration: Calibration, include: LayerFilter) -> dict[str, torch.Tensor]:
     """Dense mode: one pass of the model's decoder (no LM head) over the calibration text."""
-    body = getattr(model, "base_model", model)
     with GramCollector(_targets(model, include)) as collector:
         for ids in calibration.batches(_device(model)):
-            body(input_ids=ids)
+            _decoder(model)(input_ids=ids)
             collector.next_batch()
     return collector.grams()
 
@@ -165,7 +200,7 @@ class _Stop(Exception):
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's layer list (``model.model.layers`` for Llama-style models)."""
-    layers = getattr(getattr(model, "base_model", model), "layers", None)
+    layers = getattr(_decoder(model), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise StructbenchError("sequential calibration needs a decoder with a .layers list (Llama-style causal LM)")
     return layers
@@ -186,7 +221,7 @@ def _layer_inputs(model: nn.Module, calibration: Calibration) -> list[tuple[torc
     try:
         for ids in calibration.batches(_device(model)):
             try:
-                getattr(model, "base_model", model)(input_ids=ids, use_cache=False)
+                _decoder(model)(input_ids=ids, use_cache=False)
             except _Stop:
                 pass
     finally:
@@ -267,8 +302,5 @@ def stored_grams(folder: Path, key: dict[str, Any],
     start = time.perf_counter()
     grams = collect()
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(grams, tmp)
-    tmp.replace(path)
+    torch_save_atomic(path, grams)
     return grams, seconds

@@ -14,7 +14,6 @@ the projected factors in ``cache_file`` and rebuild from it without projecting a
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -23,15 +22,14 @@ import torch
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.models.calibration import Calibration, collect_grams, sequential_grams
+from structbench.models.calibration import OBJECTIVES, Calibration, collect_grams, sequential_grams
 from structbench.registry import get_family
+from structbench.results import torch_save_atomic
 from structbench.structured import StructuredLinear
 from structbench.swap import SwapRecord, swap_linears
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The seven linear maps of a Llama decoder layer (attention q/k/v/o, MLP gate/up/down)."""
-OBJECTIVES = ("frobenius", "calibrated")
-"""What a projection minimises: ``||W - What||_F``, or the output error on calibration inputs."""
 
 STRUCTURE_FILE = "structbench.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -110,11 +108,8 @@ def compress(
         records = swap_linears(model, family, rho, include=include, grams=grams, calibrated=calibrated,
                                progress=progress, **projection_options)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"state": {name: m.state_dict() for name, m in _structured(model).items()},
-                    "records": [vars(r) for r in records]}, tmp)
-        tmp.replace(cache)  # atomic: an interrupted save never looks like a finished one
+        torch_save_atomic(cache, {"state": {name: m.state_dict() for name, m in _structured(model).items()},
+                                  "records": [vars(r) for r in records]})
     return records
 
 
