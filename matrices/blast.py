@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, StructuredLinear, check_positive_int, divisors
 from structbench.linalg import block_matmul, solve_right
+from structbench.measure.flops import elementwise_fma
 
 PREFERRED_BLOCKS = 4  # the paper's default grid for Llama and ViT layers
 EXACT_BELOW = 1e-2
@@ -155,6 +156,10 @@ def factorize(
 
 @register_family("blast")
 class BlastLinear(StructuredLinear):
+    plot_order = 40
+    plot_color = "#ffa15a"
+    synthetic_kind = True
+    mac_handles = {"aten::addcmul": elementwise_fma, "aten::addcmul_": elementwise_fma}  # the coupling
     exact_projection = False
     projection_tolerance = 0.25
     """Bound for PrecGD (300 steps) on a random member *of the same rank*: that problem is

@@ -9,7 +9,7 @@ from torch import nn
 
 from structbench import weighted
 from structbench.errors import StructbenchError
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.linalg import block_matmul, solve_right
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
@@ -17,6 +17,9 @@ from structbench.structured import StructuredLinear, check_positive_int, divisor
 
 @register_family("blockdiag")
 class BlockDiagLinear(StructuredLinear):
+    plot_order = 20
+    plot_color = "#00cc96"
+    synthetic_kind = True
     rho_margin = 0.5  # 1/b jumps between divisors of gcd(m, n)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear
 
@@ -15,6 +15,9 @@ from structbench.structured import StructuredLinear
 @register_family("dense")
 class DenseLinear(StructuredLinear):
     """The reference every row is compared with; it ignores rho (always keeps everything)."""
+
+    plot_order = 0
+    plot_color = "#636efa"
 
     compressible = False
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:

@@ -39,7 +39,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error, svd_factors
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, StructuredLinear, check_positive_int
 
@@ -156,6 +156,8 @@ class GaudiLinear(StructuredLinear):
     forward has the band cost ``macs()`` reports. ``to_dense`` follows the same mode, so
     ``forward(x) == x @ to_dense().T + bias`` holds in both.
     """
+    plot_order = 60
+    plot_color = "#ff6692"
 
     exact_projection = False
     projection_tolerance = 0.6
@@ -201,7 +203,7 @@ class GaudiLinear(StructuredLinear):
         self._packed_cache: tuple[tuple[Any, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
         # Equal widths spending the whole budget, snapped to whole tiles so that a fresh
         # layer's band forward already spends it (below one tile per band, flooring would
-        # leave every band empty). Unit gain (structbench.init) measured on the masks this
+        # leave every band empty). Unit gain (structbench.initialization) measured on the masks this
         # layer applies: V_k sums the squared mask entries of its input band (at least one
         # tile, so a band that starts empty is sized for when it grows); U sums, per output
         # row, the squared masks of the components covering it, averaged over rows.

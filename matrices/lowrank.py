@@ -10,13 +10,16 @@ from torch import nn
 from structbench import weighted
 from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int
 
 
 @register_family("lowrank")
 class LowRankLinear(StructuredLinear):
+    plot_order = 10
+    plot_color = "#ef553b"
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rank: int) -> None:
         super().__init__(in_features, out_features, bias)
         self.rank = check_positive_int("rank", rank, self.family)
@@ -27,7 +30,7 @@ class LowRankLinear(StructuredLinear):
             )
         self.U = nn.Parameter(torch.empty(out_features, rank))
         self.V = nn.Parameter(torch.empty(rank, in_features))
-        # Unit gain per factor (structbench.init): x V^T sums n inputs, then U sums r.
+        # Unit gain per factor (structbench.initialization): x V^T sums n inputs, then U sums r.
         unit_gain_(self.V, fan_in=in_features)
         unit_gain_(self.U, fan_in=rank)
 

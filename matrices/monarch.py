@@ -16,7 +16,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import block_matmul, svd_factors
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -32,6 +32,9 @@ def _check(out_features: int, in_features: int, blocks: int) -> None:
 
 @register_family("monarch")
 class MonarchLinear(StructuredLinear):
+    plot_order = 30
+    plot_color = "#ab63fa"
+    synthetic_kind = True
     rho_margin = 0.5  # rho = 2/b for square shapes: jumps between valid block counts
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int
 
@@ -42,6 +42,8 @@ def _check(out_features: int, in_features: int, tiles: int, butterfly: int, rank
 
 @register_family("pixelfly")
 class PixelflyLinear(StructuredLinear):
+    plot_order = 50
+    plot_color = "#19d3f3"
     exact_projection = False
     projection_tolerance = 0.05
     """Alternating projection (default 10 rounds) on a random member: the sparse and low-rank

@@ -1,6 +1,7 @@
 """structbench: benchmark structured weight matrices against dense ones on one footing."""
 from structbench.errors import StructbenchError
-from structbench.registry import FAMILIES, Registry, build, get_family, hparams_for, list_families
+from structbench.families import build, get_family, hparams_for, list_families
+from structbench.registry import FAMILIES, Registry
 from structbench.structured import Fit, StructuredLinear
 from structbench.swap import swap_linears
 

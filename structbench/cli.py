@@ -13,16 +13,18 @@ from typing import NoReturn, Sequence
 
 import torch
 
-from structbench.config import load_config
+from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
+from structbench.models.weights import cache_root
 from structbench.overrides import apply_overrides
-from structbench.registry import get_family, list_families
+from structbench.publish import publish
+from structbench.families import get_family, list_families
 from structbench.results import RunWriter, list_runs, load_run
-from structbench.suite import SUITES, RunContext
+from structbench.suite import RunContext, Suite
+from suites import SUITES
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_OUT = Path("results")
-DEFAULT_CACHE = Path(os.environ.get("STRUCTBENCH_CACHE", Path.home() / ".cache" / "structbench"))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,9 +85,10 @@ def _find_resumable(out: Path, suite: str) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
-        writer = _reopen(args)
+        suite, writer = _reopen(args)
         config, cli = writer.meta["config"], writer.meta["cli"]
-        suite = SUITES.get(writer.meta["suite"]["name"])
+        if "quick" in config:  # a schema 1 run stored the config with its overlay unapplied
+            config = writer.meta["config"] = resolve(suite.name, config, suite.validate, quick=cli["quick"])
         _check_device(cli["device"])
         if args.threads is not None and args.threads != cli["threads"]:
             # Threads change speed, not results: a run resumed on a busier machine may need
@@ -104,28 +107,23 @@ def _run(args: argparse.Namespace) -> int:
         if args.dtype not in DTYPES:
             raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
         args.threads = (os.cpu_count() or 1) if args.threads is None else _check_threads(args.threads)
-        config = suite.validate(apply_overrides(load_config(args.config or suite.config_path), args.set))
-        if args.families:
-            names = [f.strip() for f in args.families.split(",") if f.strip()]
-            for name in names:
-                get_family(name)
-            config["families"] = names
-            if isinstance(config.get("quick"), dict) and "families" in config["quick"]:
-                config["quick"]["families"] = names
+        families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+        config = resolve(suite.name, apply_overrides(load_config(args.config or suite.config_path), args.set),
+                         suite.validate, quick=args.quick, families=families)
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
                "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
         writer = RunWriter.create(args.out, suite, config, cli, args.seed)
     torch.set_num_threads(cli["threads"])
     ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
-                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=DEFAULT_CACHE, config=config,
+                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
                      log=lambda msg: print(msg, file=sys.stderr))
     from structbench.runner import run_suite
 
     root = writer.run_dir.parent.parent
     try:
         run_dir = run_suite(suite, writer, ctx)
-    finally:  # an interrupted or failed run still gets a report of what it finished
-        _build_reports([writer.run_dir], root)
+    finally:  # an interrupted or failed run still gets tables and a report of what it finished
+        publish([writer.run_dir], root)
     print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
     return 0
 
@@ -136,7 +134,7 @@ def _check_threads(threads: int) -> int:
     return threads
 
 
-def _reopen(args: argparse.Namespace) -> RunWriter:
+def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
     """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
     given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
                                       ("--set", args.set)) if value]
@@ -150,15 +148,8 @@ def _reopen(args: argparse.Namespace) -> RunWriter:
         run = load_run(args.resume)
         if args.suite and run.suite != args.suite:
             raise StructbenchError(f"--resume {args.resume} is a {run.suite} run, not {args.suite}")
-    return RunWriter.reopen(run.run_dir)
-
-
-def _build_reports(run_dirs: Sequence[Path], root: Path) -> None:
-    from structbench.report.html import build_index, build_run_report
-
-    for run_dir in run_dirs:
-        build_run_report(run_dir)
-    build_index(root)
+    suite = SUITES.get(run.suite)
+    return suite, RunWriter.reopen(run.run_dir, suite)
 
 
 def _report(argv: Sequence[str]) -> int:
@@ -167,7 +158,7 @@ def _report(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     runs = [load_run(r).run_dir for r in args.runs] if args.runs else [r.run_dir for r in list_runs(args.out)]
-    _build_reports(runs, args.out)
+    publish(runs, args.out)
     print(f"rebuilt {len(runs)} report(s); index: {args.out / 'index.html'}")
     return 0
 
@@ -176,7 +167,8 @@ def _compare(argv: Sequence[str]) -> int:
     from structbench.compare import compare_runs
     from structbench.report.tables import geomean, markdown
 
-    p = OneLineParser(prog="bench.py compare", description="Per-case latency ratios of run B against run A.")
+    p = OneLineParser(prog="bench.py compare", description="Per-case ratios of run B's headline metrics "
+                      "against run A's (two runs of one suite).")
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--threshold", type=float, default=1.1, help="flag ratios beyond this factor (default 1.1)")
@@ -190,9 +182,11 @@ def _compare(argv: Sequence[str]) -> int:
     if table.empty:
         raise StructbenchError("compare: the two runs share no measured case")
     print(markdown(table))
-    flagged = table[table["flag"] != ""]
-    print(f"\n{len(flagged)} of {len(table)} cases changed beyond x{args.threshold} (p < {args.alpha}); "
-          f"geometric mean ratio {geomean(table['ratio']):.3f}")
+    for metric, part in table.groupby("metric", sort=False):
+        flagged = part[part["flag"] != ""]
+        test = f"p < {args.alpha}" if part["p_value"].notna().all() else "no samples: ratio alone"
+        print(f"\n{metric}: {len(flagged)} of {len(part)} cases changed beyond x{args.threshold} ({test}); "
+              f"geometric mean ratio {geomean(part['ratio'].dropna()):.3f}")
     return 0
 
 

@@ -1,23 +1,44 @@
-"""YAML suite configs: loading with ``include:``, deep merging, and one-line validation errors."""
+"""YAML suite configs, handled once for every suite: loading with ``include:``, the ``quick:``
+overlay, ``families`` resolution, and value checks that fail with one line naming the key.
+
+The ``quick:`` overlay has one meaning everywhere: it is deep-merged over the rest of the
+config (``deep_merge``): a mapping merges key by key, a list or scalar replaces the value.
+A mapping tagged ``!replace`` replaces the whole mapping instead (kernels' quick ``shapes``
+are a smaller set, not extra shapes). Each suite's ``validate`` checks one config; ``resolve``
+checks both the full config and its quick overlay, so a typo in either fails any run.
+"""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from structbench.errors import StructbenchError
 
 
+class Replace(dict):
+    """A mapping that ``deep_merge`` puts in place of the base value instead of merging."""
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_constructor("!replace", lambda loader, node: Replace(loader.construct_mapping(node, deep=True)))
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; lists and scalars in ``override`` replace the base value."""
+    """Mappings merge key by key (unless tagged ``!replace``); lists and scalars in
+    ``override`` replace the base value."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and not isinstance(value, Replace) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = dict(value) if isinstance(value, Replace) else copy.deepcopy(value)
     return out
 
 
@@ -30,7 +51,7 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if not path.is_file():
         raise StructbenchError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -46,10 +67,41 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     return deep_merge(load_config(path.parent / include, (*_seen, path)), data)
 
 
-def check_keys(where: str, given: dict[str, Any], known: Iterable[str]) -> None:
+def resolve(name: str, raw: dict[str, Any], validate: Callable[[dict[str, Any], str], dict[str, Any]], *,
+            quick: bool, families: list[str] | None = None) -> dict[str, Any]:
+    """The resolved config a run uses: ``raw`` without its ``quick:`` key, or with ``quick``
+    that overlay merged in; ``families`` (``--families``) replaces the config's in both. Both
+    the full and the quick config are validated (``validate(config, where)``, ``where`` naming
+it in messages: ``<suite>`` or ``<suite>.quick``), so a typo in either stops every run."""
+    if not isinstance(raw, dict):
+        raise StructbenchError(f"{name} config must be a mapping")
+    overlay = raw.get("quick") or {}
+    if not isinstance(overlay, dict):
+        raise StructbenchError(f"{name} config: quick must be a mapping of overrides (deep-merged over the config), "
+                               f"got {overlay!r}")
+    base = {k: v for k, v in raw.items() if k != "quick"}
+    chosen = {"families": families} if families is not None else {}
+    full = validate(deep_merge(base, chosen), name)
+    fast = validate(deep_merge(deep_merge(base, overlay), chosen), f"{name}.quick")
+    return fast if quick else full
+
+
+def check_keys(where: str, given: dict[str, Any], known: Iterable[str], required: Iterable[str] = ()) -> None:
     extra = sorted(set(given) - set(known))
     if extra:
         raise StructbenchError(f"{where}: unknown key(s) {extra}; accepted: {sorted(known)}")
+    missing = sorted(set(required) - set(given))
+    if missing:
+        raise StructbenchError(f"{where} is missing key(s) {missing}")
+
+
+def section(where: str, value: Any, keys: Iterable[str]) -> dict[str, Any]:
+    """A mapping holding exactly ``keys``."""
+    keys = set(keys)
+    if not isinstance(value, dict):
+        raise StructbenchError(f"{where} must be a mapping with keys {sorted(keys)}")
+    check_keys(where, value, keys, keys)
+    return value
 
 
 def number_list(where: str, value: Any, *, integer: bool = False, low: float = 0.0, high: float = float("inf")) -> list:
@@ -60,3 +112,43 @@ def number_list(where: str, value: Any, *, integer: bool = False, low: float = 0
         what = "integers" if integer else "numbers"
         raise StructbenchError(f"{where} must be a non-empty list of {what} in ({low}, {high}], got {value!r}")
     return value
+
+
+def positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise StructbenchError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def optional_positive_int(where: str, value: Any) -> int | None:
+    return None if value is None else positive_int(where, value)
+
+
+def non_negative_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StructbenchError(f"{where} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def positive_number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise StructbenchError(f"{where} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def fraction(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise StructbenchError(f"{where} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def boolean(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise StructbenchError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def betas(where: str, value: Any) -> list[float]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise StructbenchError(f"{where} must be [beta1, beta2], got {value!r}")
+    return [fraction(f"{where}[{i}]", v) for i, v in enumerate(value)]

@@ -1,13 +1,14 @@
 """Name -> class registries with did-you-mean errors, in the spirit of timm's ``register_model``.
 
-Families register themselves by decorating their class; suites register lazily as
-``"module:attr"`` strings so that listing them never imports heavy optional packages.
+Families register themselves by decorating their class (``register_family``); this module
+is all a family module imports, and it imports no family: ``structbench.families`` loads them
+and is what everything else asks. A registry may be given a ``loader`` that imports its
+entries' modules the first time it is read (the suites').
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 from typing import Any, Callable, Generic, TypeVar
 
 from structbench.errors import StructbenchError
@@ -16,11 +17,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Files objects under unique names; entries may be lazy ``"module:attr"`` strings."""
+    """Files objects under unique names."""
 
     def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
-        self._entries: dict[str, T | str] = {}
+        self._entries: dict[str, T] = {}
         self._loader = loader
         self._loaded = loader is None
 
@@ -37,7 +38,7 @@ class Registry(Generic[T]):
 
         return deco
 
-    def add(self, name: str, obj: T | str) -> None:
+    def add(self, name: str, obj: T) -> None:
         if name in self._entries and self._entries[name] is not obj:
             raise StructbenchError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = obj
@@ -55,12 +56,7 @@ class Registry(Generic[T]):
         self._ensure_loaded()
         if name not in self._entries:
             raise StructbenchError(self.unknown_message(name))
-        entry = self._entries[name]
-        if isinstance(entry, str):
-            module, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module), attr)
-            self._entries[name] = entry
-        return entry  # type: ignore[return-value]
+        return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
         known = self.names()
@@ -69,11 +65,8 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}{hint}; known: {', '.join(known)}"
 
 
-def _load_families() -> None:
-    importlib.import_module("matrices")
-
-
-FAMILIES: Registry[type] = Registry("family", loader=_load_families)
+FAMILIES: Registry[type] = Registry("family")
+"""Filled by the ``@register_family`` classes of ``matrices/``, imported by ``structbench.families``."""
 
 
 def register_family(name: str) -> Callable[[type], type]:
@@ -85,23 +78,3 @@ def register_family(name: str) -> Callable[[type], type]:
         return cls
 
     return deco
-
-
-def get_family(name: str) -> type:
-    return FAMILIES.get(name)
-
-
-def list_families(pattern: str | None = None) -> list[str]:
-    return FAMILIES.names(pattern)
-
-
-def build(name: str, in_features: int, out_features: int, *, bias: bool = True, device: Any = None,
-          dtype: Any = None, **hparams: Any):
-    """Construct family ``name`` as a drop-in for ``nn.Linear(in_features, out_features, bias,
-    device=, dtype=)``."""
-    return get_family(name)(in_features, out_features, bias=bias, **hparams).to(device=device, dtype=dtype)
-
-
-def hparams_for(name: str, out_features: int, in_features: int, rho: float):
-    """Hyperparameters of family ``name`` keeping at most ``rho`` of an ``m x n`` dense weight."""
-    return get_family(name).hparams_for(out_features, in_features, rho)

@@ -1,18 +1,20 @@
 """Run folders and the results schema, written so an interrupted run keeps what it did.
 
+This module only stores; ``structbench.publish`` turns a stored run into tables and pages.
 A run lives in ``<out>/<suite>/<run_id>/`` (``run_id = YYYYmmdd-HHMMSS-<device>-<commit>``):
 
 - ``rows.jsonl``: one JSON row per line, appended and flushed as each case finishes;
-  the source of truth for ``--resume``.
-- ``run.json``: schema version, suite name/version/description, the resolved config, the
-  CLI options, git commit and dirty flag, environment, seed, start/finish times, status
-  (``running``, ``complete``, ``interrupted``, ``failed``), case counts, metric metadata
-  (unit, higher_is_better) and all rows; rewritten atomically after every case.
-- ``table.csv`` / ``table.md``: the rows as tables, written at the end (also on interrupt).
-- ``report.html``: built from the stored rows only (``structbench.report``).
+  the only copy of the rows, and the source of truth for ``--resume``.
+- ``run.json``: metadata only: schema version, suite name/version/description and its
+  ``Schema`` (case keys, headline metrics, hidden columns, compare keys), the resolved
+  config, the CLI options, git commit and dirty flag, environment, seed, start/finish
+  times, status (``running``, ``complete``, ``interrupted``, ``failed``), case counts and
+  metric metadata (unit, higher_is_better); rewritten atomically after every case.
 
 Rows are flat dicts: the case's fields, ``case_key``, ``status`` (``ok``, ``skipped``,
 ``error``), ``reason`` and the suite's metrics, raw floats in SI units (seconds, bytes).
+Schema 1 runs (rows copied into ``run.json``, no stored ``Schema``) still load; resuming
+one stores the suite's current schema.
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-SCHEMA_VERSION = 1
+from structbench.errors import StructbenchError
+from structbench.suite import Suite
+
+SCHEMA_VERSION = 2
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,7 +111,7 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
 
 @dataclass
 class RunData:
-    """A stored run: ``meta`` is run.json without its rows."""
+    """A stored run: ``meta`` is run.json (without the rows schema 1 copied into it)."""
 
     run_dir: Path
     meta: dict[str, Any]
@@ -115,6 +120,11 @@ class RunData:
     @property
     def suite(self) -> str:
         return self.meta["suite"]["name"]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The suite's ``Schema`` as stored; empty for a schema 1 run (nothing declared)."""
+        return self.meta.get("schema") or {}
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -138,8 +148,6 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     if not meta_path.exists():
-        from structbench.errors import StructbenchError
-
         raise StructbenchError(f"not a structbench run folder (no run.json): {run_dir}")
     meta = json.loads(meta_path.read_text())
     meta.pop("rows", None)
@@ -163,7 +171,7 @@ class RunWriter:
         self._flush_meta()
 
     @classmethod
-    def create(cls, out: Path, suite: Any, config: dict[str, Any], cli: dict[str, Any], seed: int) -> "RunWriter":
+    def create(cls, out: Path, suite: Suite, config: dict[str, Any], cli: dict[str, Any], seed: int) -> "RunWriter":
         git = git_info()
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         device = str(cli.get("device", "cpu")).replace(":", "")
@@ -175,6 +183,7 @@ class RunWriter:
         meta = {
             "schema_version": SCHEMA_VERSION,
             "suite": {"name": suite.name, "version": suite.version, "description": suite.description},
+            "schema": suite.schema.to_json(),
             "config": config,
             "cli": cli,
             "git": git,
@@ -190,9 +199,14 @@ class RunWriter:
         return cls(run_dir, meta)
 
     @classmethod
-    def reopen(cls, run_dir: Path) -> "RunWriter":
+    def reopen(cls, run_dir: Path, suite: Suite) -> "RunWriter":
+        """Continue a stored run; one of schema 1 gains the suite's schema and drops its row copy."""
         meta = json.loads((run_dir / "run.json").read_text())
         meta.pop("rows", None)
+        if meta.get("schema_version", 1) < SCHEMA_VERSION:
+            meta.setdefault("upgraded", []).append({"from": meta.get("schema_version", 1), "at": now()})
+            meta["schema_version"] = SCHEMA_VERSION
+            meta["schema"] = suite.schema.to_json()
         meta["status"] = "running"
         meta.setdefault("resumed", []).append(now())
         return cls(run_dir, meta)
@@ -214,12 +228,6 @@ class RunWriter:
         self.meta["status"] = status
         self.meta["finished"] = now()
         self._flush_meta()
-        self.write_tables()
-
-    def write_tables(self) -> None:
-        from structbench.report.tables import write_tables
-
-        write_tables(RunData(self.run_dir, self.meta, self.rows))
 
     def _flush_meta(self) -> None:
-        write_json_atomic(self.run_dir / "run.json", {**self.meta, "rows": self.rows})
+        write_json_atomic(self.run_dir / "run.json", self.meta)

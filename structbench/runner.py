@@ -18,8 +18,6 @@ from structbench.results import RunWriter
 from structbench.suite import RunContext, Suite, case_key
 
 
-SHOWN = ("family", "shape", "matrix", "layer", "rho", "objective", "tokens", "mode", "method")
-
 
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
@@ -27,7 +25,7 @@ def _log(message: str) -> None:
 
 def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
     """Run every case not finished yet; the run's status ends ``complete``, ``interrupted``
-    (Ctrl-C) or ``failed`` (an error outside any case), and the tables are written in all three."""
+    (Ctrl-C) or ``failed`` (an error outside any case), every finished row kept in all three."""
     try:
         _run_cases(suite, writer, ctx)
     except KeyboardInterrupt:
@@ -42,7 +40,8 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
 
 
 def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
-    cases = suite.expand(ctx.config, ctx.quick)
+    cases = suite.expand(ctx.config)
+    ctx.rows = writer.rows  # the live list: each case sees the rows of those before it
     done = writer.done_keys()
     todo = [c for c in cases if case_key(c) not in done]
     writer.meta["n_cases"] = len(cases)
@@ -50,7 +49,7 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
     with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
         for case in todo:
             key = case_key(case)
-            bar.set_postfix_str(" ".join(str(v) for k, v in case.items() if k in SHOWN)[:60])
+            bar.set_postfix_str(" ".join(str(case[k]) for k in suite.schema.case_keys if k in case)[:60])
             start = time.perf_counter()
             try:
                 rows = suite.run_case(case, ctx)

@@ -55,6 +55,17 @@ class StructuredLinear(nn.Module, abc.ABC):
     """Relative error ``from_dense`` must reach on a random member of its own family."""
     compressible: ClassVar[bool] = True
     """False only for the dense baseline, whose ``hparams_for`` ignores ``rho``."""
+    plot_order: ClassVar[int] = 100
+    """Where reports list the family (ascending; ties by name), and what ``families: all``
+    follows."""
+    plot_color: ClassVar[str | None] = None
+    """The family's colour in every figure; without one it gets a palette colour no
+    registered family claims."""
+    synthetic_kind: ClassVar[bool] = False
+    """Whether the approx suite draws random members of this family as a synthetic kind."""
+    mac_handles: ClassVar[dict[str, Callable[[list[Any], list[Any]], int]]] = {}
+    """fvcore handles (``aten::op`` -> MACs from input/output shapes) for ops this family's
+    forward uses that fvcore does not count, so counted and analytic MACs agree."""
     rho_margin: ClassVar[float] = 0.05
     """How far below a target rho ``hparams_for`` may land (relative), on the shapes tests use.
 

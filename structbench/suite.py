@@ -1,20 +1,19 @@
-"""The contract between the runner and a suite, and the suite registry.
+"""The contract between the runner and a suite.
 
-Every ``suites/<name>.py`` module that defines ``SUITE`` is found automatically. A suite
-is data plus four functions: ``validate`` (YAML -> resolved config, or a
-``StructbenchError`` naming the bad key), ``expand`` (config -> cases), ``run_case``
-(one case -> result rows) and ``report`` (stored rows -> report sections). The runner
-(``structbench.runner``) owns everything else: run folders, resume, progress,
-environment capture. Suites never render; reports never measure.
+A suite is data plus three functions: ``validate`` (one YAML config, its ``quick:`` overlay
+already applied by ``structbench.config.resolve`` -> resolved config, or a
+``StructbenchError`` naming the bad key), ``expand`` (resolved config -> cases) and
+``run_case`` (one case -> result rows), and a ``Schema`` saying what its rows hold. The
+generic layers (runner, tables, compare, publish) read the schema and name no suite
+column. Suites never render; reports (``structbench/report/``) never measure, and find
+what they need in the stored run, not in the suite.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from structbench.registry import Registry
+from typing import Any, Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,29 @@ class Metric:
     unit: str = ""
     higher_is_better: bool | None = None
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a suite's rows hold, stored in every run's ``run.json`` so that tables, reports
+    and ``compare`` read it from the run rather than from the suite's code."""
+
+    case_keys: tuple[str, ...]
+    """The case fields that tell cases apart for a reader: the progress bar's label, and
+    what ``compare`` matches two runs' rows on unless ``compare_on`` says otherwise."""
+    headline: tuple[str, ...] = ()
+    """The metrics the suite exists to measure, most important first: what ``compare``
+    compares, and what reports lead with."""
+    hidden: tuple[str, ...] = ()
+    """Bulky columns (raw samples, curves, nested structures) kept in ``rows.jsonl`` only,
+    never in ``table.csv`` / ``table.md``."""
+    samples: dict[str, str] = field(default_factory=dict)
+    """Headline metric -> the column of its raw samples, for ``compare``'s rank test."""
+    compare_on: tuple[str, ...] = ()
+    """Row fields two runs' rows must share to be compared (default: ``case_keys``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -37,8 +59,11 @@ class RunContext:
     quick: bool
     run_dir: Path
     cache_dir: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # the resolved config in use (``--quick``'s overlay already applied)
     log: Callable[[str], None] = print
+    rows: Sequence[dict[str, Any]] = ()
+    """Rows this run has finished so far, resumed ones included, for a case that builds on
+    earlier ones (approx's GD step sweep); ``expand`` orders such cases after their inputs."""
 
 
 @dataclass(frozen=True)
@@ -47,33 +72,13 @@ class Suite:
     version: str  # bump whenever what a row means changes
     description: str
     config_path: Path  # the default YAML config
-    validate: Callable[[dict[str, Any]], dict[str, Any]]
-    expand: Callable[[dict[str, Any], bool], list[dict[str, Any]]]  # (config, quick) -> cases
+    validate: Callable[[dict[str, Any], str], dict[str, Any]]  # (one config, its name in messages) -> resolved
+    expand: Callable[[dict[str, Any]], list[dict[str, Any]]]  # resolved config -> cases
     run_case: Callable[[dict[str, Any], RunContext], list[dict[str, Any]]]
-    report: Callable[[Any], list[Any]] | None = None  # (RunData) -> report sections
+    schema: Schema
     metrics: dict[str, Metric] = field(default_factory=dict)
 
 
 def case_key(case: dict[str, Any]) -> str:
     """Stable identity of a case, used to skip finished cases on ``--resume``."""
     return json.dumps(case, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _load_suites() -> None:
-    """Register ``SUITE`` of every module in the ``suites`` package under the suite's name.
-
-    Suite modules keep heavy optional imports (transformers, ...) inside functions, so
-    listing suites stays cheap and works without the optional extras installed.
-    """
-    import importlib
-    import pkgutil
-
-    import suites
-
-    for info in pkgutil.iter_modules(suites.__path__):
-        suite = getattr(importlib.import_module(f"suites.{info.name}"), "SUITE", None)
-        if isinstance(suite, Suite):
-            SUITES.add(suite.name, suite)
-
-
-SUITES: Registry[Suite] = Registry("suite", loader=_load_suites)

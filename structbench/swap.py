@@ -10,7 +10,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
-from structbench.registry import get_family
+from structbench.families import get_family
 from structbench.structured import ProgressFn, StructuredLinear
 from structbench.weighted import weighted_error
 

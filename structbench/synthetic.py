@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from structbench.errors import StructbenchError
-from structbench.registry import build, get_family, list_families
+from structbench.families import build, family_order, get_family, list_families
 
 Maker = Callable[[int, int, torch.Generator, dict[str, Any]], torch.Tensor]
 
@@ -105,31 +105,21 @@ def _powerlaw(m: int, n: int, gen: torch.Generator, params: dict[str, Any]) -> t
     return (u * spectrum) @ v.T
 
 
-KINDS: dict[str, Kind] = {
-    kind.name: kind
-    for kind in [
-        Kind("gaussian", "i.i.d. N(0,1) entries: no structure, the hardest case", _gaussian, {}),
-        Kind(
-            "lowrank-noise",
-            "random rank-r matrix plus Gaussian noise (noise = noise/signal Frobenius ratio)",
-            _lowrank_noise,
-            {"rank_fraction": 0.1, "noise": 0.1},
-            family="lowrank",
-        ),
-        *[
-            Kind(family, f"random {family} family member (its structure at rho {STRUCTURE_RHO})",
-                 _family_kind(family), {"rho": STRUCTURE_RHO}, family=family)
-            for family in ("blockdiag", "monarch", "blast")
-        ],
-        Kind(
-            "block-lowrank",
-            "b x b grid of independent rank-r blocks (no shared bases)",
-            _block_lowrank,
-            {"blocks": 4, "rank_fraction": 0.125},
-        ),
-        Kind("powerlaw", "random singular vectors, singular values k^-alpha", _powerlaw, {"alpha": 1.0}),
-    ]
-}
+_NOISE = Kind("gaussian", "i.i.d. N(0,1) entries: no structure, the hardest case", _gaussian, {})
+_LOWRANK_NOISE = Kind("lowrank-noise", "random rank-r matrix plus Gaussian noise (noise = noise/signal Frobenius ratio)",
+                      _lowrank_noise, {"rank_fraction": 0.1, "noise": 0.1}, family="lowrank")
+_BLOCK_LOWRANK = Kind("block-lowrank", "b x b grid of independent rank-r blocks (no shared bases)", _block_lowrank,
+                      {"blocks": 4, "rank_fraction": 0.125})
+_POWERLAW = Kind("powerlaw", "random singular vectors, singular values k^-alpha", _powerlaw, {"alpha": 1.0})
+
+
+def kinds() -> dict[str, Kind]:
+    """Every kind, by name: the unstructured ones, and a random-member kind for each registered
+    family that declares ``synthetic_kind`` (in plot order), so a new family brings its own."""
+    members = [Kind(family, f"random {family} family member (its structure at rho {STRUCTURE_RHO})",
+                    _family_kind(family), {"rho": STRUCTURE_RHO}, family=family)
+               for family in family_order() if get_family(family).synthetic_kind]
+    return {kind.name: kind for kind in [_NOISE, _LOWRANK_NOISE, *members, _BLOCK_LOWRANK, _POWERLAW]}
 
 
 def make_matrix(
@@ -143,14 +133,15 @@ def make_matrix(
 ) -> torch.Tensor:
     """Draw an ``out_features x in_features`` matrix of ``kind``, scaled to unit RMS entry.
 
-    ``params`` override the kind's defaults (``KINDS[kind].defaults``); family kinds
+    ``params`` override the kind's defaults (``kinds()[kind].defaults``); family kinds
     also take ``hparams=`` to fix the structure instead of deriving it from ``rho``.
     The same ``(kind, shape, seed, params)`` always gives the same matrix: it is drawn
     in float64 from its own generator and cast at the end.
     """
-    if kind not in KINDS:
-        raise StructbenchError(f"unknown synthetic kind {kind!r}; known: {', '.join(KINDS)}")
-    spec = KINDS[kind]
+    known = kinds()
+    if kind not in known:
+        raise StructbenchError(f"unknown synthetic kind {kind!r}; known: {', '.join(known)}")
+    spec = known[kind]
     allowed = set(spec.defaults) | ({"hparams"} if spec.family else set())
     unknown = sorted(set(params) - allowed)
     if unknown:

@@ -26,20 +26,19 @@ from typing import Any
 
 import torch
 
-from structbench.config import check_keys, deep_merge, number_list
+from structbench.config import check_keys, number_list
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.weighted import weighted_error
 from structbench.measure.timing import synchronize
 from structbench.models import weights as model_weights
-from structbench.registry import get_family, list_families
-from structbench.results import read_rows
-from structbench.suite import Metric, RunContext, Suite
-from structbench.synthetic import KINDS, make_matrix
+from structbench.families import get_family, resolve_families
+from structbench.suite import Metric, RunContext, Schema, Suite
+from structbench.synthetic import kinds, make_matrix
 
 CONFIG_PATH = Path(__file__).with_name("approx.yaml")
 _TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "objectives",
-             "calibration", "quick"}
+             "calibration"}
 CALIBRATED_MODELS = (model_weights.SMOLLM2,)
 """Real models whose layers also get the calibrated objective and the activation-weighted
 error: causal LMs whose inputs come from the Wikipedia ``train`` split."""
@@ -67,21 +66,26 @@ def _size(where: str, value: Any) -> list[int]:
     return _ints(where, value)
 
 
-def _check_synthetic(where: str, synthetic: Any) -> None:
+def _check_synthetic(where: str, synthetic: Any) -> dict[str, Any]:
+    """The section with ``kinds: all`` resolved to every kind (``structbench.synthetic.kinds``)."""
     if not isinstance(synthetic, dict):
         raise StructbenchError(f"approx config: {where} must be a mapping with keys {sorted(_SYNTHETIC_KEYS)}")
     check_keys(f"approx config: {where}", synthetic, _SYNTHETIC_KEYS)
+    known = kinds()
+    if synthetic.get("kinds") == "all":
+        synthetic = {**synthetic, "kinds": list(known)}
     for kind in synthetic.get("kinds") or []:
-        if kind not in KINDS:
-            raise StructbenchError(f"approx config: unknown synthetic kind {kind!r} in {where}.kinds; known: {', '.join(KINDS)}")
+        if kind not in known:
+            raise StructbenchError(f"approx config: unknown synthetic kind {kind!r} in {where}.kinds; known: {', '.join(known)}")
     for i, size in enumerate(synthetic.get("sizes") or []):
         _size(f"{where}.sizes[{i}]", size)
     _seeds(f"{where}.seeds", synthetic.get("seeds"))
     for kind, params in (synthetic.get("params") or {}).items():
-        if kind not in KINDS or not isinstance(params, dict):
+        if kind not in known or not isinstance(params, dict):
             raise StructbenchError(f"approx config: {where}.params.{kind} must map a known kind to its parameters")
-        allowed = set(KINDS[kind].defaults) | ({"hparams"} if KINDS[kind].family else set())
+        allowed = set(known[kind].defaults) | ({"hparams"} if known[kind].family else set())
         check_keys(f"approx config: {where}.params.{kind}", params, allowed)
+    return synthetic
 
 
 def _check_real(where: str, real: Any) -> None:
@@ -120,16 +124,12 @@ def _check_convergence(where: str, conv: Any) -> None:
     number_list(f"approx config: {where}.delta0_sweep", conv.get("delta0_sweep"))
 
 
-def _check_section(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate one fully merged config (the normal one, or the one ``--quick`` runs)."""
+def validate(config: dict[str, Any], where: str = "approx") -> dict[str, Any]:
+    """Resolve ``families: all`` and check every key. Also checks that the packages carrying
+    the configured real models are installed, so a missing one stops the run before any
+    case, with the command that installs it."""
     check_keys(f"approx config: {where}", config, _TOP_KEYS)
-    families = config.get("families", "all")
-    if families == "all":
-        families = [f for f in list_families() if get_family(f).compressible]
-    elif not isinstance(families, list) or not families:
-        raise StructbenchError(f"approx config: {where}.families must be 'all' or a list of family names")
-    for family in families:
-        get_family(family)  # unknown names raise with a did-you-mean
+    families = resolve_families(f"approx config: {where}.families", config.get("families", "all"))
     rhos = [float(r) for r in number_list(f"approx config: {where}.rhos", config.get("rhos"), high=1.0)]
     if "real_rhos" in config:  # absent: the real layers use ``rhos`` (also a quick config's)
         config = {**config, "real_rhos": [float(r) for r in number_list(
@@ -141,13 +141,17 @@ def _check_section(config: dict[str, Any], where: str) -> dict[str, Any]:
         get_family(family)
         if not isinstance(options, dict):
             raise StructbenchError(f"approx config: {where}.projection.{family} must be a mapping of options")
-    if config.get("synthetic"):
-        _check_synthetic(f"{where}.synthetic", config["synthetic"])
+    synthetic = config.get("synthetic")
+    if synthetic:
+        synthetic = _check_synthetic(f"{where}.synthetic", synthetic)
     _check_real(f"{where}.real", config.get("real") or {})
     if config.get("convergence"):
         _check_convergence(f"{where}.convergence", config["convergence"])
     _check_calibration(where, config)
-    return {**config, "families": families, "rhos": rhos, "objectives": config.get("objectives", ["frobenius"])}
+    for model in config.get("real") or {}:
+        model_weights.require(model)
+    return {**config, "families": families, "rhos": rhos, "synthetic": synthetic,
+            "objectives": config.get("objectives", ["frobenius"])}
 
 
 def _check_calibration(where: str, config: dict[str, Any]) -> None:
@@ -158,39 +162,9 @@ def _check_calibration(where: str, config: dict[str, Any]) -> None:
         check_settings(f"approx config: {where}.calibration", config.get("calibration"))
 
 
-def _without_quick(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "quick"}
-
-
-def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Resolve ``families: all`` and check every key, for the normal and the ``--quick`` config.
-
-    Also checks that the packages carrying the configured real models are installed,
-    so a missing one stops the run before any case, with the command that installs it.
-    """
-    if not isinstance(config, dict):
-        raise StructbenchError("approx config must be a mapping")
-    quick = config.get("quick") or {}
-    if not isinstance(quick, dict):
-        raise StructbenchError("approx config: quick must be a mapping of overrides")
-    base = _without_quick(config)
-    resolved = _check_section(base, "approx")
-    # The quick config is resolved from the raw one, so ``families: all`` is resolved there too.
-    quick_resolved = _check_section(deep_merge(base, quick), "approx.quick")
-    for model in {**(resolved.get("real") or {}), **(quick_resolved.get("real") or {})}:
-        model_weights.require(model)
-    return {**resolved, "quick": {k: v for k, v in quick_resolved.items() if k in quick}}
-
-
 # ---- cases -------------------------------------------------------------------------
-def _effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """The config a run uses: with ``quick``, the base config with the quick overrides."""
-    return deep_merge(_without_quick(config), config.get("quick") or {}) if quick else config
-
-
-def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Cases grouped by source matrix, so consecutive cases reuse one loaded matrix."""
-    cfg = _effective(config, quick)
     families = cfg["families"]
     options = cfg.get("projection") or {}
     cases: list[dict[str, Any]] = []
@@ -321,8 +295,7 @@ def _gram(case: dict[str, Any], ctx: RunContext) -> torch.Tensor | None:
     """The calibration Gram of a real layer's inputs, for models that have them."""
     if case["source"] not in CALIBRATED_MODELS:
         return None
-    cfg = _effective(ctx.config, ctx.quick)
-    calib, layers = cfg["calibration"], cfg["real"][case["source"]]
+    calib, layers = ctx.config["calibration"], ctx.config["real"][case["source"]]
     grams = _calibration_grams(case["source"], layers if layers == "all" else tuple(sorted(set(layers))),
                                calib["tokens"], calib["seq_len"], calib["batch_size"], ctx.cache_dir)
     module = {short: full for full, short in model_weights.MODELS[case["source"]].types.items()}[case["matrix"]]
@@ -342,7 +315,7 @@ def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any
     gram = _gram(case, ctx)
     options = json.loads(case["options"])
     if case["objective"] == "calibrated":
-        calib = _effective(ctx.config, ctx.quick)["calibration"]
+        calib = ctx.config["calibration"]
         options.update(gram=gram, damp=calib["damp"], refine_steps=calib["refine_steps"])
     try:
         fit = family.hparams_for(m, n, case["rho"])
@@ -387,10 +360,11 @@ def _swept_gd_lr(case: dict[str, Any], ctx: RunContext) -> float:
     larger step): GD is compared at its best stable step, not at a guess. One seed is not
     enough: near the edge of stability a step that converges on one target blows up on another.
 
-    ``expand`` puts the sweep first, so its rows are on disk (also after ``--resume``).
+    ``expand`` puts the sweep first, so its rows are among the run's finished rows
+    (``ctx.rows``, also after ``--resume``).
     """
     same = ("out_features", "in_features", "blocks", "true_rank", "rank", "steps")
-    swept = [row for row in read_rows(ctx.run_dir)
+    swept = [row for row in ctx.rows
              if row.get("experiment") == "gd-lr" and row.get("status") == "ok" and all(row.get(k) == case[k] for k in same)]
     seeds = {row["seed"] for row in swept}
     worst: dict[float, float] = {}
@@ -410,13 +384,6 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     return _run_blast_fit(case, ctx)
 
 
-def _report(run: Any) -> list[Any]:
-    """Deferred import: running the suite never needs the report's plotting stack."""
-    from structbench.report.approx import approx_report
-
-    return approx_report(run)
-
-
 SUITE = Suite(
     name="approx",
     version="3",
@@ -427,7 +394,8 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
-    report=_report,
+    schema=Schema(case_keys=("experiment", "source", "matrix", "layer", "family", "rho", "objective", "method"),
+                  headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors")),
     metrics={
         "rel_error": Metric("", higher_is_better=False, description="||W - What||_F / ||W||_F"),
         "weighted_error": Metric("", higher_is_better=False, description="||(W - What) X||_F / ||W X||_F on the "

@@ -19,74 +19,57 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from structbench.config import check_keys, number_list
+from structbench.config import check_keys, number_list, positive_int
 from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes, peak_bytes
 from structbench.measure.timing import cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
-from structbench.registry import FAMILIES, build, get_family, hparams_for, list_families
+from structbench.families import build, get_family, hparams_for, resolve_families
 from structbench.structured import StructuredLinear
-from structbench.suite import Metric, RunContext, Suite
+from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
 KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "quick"}
 MODES = ("eager", "cuda-graph", "cold-l2", "compile")
 CUDA_ONLY = ("cuda-graph", "cold-l2")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
-NOISY = 0.1  # IQR / median above this flags a row as noisy (MEASURING.md)
+NOISY = 0.1  # IQR / median above this flags a row as noisy: a 10 % spread hides the effects compare looks for
 MACS_TOLERANCE = 0.01  # fvcore's count may differ this much (relative) from the analytic macs()
 ROUNDS = 10  # timed blocks per candidate: the rank test in ``compare`` needs at least 6
 
 
-def validate(config: dict[str, Any]) -> dict[str, Any]:
-    check_keys("kernels config", config, KEYS)
-    if not isinstance(config.get("quick") or {}, dict):
-        raise StructbenchError(f"kernels config: quick must be a mapping of keys that replace the full config's, got {config['quick']!r}")
-    check_keys("kernels config 'quick'", config.get("quick") or {}, KEYS - {"quick"})
-    for section in (config, quick_config(config)):
-        families = section.get("families", "all")
-        if families != "all":
-            if not isinstance(families, list) or not families:
-                raise StructbenchError(f"kernels config: families must be 'all' or a list of names, got {families!r}")
-            for name in families:
-                get_family(name)
-        shapes = section.get("shapes")
-        if not isinstance(shapes, dict) or not shapes:
-            raise StructbenchError("kernels config: shapes must be a mapping of name -> [out_features, in_features]")
-        for name, shape in shapes.items():
-            number_list(f"kernels config: shape {name!r}", shape, integer=True)
-            if len(shape) != 2:
-                raise StructbenchError(f"kernels config: shape {name!r} must be [out_features, in_features], got {shape!r}")
-        number_list("kernels config: rhos", section.get("rhos"), high=1.0)
-        number_list("kernels config: tokens", section.get("tokens"), integer=True)
-        number_list("kernels config: min_run_time", [section.get("min_run_time", 1.0)])
-        number_list("kernels config: rounds", [section.get("rounds", ROUNDS)], integer=True)
-        modes = section.get("modes", ["eager"])
-        if not isinstance(modes, list) or not set(modes) <= set(MODES):
-            raise StructbenchError(f"kernels config: modes must be a list from {list(MODES)}, got {modes!r}")
-    return config
+def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
+    check_keys(f"{where} config", config, KEYS - {"quick"})
+    families = resolve_families(f"{where} config: families", config.get("families", "all"), with_dense=True)
+    shapes = config.get("shapes")
+    if not isinstance(shapes, dict) or not shapes:
+        raise StructbenchError("kernels config: shapes must be a mapping of name -> [out_features, in_features]")
+    for name, shape in shapes.items():
+        number_list(f"kernels config: shape {name!r}", shape, integer=True)
+        if len(shape) != 2:
+            raise StructbenchError(f"kernels config: shape {name!r} must be [out_features, in_features], got {shape!r}")
+    number_list("kernels config: rhos", config.get("rhos"), high=1.0)
+    number_list("kernels config: tokens", config.get("tokens"), integer=True)
+    min_run_time = number_list("kernels config: min_run_time", [config.get("min_run_time", 1.0)])[0]
+    rounds = positive_int("kernels config: rounds", config.get("rounds", ROUNDS))
+    modes = config.get("modes", ["eager"])
+    if not isinstance(modes, list) or not modes or not set(modes) <= set(MODES):
+        raise StructbenchError(f"kernels config: modes must be a list from {list(MODES)}, got {modes!r}")
+    return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes}
 
 
-def quick_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``quick:`` keys replace the full config's whole values (a quick shape list is not
-    added to the full one)."""
-    return {**config, **(config.get("quick") or {})}
-
-
-def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
-    cfg = quick_config(config) if quick else config
-    families = list_families() if cfg.get("families", "all") == "all" else cfg["families"]
+def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
     cases = []
-    for shape_name, (out_f, in_f) in cfg["shapes"].items():
-        for tokens in cfg["tokens"]:
-            for mode in cfg.get("modes", ["eager"]):
-                for family in families:
-                    rhos = cfg["rhos"] if FAMILIES.get(family).compressible else [1.0]
+    for shape_name, (out_f, in_f) in config["shapes"].items():
+        for tokens in config["tokens"]:
+            for mode in config["modes"]:
+                for family in config["families"]:
+                    rhos = config["rhos"] if get_family(family).compressible else [1.0]
                     for rho in rhos:
                         cases.append(
                             {"family": family, "shape": shape_name, "out_features": out_f, "in_features": in_f,
                              "rho": rho, "tokens": tokens, "mode": mode,
-                             "min_run_time": cfg.get("min_run_time", 1.0), "rounds": cfg.get("rounds", ROUNDS)}
+                             "min_run_time": config["min_run_time"], "rounds": config["rounds"]}
                         )
     return cases
 
@@ -102,7 +85,7 @@ def case_modules(case: dict[str, Any], device: str, dtype: str, seed: int) -> Ca
     """What one case times, built the same way here and in ``tests/benchmarks``. Raises
     ``StructbenchError`` for a shape the family cannot take (a ``skipped`` row)."""
     out_f, in_f = case["out_features"], case["in_features"]
-    fit = hparams_for(case["family"], out_f, in_f, case["rho"])
+    fit = hparams_for(case["family"], case["rho"], out_features=out_f, in_features=in_f)
     torch.manual_seed(seed)
     to = {"device": device, "dtype": getattr(torch, dtype)}
     module = build(case["family"], in_f, out_f, bias=True, **fit.hparams).to(**to).eval()
@@ -173,12 +156,6 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     return [row]
 
 
-def _report(run: Any) -> list[Any]:
-    from structbench.report.kernels import kernels_report
-
-    return kernels_report(run)
-
-
 SUITE = Suite(
     name="kernels",
     version="1",
@@ -187,7 +164,13 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
-    report=_report,
+    schema=Schema(
+        case_keys=("family", "shape", "rho", "tokens", "mode"),
+        headline=("median_s",),
+        hidden=("samples_s", "dense_samples_s", "unsupported_ops", "min_run_time", "rounds"),
+        samples={"median_s": "samples_s"},
+        compare_on=("family", "shape", "out_features", "in_features", "rho", "tokens", "mode", "dtype"),
+    ),
     metrics={
         "median_s": Metric("s", False, "median forward latency"),
         "iqr_s": Metric("s", False, "interquartile range of the latency"),

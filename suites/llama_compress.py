@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 
-from structbench.config import check_keys, deep_merge, number_list
+from structbench.config import boolean, check_keys, number_list, positive_int, section
 from structbench.errors import StructbenchError
 from structbench.models import weights as model_weights
 from structbench.models.loading import check_model_name, load_model, load_tokenizer, model_key
 from structbench.models.tasks import TASKS
-from structbench.registry import get_family, list_families
-from structbench.suite import Metric, RunContext, Suite
+from structbench.families import get_family, resolve_families
+from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
 SCORERS = ("structbench", "lm-eval")
@@ -53,27 +53,17 @@ _SECTIONS = {
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
 }
 _TOP_KEYS = {"model", "families", "rhos", "objectives", "calibration", "layers", "projections", "projection",
-             "retrain_steps", "quick", *_SECTIONS}
+             "retrain_steps", *_SECTIONS}
 
 
 # ---- config ------------------------------------------------------------------------
-def _positive_int(where: str, value: Any) -> int:
-    return number_list(where, [value], integer=True)[0]
-
-
 def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     from structbench.models.calibration import OBJECTIVES, SETTINGS, check_objectives, check_settings
     from structbench.models.compress import LLAMA_PROJECTIONS
 
-    check_keys(where, config, _TOP_KEYS - {"quick"})
+    check_keys(where, config, _TOP_KEYS)
     check_model_name(config.get("model"), f"{where}.model")
-    families = config.get("families")
-    if families == "all":
-        families = [f for f in list_families() if get_family(f).compressible]
-    if not isinstance(families, list) or not families:
-        raise StructbenchError(f"{where}.families must be 'all' or a non-empty list of family names")
-    for family in families:
-        get_family(family)  # unknown names raise with a did-you-mean
+    families = resolve_families(f"{where}.families", config.get("families"))
     rhos = [float(r) for r in number_list(f"{where}.rhos", config.get("rhos"), high=1.0)]
     check_objectives(f"{where}.objectives", config.get("objectives"))
     check_settings(f"{where}.calibration", config.get("calibration"), SETTINGS | {"mode"})
@@ -92,14 +82,8 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     steps = config.get("retrain_steps")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise StructbenchError(f"{where}.retrain_steps must be an integer >= 0, got {steps!r}")
-    for section, keys in _SECTIONS.items():
-        values = config.get(section)
-        if not isinstance(values, dict):
-            raise StructbenchError(f"{where}.{section} must be a mapping with keys {sorted(keys)}")
-        check_keys(f"{where}.{section}", values, keys)
-        missing = sorted(keys - set(values))
-        if missing:
-            raise StructbenchError(f"{where}.{section} lacks {missing}")
+    for name, keys in _SECTIONS.items():
+        values = section(f"{where}.{name}", config.get(name), keys)
         for key, value in values.items():
             if key in ("rhos", "objectives", "dense"):
                 continue  # re-training's case selection, checked below
@@ -108,9 +92,9 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
                     raise StructbenchError(f"{where}.tasks.scorer {value!r} not understood; accepted: {', '.join(SCORERS)}")
                 continue
             if key == "lr":
-                number_list(f"{where}.{section}.lr", [value])
+                number_list(f"{where}.{name}.lr", [value])
             elif key != "names":
-                _positive_int(f"{where}.{section}.{key}", value)
+                positive_int(f"{where}.{name}.{key}", value)
     names = config["tasks"]["names"]
     if not isinstance(names, list) or not names or not set(names) <= set(TASKS):
         raise StructbenchError(f"{where}.tasks.names must be a non-empty list from {list(TASKS)}, got {names!r}")
@@ -122,8 +106,7 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(retrain["objectives"], list) or not set(retrain["objectives"]) <= set(OBJECTIVES):
         raise StructbenchError(f"{where}.retrain.objectives must be a list from {list(OBJECTIVES)}, "
                                f"got {retrain['objectives']!r}")
-    if not isinstance(retrain["dense"], bool):
-        raise StructbenchError(f"{where}.retrain.dense must be true or false, got {retrain['dense']!r}")
+    boolean(f"{where}.retrain.dense", retrain["dense"])
     return {**config, "families": families, "rhos": rhos}
 
 
@@ -136,34 +119,19 @@ def _check_text_sizes(config: dict[str, Any]) -> None:
         _token_ids(config["model"], "train", config["retrain"]["tokens"], "retrain.tokens")
 
 
-def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Check the normal and the ``--quick`` config (the quick one is the base with overrides)."""
-    if not isinstance(config, dict):
-        raise StructbenchError("llama-compress config must be a mapping")
-    quick = config.get("quick") or {}
-    if not isinstance(quick, dict):
-        raise StructbenchError("llama-compress config: quick must be a mapping of overrides")
-    base = {k: v for k, v in config.items() if k != "quick"}
-    resolved = _check(base, "llama-compress")
+def validate(config: dict[str, Any], where: str = "llama-compress") -> dict[str, Any]:
+    resolved = _check(config, where)
     _check_text_sizes(resolved)
-    _check_text_sizes(_check(deep_merge(base, quick), "llama-compress.quick"))
-    return {**resolved, "quick": quick}
-
-
-def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """The config a run uses: with ``quick``, the base config with the quick overrides."""
-    base = {k: v for k, v in config.items() if k != "quick"}
-    return _check(deep_merge(base, config.get("quick") or {}), "llama-compress.quick") if quick else base
+    return resolved
 
 
 # ---- cases -------------------------------------------------------------------------
-def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The dense model first (the reference every row is read against), then per family,
     rho and objective the plain compressed model and, with ``retrain_steps``, a re-trained
     twin for the rhos and objectives ``retrain`` selects. ``retrain.dense`` adds the dense
     model fine-tuned by the same recipe: the control that separates recovering from
     compression from what fine-tuning on the text does by itself."""
-    cfg = effective(config, quick)
     retrain = cfg["retrain"] if cfg["retrain_steps"] else {"rhos": [], "objectives": [], "dense": False}
     cases = [{"family": "dense", "rho": 1.0, "objective": "none", "retrained": False}]
     if retrain["dense"]:
@@ -184,7 +152,7 @@ def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
 def _token_ids(model: str, split: str, tokens: int, what: str = "") -> torch.Tensor:
     """``tokens`` ids of a text split; ``what`` names the config key of a ``train``-split request."""
     from structbench.models.calibration import calibration_tokens
-    from structbench.models.lm_eval import text_token_ids
+    from structbench.models.evaluation import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
     tokenizer = load_tokenizer(model)
@@ -261,18 +229,18 @@ def _linear_params(model: Any, cfg: dict[str, Any]) -> int:
 
 
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
-    from structbench.models import lm_eval
+    from structbench.models import evaluation
     from structbench.models.compress import compress, finetune
     from structbench.models.tasks import chance_accuracy, ensure_tasks, load_task
 
-    cfg = effective(ctx.config, ctx.quick)
+    cfg = ctx.config
     dtype = getattr(torch, ctx.dtype)
     torch.manual_seed(ctx.seed)
     if cfg["model"] == model_weights.SMOLLM2:
         model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
     ensure_tasks(cfg["tasks"]["names"], cache=ctx.cache_dir, log=ctx.log)
     model, tokenizer = load_model(cfg["model"], torch.float32)
-    lm_eval.use_eager_attention(model)
+    evaluation.use_eager_attention(model)
     dense_linear = _linear_params(model, cfg)
     row: dict[str, Any] = {"model": cfg["model"]}
 
@@ -326,7 +294,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     ppl_cfg = cfg["perplexity"]
     n_tokens = ppl_cfg["window"] + (ppl_cfg["windows"] - 1) * ppl_cfg["stride"]
     start = time.perf_counter()
-    ppl = lm_eval.perplexity(model, _token_ids(cfg["model"], "test", n_tokens), ppl_cfg["window"], ppl_cfg["stride"],
+    ppl = evaluation.perplexity(model, _token_ids(cfg["model"], "test", n_tokens), ppl_cfg["window"], ppl_cfg["stride"],
                              ppl_cfg["batch_size"])
     row.update({"perplexity": ppl.perplexity, "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows,
                 "ppl_seconds": time.perf_counter() - start})
@@ -337,7 +305,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     if cfg["tasks"]["scorer"] == "lm-eval":
         from structbench.models.harness import harness_multiple_choice as score
     else:
-        score = lm_eval.multiple_choice
+        score = evaluation.multiple_choice
     row["scorer"] = cfg["tasks"]["scorer"]
     for name in cfg["tasks"]["names"]:
         items = load_task(name, cfg["tasks"]["items"], cache=ctx.cache_dir, seed=0)
@@ -353,10 +321,10 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     ctx.log(f"  {case['family']} rho={case['rho']}: size and speed")
     speed = cfg["speed"]
     vocab = model.config.vocab_size
-    macs, unsupported = lm_eval.macs_per_token(model, speed["macs_tokens"], vocab)
-    fast = lm_eval.throughput(model, vocab, speed["prompt"], speed["generate"], speed["repeats"])
+    macs, unsupported = evaluation.macs_per_token(model, speed["macs_tokens"], vocab)
+    fast = evaluation.throughput(model, vocab, speed["prompt"], speed["generate"], speed["repeats"])
     linear = _linear_params(model, cfg)
-    row.update({**lm_eval.model_size(model), "linear_params": linear, "rho_actual": linear / dense_linear,
+    row.update({**evaluation.model_size(model), "linear_params": linear, "rho_actual": linear / dense_linear,
                 "cr": 1 - linear / dense_linear, "macs_per_token": macs, "unsupported_ops": unsupported,
                 "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s})
     return [row]
@@ -365,13 +333,6 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 def task_label(name: str) -> str:
     """Column-friendly task name: the last part of a BIG-bench path."""
     return name.rsplit("/", 1)[-1]
-
-
-def _report(run: Any) -> list[Any]:
-    """Deferred import: running the suite never needs the report's plotting stack."""
-    from structbench.report.llama_compress import llama_compress_report
-
-    return llama_compress_report(run)
 
 
 _TASK_METRICS = {
@@ -389,7 +350,8 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
-    report=_report,
+    schema=Schema(case_keys=("family", "rho", "objective", "retrained"),
+                  headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",)),
     metrics={
         "perplexity": Metric("", higher_is_better=False, description="exp(mean next-token NLL) on held-out Wikipedia"),
         "acc_avg": Metric("", higher_is_better=True, description="mean acc over the tasks"),

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structbench.config import optional_positive_int, positive_int
 from structbench.suite import Metric, RunContext
-from structbench.train import suite as common
+from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fixed_windows, random_windows, wiki_bytes
 from structbench.train.gpt import GPT, GPTConfig
@@ -64,10 +65,10 @@ def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
 
 TASK = common.Task(
     name="train-lm",
-    model={"context": common.positive_int, "dim": common.positive_int, "depth": common.positive_int,
-           "heads": common.positive_int, "mlp_ratio": common.positive_int},
-    data={"eval_bytes": common.optional_positive_int},
-    recipe={**common.RECIPE, "steps": common.positive_int},
+    model={"context": positive_int, "dim": positive_int, "depth": positive_int,
+           "heads": positive_int, "mlp_ratio": positive_int},
+    data={"eval_bytes": optional_positive_int},
+    recipe={**common.RECIPE, "steps": positive_int},
     layers={"blocks": BLOCK_LINEARS},
     build=_build,
     example=_example,
@@ -87,6 +88,5 @@ SUITE = common.make_suite(
         "val_loss": Metric("nat", higher_is_better=False, description="validation cross-entropy per byte"),
         "val_bpb": Metric("bit", higher_is_better=False, description="validation bits per byte"),
     },
-    higher_is_better=False,
-    curve_metrics=["val_ppl", "val_loss"],
+    headline=("val_ppl", "val_loss"),
 )

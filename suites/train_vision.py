@@ -2,7 +2,7 @@
 linears replaced by each family at several FLOP budgets; test accuracy against relative FLOPs.
 
 One recipe (AdamW, warmup + cosine, epochs, shift-and-flip augmentation, seed) for every
-family; one case = one (family, rho) training run (``structbench.train.suite``).
+family; one case = one (family, rho) training run (``structbench.train.task``).
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structbench.config import boolean, non_negative_int, optional_positive_int, positive_int
 from structbench.errors import StructbenchError
 from structbench.suite import Metric, RunContext
-from structbench.train import suite as common
+from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fashion_mnist, normalise, shift_and_flip
 from structbench.train.loop import Batch
@@ -85,10 +86,10 @@ def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
 
 TASK = common.Task(
     name="train-vision",
-    model={"patch": common.positive_int, "dim": common.positive_int, "depth": common.positive_int,
-           "heads": common.positive_int, "mlp_ratio": common.positive_int},
-    data={"root": _path, "train_images": common.optional_positive_int, "test_images": common.optional_positive_int},
-    recipe={**common.RECIPE, "epochs": common.positive_int, "shift": common.non_negative_int, "flip": common.boolean},
+    model={"patch": positive_int, "dim": positive_int, "depth": positive_int,
+           "heads": positive_int, "mlp_ratio": positive_int},
+    data={"root": _path, "train_images": optional_positive_int, "test_images": optional_positive_int},
+    recipe={**common.RECIPE, "epochs": positive_int, "shift": non_negative_int, "flip": boolean},
     layers={"blocks": BLOCK_LINEARS, "blocks+patch": rf"{BLOCK_LINEARS}|^patch_embed$"},
     build=_build,
     example=_example,
@@ -107,6 +108,5 @@ SUITE = common.make_suite(
         "test_acc": Metric("", higher_is_better=True, description="top-1 accuracy on the test images"),
         "test_loss": Metric("nat", higher_is_better=False, description="cross-entropy on the test images"),
     },
-    higher_is_better=True,
-    curve_metrics=["test_acc", "test_loss"],
+    headline=("test_acc", "test_loss"),
 )

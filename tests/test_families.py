@@ -7,7 +7,7 @@ import torch
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.measure.flops import fvcore_macs
-from structbench.registry import get_family, list_families
+from structbench.families import get_family, list_families
 
 FAMILIES = list_families()
 COMPRESSIBLE = [f for f in FAMILIES if get_family(f).compressible]

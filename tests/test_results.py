@@ -1,4 +1,4 @@
-"""The results schema (MEASURING.md's list), the kernels rows' derived columns, run folders and tables."""
+"""The results schema (run.json metadata, rows.jsonl rows), the kernels rows' derived columns, run folders and tables."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import pytest
 
 from structbench.report.tables import display_frame, geomean, markdown, split_constant
 from structbench.results import SCHEMA_VERSION, RunWriter, list_runs, load_run, read_rows
+from structbench.suite import Schema
 
 
 def test_run_json_holds_the_schema(kernels_run: tuple[Path, Path]) -> None:
@@ -28,7 +29,8 @@ def test_run_json_holds_the_schema(kernels_run: tuple[Path, Path]) -> None:
     assert meta["seed"] == 0 and meta["started"] <= meta["finished"]
     assert meta["status"] == "complete" and meta["n_cases"] == meta["n_done"] == 8
     assert meta["metrics"]["speedup"]["higher_is_better"] is True
-    assert meta["rows"] == read_rows(kernels_run[1])
+    assert "rows" not in meta and read_rows(kernels_run[1])  # rows live in rows.jsonl only
+    assert meta["schema"]["headline"] == ["median_s"] and "samples_s" in meta["schema"]["hidden"]
 
 
 def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
@@ -48,7 +50,7 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
 
 
 def _stub_suite(name: str = "stub") -> SimpleNamespace:
-    return SimpleNamespace(name=name, version="0", description="test", metrics={})
+    return SimpleNamespace(name=name, version="0", description="test", metrics={}, schema=Schema(("k",)))
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
@@ -65,7 +67,7 @@ def test_a_row_cut_short_by_a_kill_is_ignored(tmp_path: Path) -> None:
     with (writer.run_dir / "rows.jsonl").open("a") as fh:
         fh.write('{"case_key": "b", "sta')
     assert [r["case_key"] for r in load_run(writer.run_dir).rows] == ["a"]
-    assert RunWriter.reopen(writer.run_dir).done_keys() == {"a"}
+    assert RunWriter.reopen(writer.run_dir, _stub_suite()).done_keys() == {"a"}
 
 
 def test_tables_render_and_hoist_constant_columns() -> None:

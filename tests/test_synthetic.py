@@ -6,10 +6,10 @@ import torch
 
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
-from structbench.registry import get_family, list_families
-from structbench.synthetic import KINDS, make_matrix
+from structbench.families import get_family, list_families
+from structbench.synthetic import kinds, make_matrix
 
-AVAILABLE = [k for k, spec in KINDS.items() if spec.family is None or spec.family in list_families()]
+AVAILABLE = [k for k, spec in kinds().items() if spec.family is None or spec.family in list_families()]
 
 
 @pytest.mark.parametrize("kind", AVAILABLE)

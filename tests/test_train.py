@@ -16,9 +16,9 @@ import structbench.models.wikitext as wikitext
 from structbench.cli import main
 from structbench.config import load_config
 from structbench.errors import StructbenchError
-from structbench.registry import get_family, list_families
+from structbench.families import get_family, list_families
 from structbench.results import load_run
-from structbench.suite import SUITES
+from suites import SUITES
 from structbench.train import data
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.gpt import GPT, GPTConfig
@@ -117,7 +117,7 @@ def test_attention_matmuls_are_counted() -> None:
     assert model_macs(Attn(), torch.zeros(2, 3, 5, 8)) == 2 * 3 * 5 * 5 * (8 + 8)
 
 
-@pytest.mark.parametrize("family", ["lowrank", "blockdiag", "monarch", "blast", "pixelfly", "gaudi"])
+@pytest.mark.parametrize("family", [f for f in list_families() if get_family(f).compressible])
 def test_whole_model_macs_differ_only_by_the_swapped_linears(family: str) -> None:
     cfg = GPTConfig(context=16, dim=32, depth=2, heads=2, mlp_ratio=2)
     example = torch.zeros(1, 16, dtype=torch.long)
@@ -201,11 +201,11 @@ def test_loop_learns_and_calls_family_hooks(family: str) -> None:
     ({"model": {"heads": 5}}, "not a multiple of heads"),
 ])
 def test_bad_config_is_one_clear_line(suite: str, change: dict, message: str) -> None:
-    from structbench.config import deep_merge
+    from structbench.config import deep_merge, resolve
 
     s = SUITES.get(suite)
     with pytest.raises(StructbenchError, match=message):
-        s.validate(deep_merge(load_config(s.config_path), change))
+        resolve(suite, deep_merge(load_config(s.config_path), change), s.validate, quick=False)
 
 
 def _quick_run(tmp_path: Path, suite: str, config: dict) -> Path:

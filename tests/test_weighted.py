@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from structbench.errors import StructbenchError
-from structbench.registry import get_family, list_families
+from structbench.families import get_family, list_families
 from structbench.weighted import check_gram, weighted_error, whitening
 
 FAMILIES = list_families()

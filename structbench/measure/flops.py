@@ -1,9 +1,11 @@
 """MACs via fvcore (which counts one fused multiply-add as one "flop").
 
-fvcore counts matrix products exactly but skips elementwise ops; the handles below add
-the fused multiply-adds that forwards here rely on (BLAST's coupling is ``addcmul_``; block
-products with a fused bias are ``baddbmm``), so
-the measured count and each family's analytic ``macs()`` describe the same work.
+fvcore counts matrix products exactly but skips elementwise ops and some fused products. The
+shared block product (``structbench.linalg.block_matmul``, a ``baddbmm`` with the bias fused)
+is handled here; a family whose forward uses another such op declares its handle in its own
+module (``mac_handles``, e.g. BLAST's ``addcmul_`` coupling), and every module in the counted
+tree contributes its handles, so the measured count and each family's analytic ``macs()``
+describe the same work.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
 
-def _elementwise_fma(inputs: list[Any], outputs: list[Any]) -> int:
-    """One multiply-add per output element (``addcmul``: ``out = a + t1 * t2``)."""
+def elementwise_fma(inputs: list[Any], outputs: list[Any]) -> int:
+    """One multiply-add per output element (e.g. ``addcmul``: ``out = a + t1 * t2``)."""
     return math.prod(get_shape(outputs[0]))
 
 
@@ -27,7 +29,15 @@ def _baddbmm(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * rows * inner * get_shape(inputs[2])[-1]
 
 
-MAC_HANDLES = {"aten::addcmul": _elementwise_fma, "aten::addcmul_": _elementwise_fma, "aten::baddbmm": _baddbmm}
+MAC_HANDLES = {"aten::baddbmm": _baddbmm}
+
+
+def mac_handles(module: torch.nn.Module) -> dict[str, Any]:
+    """The shared handles and those every module in ``module``'s tree declares."""
+    handles = dict(MAC_HANDLES)
+    for sub in module.modules():
+        handles.update(getattr(sub, "mac_handles", {}))
+    return handles
 
 
 @dataclass
@@ -38,7 +48,7 @@ class MacCount:
 
 def fvcore_macs(module: torch.nn.Module, *inputs: torch.Tensor) -> MacCount:
     counter = FlopCountAnalysis(module, inputs if len(inputs) > 1 else inputs[0])
-    counter.set_op_handle(**MAC_HANDLES)
+    counter.set_op_handle(**mac_handles(module))
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     total = int(counter.total())
     return MacCount(total, dict(counter.unsupported_ops()))

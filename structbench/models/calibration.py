@@ -99,7 +99,7 @@ class Calibration:
 def calibration_tokens(tokenizer: Any, tokens: int, what: str = "calibration.tokens") -> torch.Tensor:
     """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads);
     asking for more than the split holds is an error naming ``what`` asked."""
-    from structbench.models.lm_eval import text_token_ids
+    from structbench.models.evaluation import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
     ids = text_token_ids(tokenizer, wiki_articles("train"), tokens)

@@ -1,6 +1,6 @@
 """The same multiple-choice items scored by lm-evaluation-harness itself (``lm-eval`` on PyPI).
 
-This project scores zero-shot tasks with its own code (``structbench.models.lm_eval``): it
+This project scores zero-shot tasks with its own code (``structbench.models.evaluation``): it
 batches, scores only the answer positions and runs any model with structured layers. The
 harness is the field's reference, so this module hands it the very same items, as a local
 JSON task (``dataset_path: json``) and the in-memory model (``HFLM(pretrained=model)``), and
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.models.lm_eval import ChoiceScores, choice_scores
+from structbench.models.evaluation import ChoiceScores, choice_scores
 from structbench.models.tasks import MultipleChoice
 
 PIP_COMMAND = "pip install lm-eval==0.4.13"

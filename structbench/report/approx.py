@@ -12,9 +12,9 @@ import plotly.graph_objects as go
 
 from structbench.models.weights import MODELS
 from structbench.report.html import Section
-from structbench.report.plots import FAMILY_ORDER, PALETTE, heatmap, lines_by_family
+from structbench.report.plots import PALETTE, family_rank, heatmap, lines_by_family, sorted_families
 from structbench.results import RunData
-from structbench.synthetic import KINDS
+from structbench.synthetic import kinds
 
 TABLE_RHOS = (0.2, 0.5)  # the real-weights tables and heat maps; every rho is in the curves
 LOG_FLOOR = 1e-8  # float32 round-off of an exact projection; drawn at this floor on log axes
@@ -68,8 +68,7 @@ def _by_family_and_rho(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _family_sorted(frame: pd.DataFrame) -> pd.DataFrame:
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    return frame.sort_values("family", key=lambda s: s.map(lambda f: rank.get(f, len(rank))), kind="stable")
+    return frame.sort_values("family", key=lambda s: s.map(family_rank), kind="stable")
 
 
 def _error_curves(frame: pd.DataFrame, title: str, log_y: bool) -> go.Figure:
@@ -94,7 +93,7 @@ def _error_table(frame: pd.DataFrame, row: str, rho: float, label: str, column: 
         rel_error=(column, "mean"), rho_actual=("rho_actual", "mean")).reset_index()
     agg["cell"] = [_cell(e, r) for e, r in zip(agg["rel_error"], agg["rho_actual"])]
     table = agg.pivot(index=row, columns="family", values="cell")
-    families = [f for f in FAMILY_ORDER if f in table.columns] + [f for f in table.columns if f not in FAMILY_ORDER]
+    families = sorted_families(table.columns)
     table = table.reindex(index=list(dict.fromkeys(part[row])), columns=families).fillna("-")
     table["best"] = agg.loc[agg.groupby(row, sort=False)["rel_error"].idxmin()].set_index(row)["family"]
     table["matrices"] = part.groupby(row, sort=False)["instance"].nunique()
@@ -128,10 +127,12 @@ def _notes(run: RunData, frame: pd.DataFrame) -> Section:
 def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
     if frame.empty:
         return []
-    kinds = [k for k in KINDS if (frame["matrix"] == k).any()]
-    homes = ", ".join(f"{k} -> {KINDS[k].family}" for k in kinds if KINDS[k].family)
-    maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=FAMILY_ORDER,
-                    col_order=kinds, title=f"mean relative error at rho {rho}: families x synthetic kinds")
+    known = kinds()
+    present = list(dict.fromkeys(frame["matrix"]))
+    order = [k for k in known if k in present] + [k for k in present if k not in known]  # a kind unknown here: last
+    homes = ", ".join(f"{k} -> {known[k].family}" for k in order if k in known and known[k].family)
+    maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=sorted_families(frame["family"]),
+                    col_order=order, title=f"mean relative error at rho {rho}: families x synthetic kinds")
             .update_yaxes(autorange="reversed") for rho in _present(frame["rho"])]
     tables = [_error_table(frame, "matrix", rho, f"kind (rho {rho})") for rho in _present(frame["rho"])]
     sizes = ", ".join(sorted(frame["shape"].unique()))
@@ -146,8 +147,8 @@ def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
         "Error vs rho per synthetic kind",
         f"One line per family (mean over sizes and seeds, band: min..max); log scale, errors below "
         f"{LOG_FLOOR:g} drawn at {LOG_FLOOR:g}.",
-        figures=[_error_curves(frame[frame["matrix"] == k], f"{k}: {KINDS[k].description}", log_y=True)
-                 for k in kinds],
+        figures=[_error_curves(frame[frame["matrix"] == k], f"{k}: {known[k].description if k in known else k}", log_y=True)
+                 for k in order],
     )
     return [who, curves]
 
@@ -189,7 +190,7 @@ def _weighted_section(model: str, part: pd.DataFrame, types: list[str]) -> Secti
             tables.append(_error_table(here, "matrix", rho, f"layer type (rho {rho}, {obj} objective)",
                                        column="weighted_error"))
             figures.append(heatmap(here[here["rho"] == rho], "family", "matrix", "weighted_error",
-                                   row_order=FAMILY_ORDER, col_order=types,
+                                   row_order=sorted_families(here["family"]), col_order=types,
                                    title=f"mean activation-weighted error at rho {rho}, {obj} objective")
                            .update_yaxes(autorange="reversed"))
     return Section(
@@ -211,7 +212,7 @@ def _cost_sections(frame: pd.DataFrame) -> list[Section]:
     if frame.empty:
         return []
     seconds = frame.pivot_table(index="shape", columns="family", values="seconds", aggfunc="mean")
-    seconds = seconds[[f for f in FAMILY_ORDER if f in seconds.columns]]
+    seconds = seconds[sorted_families(seconds.columns)]
     seconds.columns.name = None
     seconds["matrices"] = frame.groupby("shape")["instance"].nunique()
     order = frame.drop_duplicates("shape").assign(size=lambda d: d["out_features"] * d["in_features"])
@@ -318,3 +319,6 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
         fig.update_yaxes(type="log")
         sections.append(Section(f"PrecGD {knob} sweep", f"Mean over seeds; {text}.", figures=[fig], tables=[table]))
     return sections
+
+
+REPORTS = {"approx": approx_report}

@@ -1,5 +1,5 @@
 """Self-contained HTML pages that work offline: one local plotly.js under the results root,
-sortable tables, and an index of every run."""
+sortable tables, a run's header; ``structbench.publish`` decides what goes on each page."""
 from __future__ import annotations
 
 import html
@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from structbench.report.tables import display_frame
-from structbench.results import RunData, list_runs, load_run
+from structbench.results import RunData
 
 # Versioned: a report keeps loading the plotly.js its figures were written for after an upgrade.
 PLOTLY_FILE = f"plotly-{get_plotlyjs_version()}.min.js"
@@ -98,47 +98,3 @@ def run_header(run: RunData) -> str:
     }
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in cells.items())
     return f"<table class='meta'>{rows}</table><p class='meta'>{html.escape(m['suite'].get('description', ''))}</p>"
-
-
-def generic_sections(run: RunData) -> list[Section]:
-    frame = run.frame()
-    return [Section("All rows", tables=[frame])] if not frame.empty else [Section("No rows yet")]
-
-
-def build_run_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` for one run from its stored rows (never re-measures)."""
-    run = load_run(run_dir)
-    root = run.run_dir.parent.parent
-    ensure_plotly(root)
-    from structbench.suite import SUITES
-
-    suite = SUITES.get(run.suite) if run.suite in SUITES else None
-    sections = suite.report(run) if suite is not None and suite.report is not None and run.rows else generic_sections(run)
-    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run), sections, f"../../{PLOTLY_FILE}", run.meta.get("metrics"))
-    out = run.run_dir / "report.html"
-    out.write_text(page)
-    return out
-
-
-def build_index(root: str | Path) -> Path:
-    """``<root>/index.html``: every run, newest first, linked to its report."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for run in list_runs(root):
-        m = run.meta
-        link = f"{run.suite}/{run.run_dir.name}/report.html"
-        rows.append({
-            "run": f"<a href='{html.escape(link)}'>{html.escape(run.run_dir.name)}</a>", "suite": run.suite,
-            "device": m.get("env", {}).get("device_name"), "dtype": m.get("cli", {}).get("dtype"),
-            "threads": m.get("env", {}).get("threads"),
-            "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
-            "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
-            "status": m.get("status"), "rows": len(run.rows),
-        })
-    body = table_html(pd.DataFrame(rows), escape=False) if rows else "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"
-    page = render_page("structbench results", "<p class='meta'>Every stored run; click a column to sort.</p>",
-                       [Section("Runs", html=body)], None)
-    out = root / "index.html"
-    out.write_text(page)
-    return out

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from structbench.measure.timing import Timing
 from structbench.report.html import Section
-from structbench.report.plots import FAMILY_ORDER, heatmap, lines_by_family, scatter_by_family
+from structbench.report.plots import family_rank, heatmap, lines_by_family, scatter_by_family
 from structbench.report.tables import geomean
 from structbench.results import RunData
 
@@ -41,7 +41,8 @@ def _shape_figures(part: pd.DataFrame, label: str) -> list[go.Figure]:
 
 
 def _summary(ok: pd.DataFrame) -> Section:
-    """Geometric means over shapes and tokens (MEASURING.md): one number per family, rho and mode."""
+    """Geometric means over shapes and tokens (ratios average multiplicatively): one number per
+    family, rho and mode."""
     groups = ok.groupby(["family", "rho", "mode"], sort=False)
     table = groups.agg(cases=("speedup", "size"), rho_actual=("rho_actual", "mean")).reset_index()
     for col in ("speedup", "ideal_speedup", "efficiency"):
@@ -77,10 +78,9 @@ def _log_colors(fig: go.Figure) -> go.Figure:
     return fig.update_layout(height=max(300, 150 + 36 * len(trace.y)), margin={"t": 60, "b": 50})
 
 
-def _family_rank(label: str) -> int:
+def _family_rank(label: str) -> tuple[int, str]:
     """Position of a family (or a "family rho=..." label) in the order every plot uses."""
-    family = str(label).split(" ")[0]
-    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return family_rank(str(label).split(" ")[0])
 
 
 def kernels_report(run: RunData) -> list[Section]:
@@ -113,3 +113,6 @@ def kernels_report(run: RunData) -> list[Section]:
         sections.append(Section("Skipped and failed cases",
                                 tables=[bad[["family", "shape", "rho", "tokens", "mode", "status", "reason"]]]))
     return sections
+
+
+REPORTS = {"kernels": kernels_report}

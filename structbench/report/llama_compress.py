@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from structbench.report.html import Section
-from structbench.report.plots import FAMILY_ORDER, lines_by_family, scatter_by_family
+from structbench.report.plots import family_rank, lines_by_family, scatter_by_family
 from structbench.results import RunData
 
 SPEED = ["family", "cr", "objective", "retrained", "params", "bytes", "linear_params", "macs_per_token", "prefill_tokens_per_s",
@@ -28,9 +28,8 @@ def _objectives(ok: pd.DataFrame) -> pd.Series:
 
 
 def _ordered(ok: pd.DataFrame) -> pd.DataFrame:
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
     ok = ok.assign(objective=_objectives(ok))
-    return ok.assign(_f=ok["family"].map(lambda f: rank.get(f, len(rank))), _r=-ok["rho"]).sort_values(
+    return ok.assign(_f=ok["family"].map(lambda f: family_rank(f)[0]), _r=-ok["rho"]).sort_values(
         ["_f", "_r", "objective", "retrained"]).drop(columns=["_f", "_r"])
 
 
@@ -118,3 +117,6 @@ def llama_compress_report(run: RunData) -> list[Section]:
         columns = [c for c in ("family", "rho", "objective", "retrained", "status", "reason") if c in bad]
         sections.append(Section("Skipped and failed cases", tables=[bad[columns]]))
     return sections
+
+
+REPORTS = {"llama-compress": llama_compress_report}

@@ -1,18 +1,36 @@
 """Plotly figure builders shared by every suite's report, one colour per family everywhere."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from structbench.families import family_order, get_family, list_families
+
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
-FAMILY_ORDER = ["dense", "lowrank", "blockdiag", "monarch", "blast", "pixelfly", "gaudi"]
+
+
+def family_rank(family: str) -> tuple[int, str]:
+    """Sort key of a family in tables and legends: its class's ``plot_order``; a name no
+    registered family has (a row of a run made elsewhere) goes last."""
+    return (get_family(family).plot_order if family in list_families() else 10**6, family)
+
+
+def sorted_families(families: Iterable[str]) -> list[str]:
+    return sorted(set(families), key=family_rank)
 
 
 def family_color(family: str) -> str:
-    index = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER) + sum(map(ord, family))
-    return PALETTE[index % len(PALETTE)]
+    """The family's declared ``plot_color``; otherwise a palette colour no registered family
+    declares, the same for the same family in every figure."""
+    declared = {name: get_family(name).plot_color for name in family_order()}
+    if declared.get(family):
+        return declared[family]
+    free = [c for c in PALETTE if c not in declared.values()] or PALETTE
+    undeclared = [name for name, color in declared.items() if not color]
+    index = undeclared.index(family) if family in undeclared else len(undeclared) + sum(map(ord, family))
+    return free[index % len(free)]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:

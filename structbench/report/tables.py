@@ -9,8 +9,7 @@ import pandas as pd
 
 from structbench.results import RunData
 
-# Columns too bulky for a table: raw samples and nested structures stay in the JSON.
-HIDDEN = {"samples_s", "dense_samples_s", "case_key", "unsupported_ops", "errors", "min_run_time", "rounds"}
+RUNNER_COLUMNS = ("case_key",)  # the runner's resume bookkeeping, meaningless to a reader
 
 
 def _cell(value: Any) -> Any:
@@ -27,9 +26,18 @@ def geomean(values: Iterable[float]) -> float:
     return math.exp(sum(logs) / len(logs)) if logs else float("nan")
 
 
-def display_frame(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+def hidden_columns(frame: pd.DataFrame, declared: Iterable[str] = ()) -> set[str]:
+    """Columns a table leaves out (they stay in ``rows.jsonl``): the runner's bookkeeping, the
+    suite's declared ``Schema.hidden``, and any column holding lists (raw samples, curves)."""
+    lists = {c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()}
+    return (set(RUNNER_COLUMNS) | set(declared) | lists) & set(frame.columns)
+
+
+def display_frame(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None,
+                  hidden: Iterable[str] = ()) -> pd.DataFrame:
     """Visible columns, rendered cells, and metric headers with an arrow for the better way."""
-    columns = [c for c in frame.columns if c not in HIDDEN and c != "reason"] + (["reason"] if "reason" in frame else [])
+    drop = hidden_columns(frame, hidden)
+    columns = [c for c in frame.columns if c not in drop and c != "reason"] + (["reason"] if "reason" in frame else [])
     shown = frame[columns]
     shown = shown.map(_cell) if hasattr(shown, "map") else shown.applymap(_cell)
     metrics = metrics or {}
@@ -41,8 +49,8 @@ def display_frame(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None
     return shown.rename(columns={c: header(c) for c in shown.columns})
 
 
-def markdown(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None) -> str:
-    return display_frame(frame, metrics).to_markdown(index=False)
+def markdown(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None, hidden: Iterable[str] = ()) -> str:
+    return display_frame(frame, metrics, hidden).to_markdown(index=False)
 
 
 def split_constant(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -55,12 +63,12 @@ def split_constant(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def write_tables(run: RunData) -> None:
-    """``table.csv`` (every column, raw floats) and ``table.md`` (rounded, constant columns
-    in a header line)."""
+    """``table.csv`` (every column but the hidden ones, raw floats) and ``table.md`` (rounded,
+    constant columns in a header line)."""
     frame = run.frame()
     if frame.empty:
         return
-    frame = frame.drop(columns=[c for c in HIDDEN if c in frame.columns])
+    frame = frame.drop(columns=sorted(hidden_columns(frame, run.schema.get("hidden", ()))))
     frame.to_csv(run.run_dir / "table.csv", index=False)
     varying, constant = split_constant(frame)
     same = ", ".join(f"{k}={_cell(v)}" for k, v in constant.items() if not (isinstance(v, float) and math.isnan(v)) and v is not None)

@@ -6,11 +6,10 @@ metric: every (family, rho) run, coloured by family), and the tables.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import pandas as pd
 import plotly.graph_objects as go
 
+from structbench.errors import StructbenchError
 from structbench.report.html import Section
 from structbench.report.plots import family_color, scatter_by_family
 from structbench.results import RunData
@@ -52,7 +51,16 @@ def budget_table(ok: pd.DataFrame, score: str) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def train_report(run: RunData, score: str, *, higher_is_better: bool, curve_metrics: Sequence[str]) -> list[Section]:
+def train_report(run: RunData) -> list[Section]:
+    """The run's first headline metric is the score plotted against relative FLOPs; every
+    headline metric gets its training curve."""
+    curve_metrics = run.schema.get("headline") or []
+    if not curve_metrics:
+        raise StructbenchError(f"the {run.suite} report needs a run of schema_version >= 2, which names its "
+                               f"headline metrics; {run.run_dir} has schema_version {run.meta.get('schema_version', 1)} "
+                               "(its rows are in rows.jsonl and table.csv)")
+    score = curve_metrics[0]
+    higher_is_better = bool(run.meta.get("metrics", {}).get(score, {}).get("higher_is_better"))
     frame = run.frame()
     ok = frame[frame["status"] == "ok"].copy() if "status" in frame else frame
     sections: list[Section] = []
@@ -89,3 +97,6 @@ def train_report(run: RunData, score: str, *, higher_is_better: bool, curve_metr
         sections.append(Section("Skipped and failed runs", "A family with no structure at a budget on these layer "
                                 "shapes is skipped with its reason.", tables=[bad[["family", "rho", "status", "reason"]]]))
     return sections
+
+
+REPORTS = {"train-vision": train_report, "train-lm": train_report}

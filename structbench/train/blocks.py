@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench.init import unit_gain_
+from structbench.initialization import unit_gain_
 
 BLOCK_LINEARS = r"\.(qkv|proj|fc1|fc2)$"
 """Qualified-name pattern of the block linears (for ``structbench.swap.swap_linears``)."""
@@ -56,7 +56,7 @@ class Block(nn.Module):
 
 
 def init_weights_(model: nn.Module, embedding_std: float = 0.02) -> None:
-    """Dense linears get the same unit-gain rule as every family (``structbench.init``) and
+    """Dense linears get the same unit-gain rule as every family (``structbench.initialization``) and
     zero biases, so the dense reference and the structured models differ only in structure;
     embeddings start small (nanoGPT's 0.02) since the pre-LN blocks normalise them anyway."""
     for module in model.modules():

@@ -10,7 +10,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-from structbench.measure.flops import MAC_HANDLES
+from structbench.measure.flops import mac_handles
 from structbench.structured import StructuredLinear
 from structbench.swap import swap_linears
 
@@ -54,7 +54,7 @@ def model_macs(model: nn.Module, example: torch.Tensor) -> int:
     try:
         with torch.no_grad():
             counter = FlopCountAnalysis(model, example)
-            counter.set_op_handle(**MAC_HANDLES, **{"aten::scaled_dot_product_attention": _attention_macs})
+            counter.set_op_handle(**mac_handles(model), **{"aten::scaled_dot_product_attention": _attention_macs})
             counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return int(counter.total())
     finally:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from structbench.config import load_config
+from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
 from suites.kernels import CONFIG_PATH, case_modules, expand, validate
 
 THREADS = int(os.environ.get("STRUCTBENCH_THREADS", os.cpu_count() or 1))
-CASES = [c for c in expand(validate(load_config(CONFIG_PATH)), quick=True) if c["mode"] == "eager"]
+CASES = [c for c in expand(resolve("kernels", load_config(CONFIG_PATH), validate, quick=True)) if c["mode"] == "eager"]
 BASELINES = list({(c["shape"], c["tokens"]): {**c, "family": "dense", "rho": 1.0} for c in CASES}.values())
 
 
@@ -41,7 +41,7 @@ def _bench(benchmark: Any, case: dict[str, Any], baseline: bool) -> None:
                                 macs=dense_macs if baseline else family.macs(case["tokens"]),
                                 ideal_speedup=1.0 if baseline else dense_macs / family.macs(case["tokens"]))
     with torch.inference_mode():
-        # Never time a wrong kernel (MEASURING.md): check against the dense matrix first.
+        # Never time a wrong kernel: check against the dense matrix first.
         reference = x @ module.to_dense().T if hasattr(module, "to_dense") else x @ module.weight.T
         if module.bias is not None:
             reference = reference + module.bias

@@ -15,55 +15,14 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from structbench.config import check_keys, deep_merge
+from structbench.config import betas, check_keys, fraction, positive_int, positive_number, section
 from structbench.errors import StructbenchError
-from structbench.registry import get_family, list_families
-from structbench.suite import Metric, RunContext, Suite
+from structbench.families import resolve_families
+from structbench.suite import Metric, RunContext, Schema, Suite
 from structbench.train.loop import Batch, Recipe, train
 from structbench.train.structure import linear_rho, model_macs, structure_
 
 Checker = Callable[[str, Any], Any]
-
-
-# ---- value checkers: each returns the value or raises one line naming the key -----------
-def positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StructbenchError(f"{where} must be a positive integer, got {value!r}")
-    return value
-
-
-def optional_positive_int(where: str, value: Any) -> int | None:
-    return None if value is None else positive_int(where, value)
-
-
-def non_negative_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StructbenchError(f"{where} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def positive_number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise StructbenchError(f"{where} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def fraction(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise StructbenchError(f"{where} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def boolean(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise StructbenchError(f"{where} must be true or false, got {value!r}")
-    return value
-
-
-def betas(where: str, value: Any) -> list[float]:
-    if not (isinstance(value, list) and len(value) == 2):
-        raise StructbenchError(f"{where} must be [beta1, beta2], got {value!r}")
-    return [fraction(f"{where}[{i}]", v) for i, v in enumerate(value)]
 
 
 RECIPE: dict[str, Checker] = {
@@ -96,18 +55,13 @@ class Prepared:
     evaluate: Callable[[nn.Module], dict[str, float]]
 
 
-TOP_KEYS = {"families", "rhos", "layers", "model", "recipe", "data", "quick"}
+TOP_KEYS = {"families", "rhos", "layers", "model", "recipe", "data"}
 
 
-def _check_section(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
-    check_keys(where, config, TOP_KEYS - {"quick"})
-    families = config.get("families", "all")
-    if families == "all":
-        families = [f for f in list_families() if get_family(f).compressible]
-    elif not isinstance(families, list) or not families or not all(isinstance(f, str) for f in families):
-        raise StructbenchError(f"{where}.families must be 'all' or a list of family names, got {families!r}")
-    for family in families:
-        get_family(family)  # an unknown name raises with a did-you-mean
+def validate(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check every key of one config; ``families: all`` resolves to every compressible family."""
+    check_keys(where, config, TOP_KEYS)
+    families = resolve_families(f"{where}.families", config.get("families", "all"))
     rhos = config.get("rhos")
     if not isinstance(rhos, list) or not rhos or not all(
         not isinstance(r, bool) and isinstance(r, (int, float)) and 0 < r < 1 for r in rhos
@@ -116,15 +70,9 @@ def _check_section(task: Task, config: dict[str, Any], where: str) -> dict[str, 
     if config.get("layers") not in task.layers:
         raise StructbenchError(f"{where}.layers must be one of {sorted(task.layers)}, got {config.get('layers')!r}")
     resolved: dict[str, Any] = {"families": families, "rhos": [float(r) for r in rhos], "layers": config["layers"]}
-    for section, spec in (("model", task.model), ("recipe", task.recipe), ("data", task.data)):
-        given = config.get(section)
-        if not isinstance(given, dict):
-            raise StructbenchError(f"{where}.{section} must be a mapping with keys {sorted(spec)}")
-        check_keys(f"{where}.{section}", given, spec)
-        missing = sorted(set(spec) - set(given))
-        if missing:
-            raise StructbenchError(f"{where}.{section} is missing key(s) {missing}")
-        resolved[section] = {key: check(f"{where}.{section}.{key}", given[key]) for key, check in spec.items()}
+    for name, spec in (("model", task.model), ("recipe", task.recipe), ("data", task.data)):
+        given = section(f"{where}.{name}", config.get(name), spec)
+        resolved[name] = {key: check(f"{where}.{name}.{key}", given[key]) for key, check in spec.items()}
     try:
         task.build(resolved)  # shape errors (dim vs heads, patch vs image) surface before any training
     except ValueError as err:
@@ -132,30 +80,10 @@ def _check_section(task: Task, config: dict[str, Any], where: str) -> dict[str, 
     return resolved
 
 
-def validate(task: Task, config: dict[str, Any]) -> dict[str, Any]:
-    """Check every key of the config and of the config ``--quick`` runs (``quick`` is merged
-    over the rest); ``families: all`` resolves to every compressible family."""
-    if not isinstance(config, dict):
-        raise StructbenchError(f"{task.name} config must be a mapping")
-    quick = config.get("quick") or {}
-    if not isinstance(quick, dict):
-        raise StructbenchError(f"{task.name} config: quick must be a mapping of overrides")
-    base = {k: v for k, v in config.items() if k != "quick"}
-    resolved = _check_section(task, base, task.name)
-    resolved["quick"] = _check_section(task, deep_merge(base, quick), f"{task.name}.quick")
-    return resolved
-
-
-def effective(config: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """The resolved config a run uses (the quick one with ``--quick``)."""
-    return config["quick"] if quick else {k: v for k, v in config.items() if k != "quick"}
-
-
-def expand(config: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The dense reference first, then every family at every rho."""
-    cfg = effective(config, quick)
     return [{"family": "dense", "rho": 1.0}] + [
-        {"family": f, "rho": rho} for f in cfg["families"] if f != "dense" for rho in cfg["rhos"]
+        {"family": f, "rho": rho} for f in config["families"] if f != "dense" for rho in config["rhos"]
     ]
 
 
@@ -174,7 +102,7 @@ def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str
     """Build, structure, train and score one (family, rho) model; one result row."""
     if ctx.dtype != "float32":
         raise StructbenchError(f"{task.name} trains in float32, got --dtype {ctx.dtype}")
-    cfg = effective(ctx.config, ctx.quick)
+    cfg = ctx.config
     include = task.layers[cfg["layers"]]
     torch.manual_seed(ctx.seed)
     dense_model = task.build(cfg)
@@ -216,23 +144,19 @@ def recipe_from(rec: dict[str, Any], steps: int) -> Recipe:
 
 
 def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[str, Metric],
-               higher_is_better: bool, curve_metrics: list[str]) -> Suite:
-    """The ``Suite`` of a task: ``metrics`` holds the score's and the suite's own metrics."""
-
-    def report(run: Any) -> list[Any]:
-        from structbench.report.train import train_report  # running never needs the plotting stack
-
-        return train_report(run, task.score, higher_is_better=higher_is_better, curve_metrics=curve_metrics)
-
+               headline: tuple[str, ...]) -> Suite:
+    """The ``Suite`` of a task: ``metrics`` holds the score's and the suite's own metrics;
+    ``headline[0]`` is the score the report plots against relative FLOPs, and every headline
+    metric gets a training curve."""
     return Suite(
         name=task.name,
         version="1",
         description=description,
         config_path=config_path,
-        validate=lambda config: validate(task, config),
+        validate=lambda config, where=task.name: validate(task, config, where),
         expand=expand,
         run_case=lambda case, ctx: run_case(task, case, ctx),
-        report=report,
+        schema=Schema(case_keys=("family", "rho"), headline=headline, hidden=("curves",)),
         metrics={**shared_metrics(), **metrics},
     )
 

@@ -1,0 +1,91 @@
+"""The one publish step: a stored run becomes ``table.csv``, ``table.md`` and ``report.html``,
+and the results root's ``index.html`` lists every run.
+
+It reads only what a run folder holds (``structbench.results``), so a report can be rebuilt
+anywhere, and finds a run's report by the suite name stored in it among the modules of
+``structbench/report/`` (each maps the suites it renders in ``REPORTS``), never by importing
+a suite: running and reporting meet only in the stored run.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from structbench import report
+from structbench.errors import StructbenchError
+from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
+from structbench.report.tables import write_tables
+from structbench.results import RunData, list_runs, load_run
+
+ReportFn = Callable[[RunData], list[Section]]
+
+
+@functools.cache
+def reports() -> dict[str, ReportFn]:
+    """Suite name -> its report, from every ``structbench/report/*.py`` that declares ``REPORTS``."""
+    found: dict[str, ReportFn] = {}
+    for info in pkgutil.iter_modules(report.__path__):
+        found.update(getattr(importlib.import_module(f"{report.__name__}.{info.name}"), "REPORTS", {}))
+    return found
+
+
+def generic_sections(run: RunData) -> list[Section]:
+    """A run whose suite has no report here (a suite added elsewhere): its rows as one table."""
+    frame = run.frame()
+    return [Section("All rows", tables=[frame])] if not frame.empty else [Section("No rows yet")]
+
+
+def run_report(run: RunData) -> Path:
+    """Write ``report.html`` for one run from its stored rows (never re-measures)."""
+    root = run.run_dir.parent.parent
+    ensure_plotly(root)
+    render = reports().get(run.suite)
+    try:
+        sections = render(run) if render is not None and run.rows else generic_sections(run)
+    except StructbenchError as err:  # a run this report cannot read (an older schema): its rows, and why
+        sections = [Section(f"No {run.suite} report for this run", str(err)), *generic_sections(run)]
+    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run), sections, f"../../{PLOTLY_FILE}",
+                       run.meta.get("metrics"))
+    out = run.run_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def index(root: str | Path) -> Path:
+    """``<root>/index.html``: every run, newest first, linked to its report."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in list_runs(root):
+        m = run.meta
+        link = f"{run.suite}/{run.run_dir.name}/report.html"
+        rows.append({
+            "run": f"<a href='{html.escape(link)}'>{html.escape(run.run_dir.name)}</a>", "suite": run.suite,
+            "device": m.get("env", {}).get("device_name"), "dtype": m.get("cli", {}).get("dtype"),
+            "threads": m.get("env", {}).get("threads"),
+            "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
+            "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
+            "status": m.get("status"), "rows": len(run.rows),
+        })
+    body = table_html(pd.DataFrame(rows), escape=False) if rows else \
+        "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"
+    page = render_page("structbench results", "<p class='meta'>Every stored run; click a column to sort.</p>",
+                       [Section("Runs", html=body)], None)
+    out = root / "index.html"
+    out.write_text(page)
+    return out
+
+
+def publish(run_dirs: Iterable[str | Path], root: str | Path) -> None:
+    """Tables and report of each run, then the index of ``root``."""
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        write_tables(run)
+        run_report(run)
+    index(root)
