@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 
@@ -17,7 +18,7 @@ from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
 from structbench.models.weights import cache_root
 from structbench.overrides import apply_overrides
-from structbench.publish import publish
+from structbench.publish import publish, summary
 from structbench.families import get_family, list_families
 from structbench.results import RunWriter, list_runs, load_run
 from structbench.suite import RunContext, Suite
@@ -37,8 +38,8 @@ def _run_parser() -> argparse.ArgumentParser:
                       epilog="Subcommands: 'bench.py report [RUN_DIR ...]', 'bench.py compare RUN_A RUN_B'.")
     p.add_argument("--suite", help="suite to run (see --list)")
     p.add_argument("--list", action="store_true", help="list suites and families, then exit")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default float32)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", help=f"one of {', '.join(DTYPES)} (default float32)")
     p.add_argument("--families", help="comma-separated families (default: the config's)")
     p.add_argument("--quick", action="store_true", help="the suite's small, fast configuration")
     p.add_argument("--config", type=Path, help="YAML config replacing the suite's default")
@@ -77,7 +78,7 @@ def _list() -> int:
 
 
 def _find_resumable(out: Path, suite: str) -> Path:
-    for run in list_runs(out):
+    for run in list_runs(out, warn=lambda msg: print(msg, file=sys.stderr)):
         if run.suite == suite and run.meta.get("status") != "complete":
             return run.run_dir
     raise StructbenchError(f"--resume: no unfinished {suite} run under {out}")
@@ -103,29 +104,62 @@ def _run(args: argparse.Namespace) -> int:
         if not args.suite:
             raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
         suite = SUITES.get(args.suite)
-        device = _check_device(args.device)
+        device = _check_device(args.device or "cpu")
+        args.dtype = args.dtype or "float32"
         if args.dtype not in DTYPES:
             raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
         args.threads = (os.cpu_count() or 1) if args.threads is None else _check_threads(args.threads)
-        families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+        families = None
+        if args.families is not None:
+            families = [f.strip() for f in args.families.split(",") if f.strip()]
+            if not families:
+                raise StructbenchError(f"--families {args.families!r} names no family; give comma-separated names (see --list)")
         config = resolve(suite.name, apply_overrides(load_config(args.config or suite.config_path), args.set),
                          suite.validate, quick=args.quick, families=families)
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
                "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
-        writer = RunWriter.create(args.out, suite, config, cli, args.seed)
+        writer = _writable(lambda: RunWriter.create(args.out, suite, config, cli, args.seed), args.out)
     torch.set_num_threads(cli["threads"])
     ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
-                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
-                     log=lambda msg: print(msg, file=sys.stderr))
+                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config)
     from structbench.runner import run_suite
 
     root = writer.run_dir.parent.parent
     try:
-        run_dir = run_suite(suite, writer, ctx)
+        run_suite(suite, writer, ctx)
     finally:  # an interrupted or failed run still gets tables and a report of what it finished
-        publish([writer.run_dir], root)
-    print(f"results: {run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
+        _publish_uninterrupted(writer.run_dir, root)
+    run = load_run(writer.run_dir)
+    print(summary(run))
+    print(f"results: {writer.run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
+    if not any(row.get("status") == "ok" for row in run.rows):
+        print("error: no case finished ok (see the reasons above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _writable(make: Callable[[], RunWriter], out: Path) -> RunWriter:
+    """The run folder, or one line naming the path that cannot be written."""
+    try:
+        return make()
+    except OSError as err:
+        where = err.filename or out
+        raise StructbenchError(f"--out {out}: cannot write {where} ({err.strerror or err}); "
+                               "give a writable folder") from None
+
+
+def _publish_uninterrupted(run_dir: Path, root: Path) -> None:
+    """Tables, report and index, with Ctrl-C held off: a second Ctrl-C while the first one's
+    report is written must not leave the run without one."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        publish([run_dir], root)
+    except OSError as err:
+        raise StructbenchError(f"cannot write the tables or report of {run_dir} ({err.filename or ''}: "
+                               f"{err.strerror or err}); its rows are kept in rows.jsonl: rebuild them with "
+                               "'bench.py report' once there is room") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_threads(threads: int) -> int:
@@ -137,7 +171,8 @@ def _check_threads(threads: int) -> int:
 def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
     """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
     given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
-                                      ("--set", args.set)) if value]
+                                      ("--set", args.set), ("--device", args.device), ("--dtype", args.dtype))
+             if value]
     if given:
         raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
     if args.resume == "latest":
@@ -149,7 +184,7 @@ def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
         if args.suite and run.suite != args.suite:
             raise StructbenchError(f"--resume {args.resume} is a {run.suite} run, not {args.suite}")
     suite = SUITES.get(run.suite)
-    return suite, RunWriter.reopen(run.run_dir, suite)
+    return suite, _writable(lambda: RunWriter.reopen(run.run_dir, suite), run.run_dir)
 
 
 def _report(argv: Sequence[str]) -> int:
@@ -157,7 +192,8 @@ def _report(argv: Sequence[str]) -> int:
     p.add_argument("runs", nargs="*", type=Path, help="run folders (default: every run under --out)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
-    runs = [load_run(r).run_dir for r in args.runs] if args.runs else [r.run_dir for r in list_runs(args.out)]
+    runs = [load_run(r).run_dir for r in args.runs] if args.runs else \
+        [r.run_dir for r in list_runs(args.out, warn=lambda msg: print(msg, file=sys.stderr))]
     publish(runs, args.out)
     print(f"rebuilt {len(runs)} report(s); index: {args.out / 'index.html'}")
     return 0

@@ -51,7 +51,11 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if not path.is_file():
         raise StructbenchError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except UnicodeDecodeError as err:
+        raise StructbenchError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except OSError as err:
+        raise StructbenchError(f"config {path} cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -104,14 +108,25 @@ def section(where: str, value: Any, keys: Iterable[str]) -> dict[str, Any]:
     return value
 
 
-def number_list(where: str, value: Any, *, integer: bool = False, low: float = 0.0, high: float = float("inf")) -> list:
+def number_list(where: str, value: Any, *, integer: bool = False, low: float = 0.0, high: float = float("inf"),
+                unique: bool = True) -> list:
+    """A non-empty list of finite numbers in ``(low, high]``, distinct when ``unique`` (a list
+    of values to sweep: a repeated one would measure the same case twice)."""
     kinds = (int,) if integer else (int, float)
     if not isinstance(value, list) or not value or not all(
-        isinstance(v, kinds) and not isinstance(v, bool) and low < v <= high for v in value
+        isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and low < v <= high for v in value
     ):
         what = "integers" if integer else "numbers"
-        raise StructbenchError(f"{where} must be a non-empty list of {what} in ({low}, {high}], got {value!r}")
-    return value
+        span = f"({low}, {high}]" if math.isfinite(high) else f"({low}, inf), finite"
+        raise StructbenchError(f"{where} must be a non-empty list of {what} in {span}, got {value!r}")
+    return distinct(where, value) if unique else value
+
+
+def distinct(where: str, values: list[Any]) -> list[Any]:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise StructbenchError(f"{where} lists {', '.join(repeated)} more than once; give each value once")
+    return values
 
 
 def positive_int(where: str, value: Any) -> int:

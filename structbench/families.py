@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import matrices  # noqa: F401 - registers every family
+from structbench.config import distinct
 from structbench.errors import StructbenchError
 from structbench.registry import FAMILIES
 
@@ -21,11 +22,11 @@ def resolve_families(where: str, value: Any, *, with_dense: bool = False) -> lis
     ``with_dense``) or a non-empty list of registered names, each checked with a did-you-mean."""
     if value == "all":
         return [f for f in family_order() if with_dense or get_family(f).compressible]
-    if not isinstance(value, list) or not value or not all(isinstance(f, str) for f in value):
+    if not isinstance(value, list) or not value or not all(isinstance(f, str) and f for f in value):
         raise StructbenchError(f"{where} must be 'all' or a non-empty list of family names, got {value!r}")
     for family in value:
         get_family(family)
-    return list(value)
+    return distinct(where, list(value))
 
 
 def get_family(name: str) -> type:

@@ -12,27 +12,33 @@ import functools
 import html
 import importlib
 import pkgutil
+import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
 from structbench import report
 from structbench.errors import StructbenchError
 from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
-from structbench.report.tables import write_tables
+from structbench.report.tables import markdown, write_tables
 from structbench.results import RunData, list_runs, load_run
 
 ReportFn = Callable[[RunData], list[Section]]
 
 
 @functools.cache
-def reports() -> dict[str, ReportFn]:
-    """Suite name -> its report, from every ``structbench/report/*.py`` that declares ``REPORTS``."""
-    found: dict[str, ReportFn] = {}
+def _declared(name: str) -> dict[str, Callable[[RunData], Any]]:
+    """Suite name -> function, from the ``name`` mapping (``REPORTS`` or ``SUMMARIES``) of
+    every ``structbench/report/*.py``."""
+    found: dict[str, Callable[[RunData], Any]] = {}
     for info in pkgutil.iter_modules(report.__path__):
-        found.update(getattr(importlib.import_module(f"{report.__name__}.{info.name}"), "REPORTS", {}))
+        found.update(getattr(importlib.import_module(f"{report.__name__}.{info.name}"), name, {}))
     return found
+
+
+def reports() -> dict[str, ReportFn]:
+    return _declared("REPORTS")
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -62,7 +68,7 @@ def index(root: str | Path) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in list_runs(root):
+    for run in list_runs(root, warn=_warn):
         m = run.meta
         link = f"{run.suite}/{run.run_dir.name}/report.html"
         rows.append({
@@ -80,6 +86,33 @@ def index(root: str | Path) -> Path:
     out = root / "index.html"
     out.write_text(page)
     return out
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def summary(run: RunData) -> str:
+    """What the terminal shows at the end of a run: case counts by status (and how many were
+    noisy), the reasons of skipped and failed cases grouped, and the suite's headline table."""
+    frame = run.frame()
+    if frame.empty:
+        return f"{run.suite}: no rows"
+    counts = frame["status"].value_counts()
+    parts = [f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "error")]
+    if "noisy" in frame:
+        parts.append(f"{int(frame['noisy'].fillna(False).astype(bool).sum())} noisy")
+    lines = [f"{run.suite}: {len(frame)} rows: {', '.join(parts)}"]
+    bad = frame[frame["status"] != "ok"]
+    for (status, reason), group in bad.groupby(["status", bad["reason"].fillna("(no reason)")], sort=False):
+        lines.append(f"  {status} x{len(group)}: {reason}")
+    table = _declared("SUMMARIES").get(run.suite)
+    headline = table(run) if table is not None else pd.DataFrame()
+    if not headline.empty:
+        lines.append("\n" + markdown(headline.head(40)))
+        if len(headline) > 40:
+            lines.append(f"({len(headline) - 40} more lines in table.md and report.html)")
+    return "\n".join(lines)
 
 
 def publish(run_dirs: Iterable[str | Path], root: str | Path) -> None:

@@ -26,7 +26,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -149,14 +149,26 @@ def load_run(run_dir: str | Path) -> RunData:
     meta_path = run_dir / "run.json"
     if not meta_path.exists():
         raise StructbenchError(f"not a structbench run folder (no run.json): {run_dir}")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("suite"), dict) or "name" not in meta["suite"]:
+            raise ValueError("no suite name")
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise StructbenchError(f"unreadable run.json ({type(err).__name__}: {err}): {meta_path}") from None
     meta.pop("rows", None)
     return RunData(run_dir, meta, read_rows(run_dir))
 
 
-def list_runs(root: str | Path) -> list[RunData]:
-    """Every run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first."""
-    runs = [load_run(p.parent) for p in Path(root).glob("*/*/run.json")]
+def list_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> list[RunData]:
+    """Every readable run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first;
+    an unreadable one is left out, and ``warn`` told which and why."""
+    runs = []
+    for path in Path(root).glob("*/*/run.json"):
+        try:
+            runs.append(load_run(path.parent))
+        except StructbenchError as err:
+            if warn is not None:
+                warn(f"warning: skipping {err}")
     return sorted(runs, key=lambda r: r.meta.get("started") or "", reverse=True)
 
 

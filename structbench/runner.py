@@ -6,6 +6,7 @@ configuration does not cost hours of finished measurements; Ctrl-C marks the run
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -42,15 +43,21 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
 def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
     cases = suite.expand(ctx.config)
     ctx.rows = writer.rows  # the live list: each case sees the rows of those before it
+    ctx.log = _log  # suite messages go through the bar's writer, never glued onto the bar
     done = writer.done_keys()
     todo = [c for c in cases if case_key(c) not in done]
     writer.meta["n_cases"] = len(cases)
     _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
-    with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True) as bar:
-        for case in todo:
+    # A terminal gets the bar; a log file or pipe gets one line per finished case instead.
+    tty = sys.stderr.isatty()
+    with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True,
+              disable=not tty) as bar:
+        for n, case in enumerate(todo, start=len(cases) - len(todo) + 1):
             key = case_key(case)
-            bar.set_postfix_str(" ".join(str(case[k]) for k in suite.schema.case_keys if k in case)[:60])
+            label = " ".join(str(case[k]) for k in suite.schema.case_keys if k in case)
+            bar.set_postfix_str(label[:60])
             start = time.perf_counter()
+            load = os.getloadavg()[0]
             try:
                 rows = suite.run_case(case, ctx)
             except StructbenchError as err:
@@ -59,5 +66,10 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
                 rows = [{"status": "error", "reason": f"{type(err).__name__}: {err}"}]
                 _log(f"error in case {key}:\n{traceback.format_exc()}")
             elapsed = time.perf_counter() - start
-            writer.append([{**case, "status": "ok", "reason": None, **row, "case_key": key, "case_seconds": elapsed} for row in rows])
+            machine = {"load_start": load, "load_end": os.getloadavg()[0]}  # 1-minute load averages
+            writer.append([{**case, "status": "ok", "reason": None, **row, "case_key": key, "case_seconds": elapsed,
+                            **machine} for row in rows])
             bar.update(1)
+            if not tty:
+                statuses = ", ".join(sorted({str(r.get("status", "ok")) for r in rows}))
+                _log(f"[{n}/{len(cases)}] {label}: {statuses} ({elapsed:.1f} s)")

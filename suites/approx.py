@@ -63,7 +63,7 @@ def _seeds(where: str, value: Any) -> list[int]:
 def _size(where: str, value: Any) -> list[int]:
     if not (isinstance(value, list) and len(value) == 2):
         raise StructbenchError(f"approx config: {where} must be [out_features, in_features], got {value!r}")
-    return _ints(where, value)
+    return number_list(f"approx config: {where}", value, integer=True, unique=False)
 
 
 def _check_synthetic(where: str, synthetic: Any) -> dict[str, Any]:

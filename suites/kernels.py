@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from structbench.config import check_keys, number_list, positive_int
+from structbench.config import check_keys, distinct, number_list, positive_int
 from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes, peak_bytes
@@ -45,7 +45,7 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     if not isinstance(shapes, dict) or not shapes:
         raise StructbenchError("kernels config: shapes must be a mapping of name -> [out_features, in_features]")
     for name, shape in shapes.items():
-        number_list(f"kernels config: shape {name!r}", shape, integer=True)
+        number_list(f"kernels config: shape {name!r}", shape, integer=True, unique=False)
         if len(shape) != 2:
             raise StructbenchError(f"kernels config: shape {name!r} must be [out_features, in_features], got {shape!r}")
     number_list("kernels config: rhos", config.get("rhos"), high=1.0)
@@ -54,7 +54,8 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     rounds = positive_int("kernels config: rounds", config.get("rounds", ROUNDS))
     modes = config.get("modes", ["eager"])
     if not isinstance(modes, list) or not modes or not set(modes) <= set(MODES):
-        raise StructbenchError(f"kernels config: modes must be a list from {list(MODES)}, got {modes!r}")
+        raise StructbenchError(f"kernels config: modes must be a non-empty list from {list(MODES)}, got {modes!r}")
+    distinct(f"{where} config: modes", modes)
     return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes}
 
 

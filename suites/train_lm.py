@@ -74,7 +74,6 @@ TASK = common.Task(
     example=_example,
     prepare=_prepare,
     loss=_loss,
-    score="val_ppl",
 )
 
 

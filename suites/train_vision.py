@@ -18,7 +18,7 @@ from structbench.errors import StructbenchError
 from structbench.suite import Metric, RunContext
 from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
-from structbench.train.data import fashion_mnist, normalise, shift_and_flip
+from structbench.train.data import fashion_mnist, normalise, require_fashion_mnist, shift_and_flip
 from structbench.train.loop import Batch
 from structbench.train.vit import ViT, ViTConfig
 
@@ -95,7 +95,7 @@ TASK = common.Task(
     example=_example,
     prepare=_prepare,
     loss=F.cross_entropy,
-    score="test_acc",
+    require=lambda cfg: require_fashion_mnist(cfg["data"]["root"]),
 )
 
 

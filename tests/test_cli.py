@@ -199,7 +199,8 @@ def test_runner_shows_progress_and_records_a_crashing_case(tmp_path: Path, capsy
                      cache_dir=tmp_path, config={})
     run_suite(suite, writer, ctx)
     err = capsys.readouterr().err
-    assert "3/3" in err and "<" in err  # tqdm's [elapsed<remaining]
+    # not a terminal (pytest captures stderr): one line per finished case, no bar
+    assert "[2/3] 1: error" in err and "[3/3] 2: ok" in err and "\r" not in err
     run = load_run(writer.run_dir)
     assert [r["status"] for r in run.rows] == ["ok", "error", "ok"] and run.meta["status"] == "complete"
     assert run.rows[1]["reason"] == "RuntimeError: kernel exploded"

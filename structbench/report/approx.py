@@ -321,4 +321,23 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
     return sections
 
 
+def summary(run: RunData) -> pd.DataFrame:
+    """The terminal's headline: the best family (lowest mean error) per synthetic kind and per
+    real layer type, at each rho and objective, with its error."""
+    frame = run.frame()
+    if frame.empty or "experiment" not in frame:
+        return pd.DataFrame()
+    ok = frame[(frame["status"] == "ok") & (frame["experiment"] == "projection")]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(source=ok["source"].where(ok["source"] == "synthetic", "real: " + ok["source"].astype(str)),
+                   objective=ok["objective"].fillna("frobenius") if "objective" in ok else "frobenius")
+    ok = ok.assign(error=ok["weighted_error"].where(ok["objective"] == "calibrated", ok["rel_error"])
+                   if "weighted_error" in ok else ok["rel_error"])
+    means = ok.groupby(["source", "matrix", "rho", "objective", "family"], sort=False)["error"].mean().reset_index()
+    best = means.loc[means.groupby(["source", "matrix", "rho", "objective"], sort=False)["error"].idxmin()]
+    return best.rename(columns={"family": "best family", "error": "its mean error"}).reset_index(drop=True)
+
+
 REPORTS = {"approx": approx_report}
+SUMMARIES = {"approx": summary}

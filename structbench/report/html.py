@@ -3,6 +3,7 @@ sortable tables, a run's header; ``structbench.publish`` decides what goes on ea
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,20 @@ def render_page(title: str, header_html: str, sections: list[Section], plotly_sr
 
 
 def ensure_plotly(root: Path) -> None:
+    """The local plotly.js every report loads: rewritten unless the file there is complete
+    (same size as the library's), and written to a temporary name first, so a full disk or a
+    kill never leaves a truncated copy that blanks every later report's plots."""
     path = root / PLOTLY_FILE
-    if not path.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(get_plotlyjs())
+    script = get_plotlyjs().encode()
+    if path.is_file() and path.stat().st_size == len(script):
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(script)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_header(run: RunData) -> str:

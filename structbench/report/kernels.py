@@ -40,7 +40,7 @@ def _shape_figures(part: pd.DataFrame, label: str) -> list[go.Figure]:
     return [_tick_tokens(fig, tokens) for fig in figs]
 
 
-def _summary(ok: pd.DataFrame) -> Section:
+def family_table(ok: pd.DataFrame) -> pd.DataFrame:
     """Geometric means over shapes and tokens (ratios average multiplicatively): one number per
     family, rho and mode."""
     groups = ok.groupby(["family", "rho", "mode"], sort=False)
@@ -49,8 +49,11 @@ def _summary(ok: pd.DataFrame) -> Section:
         table[f"geomean_{col}"] = groups[col].apply(geomean).to_numpy()
     table["min_efficiency"] = groups["efficiency"].min().to_numpy()
     table["noisy_cases"] = groups["noisy"].sum().to_numpy()
-    table = table.sort_values(["mode", "rho", "family"], key=lambda c: c.map(_family_rank) if c.name == "family" else c)
+    return table.sort_values(["mode", "rho", "family"], key=lambda c: c.map(_family_rank) if c.name == "family" else c)
 
+
+def _summary(ok: pd.DataFrame) -> Section:
+    table = family_table(ok)
     cells = ok.assign(row=ok["family"] + " rho=" + ok["rho"].astype(str) + (" " + ok["mode"] if ok["mode"].nunique() > 1 else ""))
     cells = cells.groupby(["row", "shape"], sort=False)["efficiency"].apply(geomean).reset_index()
     figure = _log_colors(heatmap(cells, "row", "shape", "efficiency", row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
@@ -115,4 +118,14 @@ def kernels_report(run: RunData) -> list[Section]:
     return sections
 
 
+def summary(run: RunData) -> pd.DataFrame:
+    """The terminal's headline: geomean speedup and efficiency per family, rho and mode."""
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"]
+    table = family_table(ok) if not ok.empty else pd.DataFrame()
+    return table[[c for c in ("family", "rho", "mode", "cases", "geomean_speedup", "geomean_efficiency", "noisy_cases")
+                  if c in table]]
+
+
 REPORTS = {"kernels": kernels_report}
+SUMMARIES = {"kernels": summary}

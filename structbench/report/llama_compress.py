@@ -119,4 +119,12 @@ def llama_compress_report(run: RunData) -> list[Section]:
     return sections
 
 
+def summary(run: RunData) -> pd.DataFrame:
+    """The terminal's headline: the paper-shaped table."""
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    return paper_table(_ordered(ok)) if not ok.empty else pd.DataFrame()
+
+
 REPORTS = {"llama-compress": llama_compress_report}
+SUMMARIES = {"llama-compress": summary}

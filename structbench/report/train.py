@@ -99,4 +99,13 @@ def train_report(run: RunData) -> list[Section]:
     return sections
 
 
+def summary(run: RunData) -> pd.DataFrame:
+    """The terminal's headline: the score and relative FLOPs per family and budget."""
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    headline = run.schema.get("headline") or []
+    return budget_table(ok, headline[0]) if headline and not ok.empty else pd.DataFrame()
+
+
 REPORTS = {"train-vision": train_report, "train-lm": train_report}
+SUMMARIES = {"train-vision": summary, "train-lm": summary}

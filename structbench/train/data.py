@@ -42,6 +42,13 @@ def _find(root: Path, name: str) -> Path:
     raise StructbenchError(f"Fashion-MNIST file {name}(.gz) not found under {root}: {FASHION_MNIST_INSTALL}")
 
 
+def require_fashion_mnist(root: str | Path) -> None:
+    """Raise, naming the file and how to install the set, unless all four files are under ``root``."""
+    for names in _FILES.values():
+        for name in names:
+            _find(Path(root), name)
+
+
 @functools.lru_cache(maxsize=4)
 def fashion_mnist(split: str, root: str | Path = FASHION_MNIST_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 28, 28), labels int64 (N,))`` of the ``train`` or ``test`` split."""

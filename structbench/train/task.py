@@ -45,7 +45,9 @@ class Task:
     example: Callable[[dict[str, Any]], torch.Tensor]  # one input, for counting MACs
     prepare: Callable[[dict[str, Any], RunContext], "Prepared"]  # data and recipe of a run
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    score: str  # the final metric the report plots against relative FLOPs
+    require: Callable[[dict[str, Any]], None] = lambda config: None
+    """A run-level precondition (a data set on disk), checked with the config so a missing one
+    stops the run before any case, with one line saying how to get it."""
 
 
 @dataclass
@@ -77,6 +79,7 @@ def validate(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
         task.build(resolved)  # shape errors (dim vs heads, patch vs image) surface before any training
     except ValueError as err:
         raise StructbenchError(f"{where}.model: {err}") from None
+    task.require(resolved)
     return resolved
 
 

@@ -1,0 +1,156 @@
+"""Bad input and faults a user can cause: each gets one ``error:`` line (exit 2) or the stated
+outcome, and nothing already written is lost."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from structbench import cli
+from structbench.cli import main
+from structbench.results import load_run
+
+TINY = """\
+families: [lowrank]
+shapes: {tiny: [32, 32]}
+rhos: [0.5]
+tokens: [4]
+min_run_time: 0.01
+rounds: 6
+"""
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _config(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("families: [lowrank]\nshapes: {tiny: [32, 32]}\nrhos: [0.5]\ntokens: [4]\n".encode("utf-16"), "is not UTF-8 text"),
+    (TINY + "modes: []\n", "modes must be a non-empty list"),
+    (TINY.replace("min_run_time: 0.01", "min_run_time: .inf"), "finite"),
+    (TINY.replace("families: [lowrank]", "families: [lowrank, lowrank]"), "lists lowrank more than once"),
+    (TINY.replace("rhos: [0.5]", "rhos: [0.5, 0.5]"), "lists 0.5 more than once"),
+    (TINY.replace("tokens: [4]", "tokens: [4, 4]"), "lists 4 more than once"),
+    (TINY + "modes: [eager, eager]\n", "lists eager more than once"),
+])
+def test_bad_config_values_are_one_line(text: str | bytes, expected: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, text), "--out", str(out)]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--families", ","], "names no family"),
+    (["--families", " , "], "names no family"),
+])
+def test_bad_flags_are_one_line(args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(tmp_path / "r"), *args]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file", "/proc/structbench-results"])
+def test_an_unwritable_out_names_the_path(where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    out = {"file": tmp_path / "file", "under-a-file": tmp_path / "file" / "sub"}.get(where, Path(where))
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot write" in line and str(out) in line
+
+
+@pytest.fixture()
+def finished(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(out), "--threads", "1"]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--device", "tpu"), ("--dtype", "float8")])
+def test_resume_refuses_options_it_would_ignore(flag: str, value: str, finished: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir,) = (finished / "kernels").iterdir()
+    assert main(["--resume", str(run_dir), flag, value]) == 2
+    assert f"drop {flag}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_corrupt_run_elsewhere_is_skipped_with_its_name(finished: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    broken = finished / "kernels" / "20200101-000000-cpu-broken"
+    broken.mkdir()
+    (broken / "run.json").write_text('{"suite": {"name": "kernels"')  # cut short
+    capsys.readouterr()
+    assert main(["report", "--out", str(finished)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipping unreadable run.json" in err and str(broken / "run.json") in err
+    # a new run still finishes, with its report and the index
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(finished)]) == 0
+    assert (finished / "index.html").is_file()
+    assert main(["report", str(broken)]) == 2  # named on its own, it is an error line
+    assert "unreadable run.json" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_a_truncated_plotly_is_rewritten(finished: Path) -> None:
+    (plotly,) = finished.glob("plotly-*.min.js")
+    size = plotly.stat().st_size
+    plotly.write_text("truncated")  # what a full disk left
+    assert main(["report", "--out", str(finished)]) == 0
+    assert plotly.stat().st_size == size and not list(finished.glob(".plotly*"))
+
+
+def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = cli.publish
+    hits: list[str] = []
+
+    def interrupted_publish(run_dirs, root) -> None:  # noqa: ANN001 - the CLI's own callable
+        os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again while the report is written
+        hits.append("published")
+        real(run_dirs, root)
+
+    monkeypatch.setattr(cli, "publish", interrupted_publish)
+    out = tmp_path / "results"
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(out)]) == 0
+    (run_dir,) = (out / "kernels").iterdir()
+    assert hits == ["published"] and (run_dir / "report.html").is_file() and (out / "index.html").is_file()
+
+
+def test_a_run_with_no_ok_case_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    odd = TINY.replace("families: [lowrank]", "families: [blockdiag]").replace("tiny: [32, 32]", "odd: [67, 61]")
+    out = tmp_path / "results"
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, odd), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "0 ok, 1 skipped, 0 error" in captured.out and "no block count divides" in captured.out
+    assert captured.err.strip().endswith("error: no case finished ok (see the reasons above)")
+    (run_dir,) = (out / "kernels").iterdir()
+    assert (run_dir / "report.html").is_file()  # the rows are still published
+
+
+def test_the_summary_shows_counts_and_the_headline_table(finished: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "kernels: 1 rows: 1 ok, 0 skipped, 0 error, 0 noisy" in out and "geomean_speedup" in out and "lowrank" in out
+    (run_dir,) = (tmp_path / "again" / "kernels").iterdir()
+    rows = load_run(run_dir).rows
+    assert all(r["load_start"] >= 0 and r["load_end"] >= 0 for r in rows)  # machine load per case
+
+
+def test_train_vision_without_its_data_stops_before_any_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tv.json"
+    config.write_text(json.dumps({"include": str(Path(__file__).parents[1] / "suites" / "train_vision.yaml"),
+                                  "data": {"root": str(tmp_path / "nowhere")}}))
+    out = tmp_path / "results"
+    assert main(["--suite", "train-vision", "--quick", "--config", str(config), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "not found under" in line and "apt-get install" in line and not out.exists()
