@@ -48,6 +48,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with --resume, the run's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retry-noisy", type=int, default=0, metavar="K",
+                   help="re-measure a case whose timing is noisy up to K more times (kernels; default 0)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue an interrupted run (default: the newest unfinished run of --suite)")
     return p
@@ -116,12 +118,16 @@ def _run(args: argparse.Namespace) -> int:
                 raise StructbenchError(f"--families {args.families!r} names no family; give comma-separated names (see --list)")
         config = resolve(suite.name, apply_overrides(load_config(args.config or suite.config_path), args.set),
                          suite.validate, quick=args.quick, families=families)
+        if args.retry_noisy < 0:
+            raise StructbenchError(f"--retry-noisy must be >= 0, got {args.retry_noisy}")
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
+               "retry_noisy": args.retry_noisy,
                "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
         writer = _writable(lambda: RunWriter.create(args.out, suite, config, cli, args.seed), args.out)
     torch.set_num_threads(cli["threads"])
     ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
-                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config)
+                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
+                     retry_noisy=cli.get("retry_noisy", 0))
     from structbench.runner import run_suite
 
     root = writer.run_dir.parent.parent
@@ -131,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         _publish_uninterrupted(writer.run_dir, root)
     run = load_run(writer.run_dir)
     print(summary(run))
+    if (run.meta.get("reliability") or {}).get("unreliable"):
+        print("warning: this run is marked unreliable: " + "; ".join(run.meta["reliability"]["reasons"]), file=sys.stderr)
     print(f"results: {writer.run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
     if not any(row.get("status") == "ok" for row in run.rows):
         print("error: no case finished ok (see the reasons above)", file=sys.stderr)
@@ -209,12 +217,13 @@ def _compare(argv: Sequence[str]) -> int:
     p.add_argument("run_b", type=Path)
     p.add_argument("--threshold", type=float, default=1.1, help="flag ratios beyond this factor (default 1.1)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level of the rank test")
+    p.add_argument("--force", action="store_true", help="compare runs marked unreliable too")
     args = p.parse_args(argv)
     if not args.threshold > 1:
         raise StructbenchError(f"--threshold must be a factor > 1, got {args.threshold}")
     if not 0 < args.alpha < 1:
         raise StructbenchError(f"--alpha must be in (0, 1), got {args.alpha}")
-    table = compare_runs(load_run(args.run_a), load_run(args.run_b), args.threshold, args.alpha)
+    table = compare_runs(load_run(args.run_a), load_run(args.run_b), args.threshold, args.alpha, args.force)
     if table.empty:
         raise StructbenchError("compare: the two runs share no measured case")
     print(markdown(table))

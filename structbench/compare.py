@@ -41,8 +41,14 @@ def _flag(ratio: float, p: float, threshold: float, alpha: float, metric: dict[s
     return "better" if up == better else "worse"
 
 
-def compared_metrics(a: RunData, b: RunData) -> list[str]:
-    """The headline metrics both runs hold as numbers; refuses runs it cannot compare."""
+def compared_metrics(a: RunData, b: RunData, force: bool = False) -> list[str]:
+    """The headline metrics both runs hold as numbers; refuses runs it cannot compare, and
+    runs marked unreliable unless ``force``."""
+    for run in (a, b):
+        reliability = run.meta.get("reliability") or {}
+        if reliability.get("unreliable") and not force:
+            raise StructbenchError(f"compare: {run.run_dir} is marked unreliable ({'; '.join(reliability['reasons'])}); "
+                                   "re-run it on an idle machine, or pass --force to compare anyway")
     if a.suite != b.suite:
         raise StructbenchError(f"compare: {a.run_dir} is a {a.suite} run and {b.run_dir} a {b.suite} run; "
                                "compare two runs of one suite")
@@ -58,11 +64,11 @@ def compared_metrics(a: RunData, b: RunData) -> list[str]:
     return numeric
 
 
-def compare_runs(a: RunData, b: RunData, threshold: float = 1.1, alpha: float = 0.01) -> pd.DataFrame:
+def compare_runs(a: RunData, b: RunData, threshold: float = 1.1, alpha: float = 0.01, force: bool = False) -> pd.DataFrame:
     """One row per (case in both runs, headline metric): ``ratio = B / A`` and a flag when the
     ratio leaves ``[1/threshold, threshold]`` and, if the metric has raw samples, they differ
     significantly (p < ``alpha``); without samples ``p_value`` is NaN and the ratio decides."""
-    metrics = compared_metrics(a, b)
+    metrics = compared_metrics(a, b, force)
     schema = a.schema or b.schema
     samples = schema.get("samples", {})
     fa, fb = (f[f["status"] == "ok"] if "status" in f else f for f in (a.frame(), b.frame()))

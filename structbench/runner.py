@@ -36,6 +36,11 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
     except BaseException:
         writer.finish("failed")
         raise
+    if suite.assess is not None:
+        reasons = suite.assess(writer.rows)
+        writer.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
+        for reason in reasons:
+            _log(f"unreliable: {reason}")
     writer.finish("complete")
     return writer.run_dir
 

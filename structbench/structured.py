@@ -61,6 +61,10 @@ class StructuredLinear(nn.Module, abc.ABC):
     plot_color: ClassVar[str | None] = None
     """The family's colour in every figure; without one it gets a palette colour no
     registered family claims."""
+    input_scaling: ClassVar[bool] = True
+    """Whether ``scale_input_`` takes any positive ``d`` (the structure is closed under every
+    diagonal input scaling); a family for which only some ``d`` keep it (a Kronecker sum)
+    sets False and overrides ``_project_weighted``."""
     synthetic_kind: ClassVar[bool] = False
     """Whether the approx suite draws random members of this family as a synthetic kind."""
     mac_handles: ClassVar[dict[str, Callable[[list[Any], list[Any]], int]]] = {}
@@ -156,9 +160,14 @@ class StructuredLinear(nn.Module, abc.ABC):
         """
         return cls.weight_params(out_features, in_features, **hparams)
 
-    def macs_per_token(self) -> int:
-        """Multiply-adds of one token through the weight; equals the effective params by default."""
+    def kept_params(self) -> int:
+        """The effective parameters of this module's structure: what ``rho`` budgets."""
         return self.effective_params(self.out_features, self.in_features, **self.hparams)
+
+    def macs_per_token(self) -> int:
+        """Multiply-adds of one token through the weight; equals the effective params by default
+        (a Kronecker sum costs more MACs than it stores, and overrides this)."""
+        return self.kept_params()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -183,8 +192,9 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     @property
     def rho(self) -> float:
-        """Kept fraction of the dense weight's (effective) parameters."""
-        return self.macs_per_token() / (self.out_features * self.in_features)
+        """Kept fraction of the dense weight's (effective) parameters; the MACs' fraction is
+        ``macs_per_token() / (m n)``, the same number for every family but the Kronecker sum."""
+        return self.kept_params() / (self.out_features * self.in_features)
 
     @classmethod
     def hparams_for(cls, out_features: int, in_features: int, rho: float) -> Fit:

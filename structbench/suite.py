@@ -61,6 +61,7 @@ class RunContext:
     cache_dir: Path
     config: dict[str, Any]  # the resolved config in use (``--quick``'s overlay already applied)
     log: Callable[[str], None] = print
+    retry_noisy: int = 0  # re-measure a noisy timing up to this many times (``--retry-noisy``)
     rows: Sequence[dict[str, Any]] = ()
     """Rows this run has finished so far, resumed ones included, for a case that builds on
     earlier ones (approx's GD step sweep); ``expand`` orders such cases after their inputs."""
@@ -77,6 +78,10 @@ class Suite:
     run_case: Callable[[dict[str, Any], RunContext], list[dict[str, Any]]]
     schema: Schema
     metrics: dict[str, Metric] = field(default_factory=dict)
+    assess: Callable[[Sequence[dict[str, Any]]], list[str]] | None = None
+    """The run's rows -> why its numbers cannot be trusted (empty: no reason), checked when the
+    run ends; a non-empty answer marks the run ``unreliable`` (kernels: its dense-vs-dense
+    control and its share of noisy rows)."""
 
 
 def case_key(case: dict[str, Any]) -> str:

@@ -224,7 +224,7 @@ def _linear_params(model: Any, cfg: dict[str, Any]) -> int:
     total = 0
     for name, module in model.named_modules():
         if match(name, module):
-            total += module.macs_per_token() if isinstance(module, StructuredLinear) else module.weight.numel()
+            total += module.kept_params() if isinstance(module, StructuredLinear) else module.weight.numel()
     return total
 
 

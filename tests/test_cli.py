@@ -100,7 +100,7 @@ def test_run_writes_every_file(kernels_run: tuple[Path, Path]) -> None:
         assert (run_dir / name).stat().st_size > 0, name
     assert (out / "index.html").exists() and (out / PLOTLY_FILE).stat().st_size > 1_000_000
     rows = read_rows(run_dir)
-    assert len(rows) == 8
+    assert len(rows) == 12  # 2 shapes x 2 token counts x (dense control + 2 families)
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert {(r["family"], r["shape"]) for r in skipped} == {("blockdiag", "odd")}
     assert all("no block count divides" in r["reason"] for r in skipped)
@@ -154,13 +154,13 @@ def test_resume_continues_without_redoing_cases(kernels_run: tuple[Path, Path], 
     monkeypatch.setattr(SUITES, "get", lambda name: dataclasses.replace(real, run_case=lambda c, x: ran.append(c) or real.run_case(c, x)))
     assert main(["--suite", "kernels", "--resume", "--out", str(out), "--threads", "2"]) == 0
     err = capsys.readouterr().err
-    assert "8 cases, 2 already done" in err
+    assert "12 cases, 2 already done" in err
     assert "resuming with --threads 2 (the run started with 1;" in err  # honoured, not silently dropped
     run = load_run(run_dir)
-    assert len(ran) == 6 and run.meta["status"] == "complete" and len(run.meta["resumed"]) == 1
+    assert len(ran) == 10 and run.meta["status"] == "complete" and len(run.meta["resumed"]) == 1
     assert run.meta["cli"]["threads"] == 2 and run.meta["threads_changed"][0]["from"] == 1
     assert (run_dir / "rows.jsonl").read_text().startswith(kept)
-    assert len({r["case_key"] for r in run.rows}) == len(run.rows) == 8
+    assert len({r["case_key"] for r in run.rows}) == len(run.rows) == 12
 
 
 def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:

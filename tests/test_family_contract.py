@@ -35,7 +35,7 @@ class ColumnSubsetLinear(StructuredLinear):
     norm, exact on the family's own members."""
 
     synthetic_kind = True
-    plot_order = 70
+    plot_order = 1000  # after every shipped family
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, columns: int) -> None:
         super().__init__(in_features, out_features, bias)

@@ -6,6 +6,7 @@ import torch
 
 from matrices.gaudi import GaudiLinear, gaudi_mask, hard_mask
 from structbench.errors import StructbenchError
+from structbench.families import build, hparams_for
 from structbench.linalg import relative_error, svd_factors
 
 
@@ -91,3 +92,27 @@ def test_projection_keeps_both_sides_of_a_non_square_layer(shape: tuple[int, int
     assert layer.rho > 0.1  # the hard bands spend most of the budget
     u, v = svd_factors(weight, int(0.2 * m * n / (m + n)))
     assert relative_error(weight, layer.to_dense().detach()) < 1.1 * relative_error(weight, u @ v)
+
+
+def test_eval_caches_follow_every_parameter_change() -> None:
+    """Optimizer-style in-place updates, ``copy_`` and ``load_state_dict`` refresh the band
+    forward's caches by themselves; an edit through ``.data`` (no version counter sees it) is
+    refreshed by ``eval()``."""
+    layer = build("gaudi", 64, 48, **hparams_for("gaudi", 0.5, out_features=48, in_features=64).hparams).double().eval()
+    x = torch.randn(5, 64, dtype=torch.float64)
+
+    def agrees() -> bool:
+        with torch.no_grad():
+            return torch.allclose(layer(x), x @ layer.to_dense().T + layer.bias)
+
+    assert agrees()
+    with torch.no_grad():
+        layer.U.mul_(2.0)
+        layer.loc_in.add_(0.1)
+    assert agrees()
+    layer.load_state_dict({k: v * 1.5 if k == "V" else v for k, v in layer.state_dict().items()})
+    assert agrees()
+    layer.V.data.mul_(3.0)  # invisible to version counters...
+    layer.width_out.data.mul_(0.5)
+    layer.eval()  # ...until the mode is set again
+    assert agrees()

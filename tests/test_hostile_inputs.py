@@ -126,11 +126,11 @@ def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, 
 
 
 def test_a_run_with_no_ok_case_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    odd = TINY.replace("families: [lowrank]", "families: [blockdiag]").replace("tiny: [32, 32]", "odd: [67, 61]")
+    gpu_only = TINY + "modes: [cuda-graph]\n"  # on a CPU every case, the dense control too, is skipped
     out = tmp_path / "results"
-    assert main(["--suite", "kernels", "--config", _config(tmp_path, odd), "--out", str(out)]) == 1
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, gpu_only), "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "0 ok, 1 skipped, 0 error" in captured.out and "no block count divides" in captured.out
+    assert "0 ok, 2 skipped, 0 error" in captured.out and "skipped x2: mode cuda-graph needs --device cuda" in captured.out
     assert captured.err.strip().endswith("error: no case finished ok (see the reasons above)")
     (run_dir,) = (out / "kernels").iterdir()
     assert (run_dir / "report.html").is_file()  # the rows are still published
@@ -140,7 +140,7 @@ def test_the_summary_shows_counts_and_the_headline_table(finished: Path, tmp_pat
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(tmp_path / "again")]) == 0
     out = capsys.readouterr().out
-    assert "kernels: 1 rows: 1 ok, 0 skipped, 0 error, 0 noisy" in out and "geomean_speedup" in out and "lowrank" in out
+    assert "kernels: 2 rows: 2 ok, 0 skipped, 0 error" in out and "geomean_speedup" in out and "lowrank" in out
     (run_dir,) = (tmp_path / "again" / "kernels").iterdir()
     rows = load_run(run_dir).rows
     assert all(r["load_start"] >= 0 and r["load_end"] >= 0 for r in rows)  # machine load per case

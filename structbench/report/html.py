@@ -25,6 +25,7 @@ table.data{border-collapse:collapse;font-size:.85em;margin:1em 0;display:block;o
 table.data th,table.data td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 table.data th{background:#f4f4f8;cursor:pointer;position:sticky;top:0}
 table.data th:hover{background:#e6e6f0} .note{color:#444;max-width:75em}
+.unreliable{background:#fdecea;border:2px solid #c62828;color:#7f0000;padding:.6em 1em;margin:1em 0}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:.5em 1em} .figs>div{min-width:0}
 """
 
@@ -108,4 +109,16 @@ def run_header(run: RunData) -> str:
         "torch": env.get("torch"), "python": env.get("python"), "cases": f"{m.get('n_done')}/{m.get('n_cases')}",
     }
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in cells.items())
-    return f"<table class='meta'>{rows}</table><p class='meta'>{html.escape(m['suite'].get('description', ''))}</p>"
+    return (unreliable_banner(run) + f"<table class='meta'>{rows}</table>"
+            f"<p class='meta'>{html.escape(m['suite'].get('description', ''))}</p>")
+
+
+def unreliable_banner(run: RunData) -> str:
+    """A red box above everything when the run judged its own numbers untrustworthy."""
+    reliability = run.meta.get("reliability") or {}
+    if not reliability.get("unreliable"):
+        return ""
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in reliability.get("reasons", []))
+    return ("<div class='unreliable'><b>Unreliable run: these numbers are not measurements of the kernels "
+            f"alone.</b><ul>{items}</ul>Re-run on an idle machine (or with <code>--retry-noisy</code>); "
+            "<code>compare</code> refuses this run unless <code>--force</code>.</div>")

@@ -1,0 +1,123 @@
+"""Block Tensor-Train, two cores (Qiu et al., "Compute Better Spent", ICML 2024).
+
+Factor ``n = n1 n2`` and ``m = m1 m2``; input column ``j = j1 n2 + j2``, output row
+``i = i1 m2 + i2``. Core 1 ``C1 (n1, n2, m2 r)`` maps each input chunk ``j1`` (``n2``
+values) to ``m2 r`` values; core 2 ``C2 (m2, n1 r, m1)`` maps, for each ``i2``, the ``n1 r``
+values meant for it to ``m1`` outputs:
+
+``W[(i1, i2), (j1, j2)] = sum_a C2[i2, (j1, a), i1] C1[j1, j2, (i2, a)]``.
+
+Params = MACs/token = ``r n1 m2 (n2 + m1)`` (square ``n = m = s^2`` with every factor ``s``:
+``2 r n^1.5``). For each ``(i2, j1)`` the slice ``W[(:, i2), (j1, :)]`` (``m1 x n2``) is a rank-``r``
+product, so truncated SVD per slice is the exact, Frobenius-optimal projection, the same
+per-block SVD as Monarch; ``n1 = m2 = b`` with rank ``min(n, m) / b^2`` is Monarch with ``b``
+blocks (rank 1 when ``n = m = b^2``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from structbench.errors import StructbenchError
+from structbench.initialization import unit_gain_
+from structbench.linalg import block_matmul, svd_factors
+from structbench.registry import register_family
+from structbench.structured import StructuredLinear, check_positive_int, divisors
+
+
+def _check(out_features: int, in_features: int, in_blocks: int, out_blocks: int, rank: int) -> None:
+    if in_features % in_blocks or out_features % out_blocks:
+        raise StructbenchError(f"btt: in_blocks={in_blocks} must divide in_features={in_features} and "
+                               f"out_blocks={out_blocks} must divide out_features={out_features}")
+    most = min(out_features // out_blocks, in_features // in_blocks)
+    if rank > most:
+        raise StructbenchError(f"btt: rank {rank} exceeds min(m1, n2) = {most} for shape {out_features}x{in_features} "
+                               f"with in_blocks={in_blocks}, out_blocks={out_blocks}")
+
+
+@register_family("btt")
+class BTTLinear(StructuredLinear):
+    """``in_blocks = n1`` input chunks, ``out_blocks = m2`` output groups, TT rank ``rank``."""
+
+    plot_order = 70
+    plot_color = "#b6e880"
+    synthetic_kind = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, in_blocks: int, out_blocks: int,
+                 rank: int) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.in_blocks = check_positive_int("in_blocks", in_blocks, self.family)
+        self.out_blocks = check_positive_int("out_blocks", out_blocks, self.family)
+        self.rank = check_positive_int("rank", rank, self.family)
+        _check(out_features, in_features, in_blocks, out_blocks, rank)
+        n1, n2, m2, m1 = in_blocks, in_features // in_blocks, out_blocks, out_features // out_blocks
+        self.C1 = nn.Parameter(torch.empty(n1, n2, m2 * rank))
+        self.C2 = nn.Parameter(torch.empty(m2, n1 * rank, m1))
+        # core 1 sums n2 inputs, core 2 sums n1 r of core 1's outputs: unit gain per core
+        unit_gain_(self.C1, fan_in=n2)
+        unit_gain_(self.C2, fan_in=n1 * rank)
+
+    def _sizes(self) -> tuple[int, int, int, int, int]:
+        n1, m2, r = self.in_blocks, self.out_blocks, self.rank
+        return n1, self.in_features // n1, m2, self.out_features // m2, r
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        n1, n2, m2, m1, r = self._sizes()
+        tokens = x.shape[0]
+        z = torch.bmm(x.view(tokens, n1, n2).transpose(0, 1), self.C1)  # (n1, N, m2 r)
+        z = z.view(n1, tokens, m2, r).permute(2, 1, 0, 3).reshape(m2, tokens, n1 * r)  # (m2, N, n1 r)
+        # output row i1 m2 + i2 comes from group i2, row i1: bias.view(m1, m2)[i1, i2]
+        y = block_matmul(z, self.C2, None if bias is None else bias.view(m1, m2).T)  # (m2, N, m1)
+        return y.permute(1, 2, 0).reshape(tokens, self.out_features)
+
+    def to_dense(self) -> torch.Tensor:
+        n1, n2, m2, m1, r = self._sizes()
+        c1 = self.C1.view(n1, n2, m2, r)
+        c2 = self.C2.view(m2, n1, r, m1)
+        return torch.einsum("bjai,jkba->ibjk", c2, c1).reshape(self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        n1, n2 = self.in_blocks, self.in_features // self.in_blocks
+        self.C1.mul_(d.view(n1, n2, 1))  # core 1 reads input (j1, j2) in row j2 of block j1
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"in_blocks": self.in_blocks, "out_blocks": self.out_blocks, "rank": self.rank}
+
+    @classmethod
+    def weight_params(cls, out_features: int, in_features: int, in_blocks: int, out_blocks: int, rank: int) -> int:
+        n1, n2, m2, m1 = in_blocks, in_features // in_blocks, out_blocks, out_features // out_blocks
+        return rank * n1 * m2 * (n2 + m1)
+
+    @classmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        """Over every factorisation, the largest rank within budget; of those the structure
+        keeping the most parameters, ties going to the most balanced cores (``n1 ~ n2``,
+        ``m1 ~ m2``, what the paper uses)."""
+        budget = rho * out_features * in_features
+        best: tuple[tuple[float, float], dict[str, Any]] | None = None
+        for n1 in divisors(in_features):
+            for m2 in divisors(out_features):
+                n2, m1 = in_features // n1, out_features // m2
+                per_rank = n1 * m2 * (n2 + m1)
+                rank = min(int(budget // per_rank), m1, n2)
+                if rank < 1:
+                    continue
+                balance = abs(math.log(n1 / n2)) + abs(math.log(m1 / m2))
+                score = (rank * per_rank, -balance)
+                if best is None or score > best[0]:
+                    best = (score, {"in_blocks": n1, "out_blocks": m2, "rank": rank})
+        if best is None:
+            raise StructbenchError(f"btt: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
+        return best[1]
+
+    def _project(self, weight: torch.Tensor) -> None:
+        n1, n2, m2, m1, r = self._sizes()
+        slices = weight.reshape(m1, m2, n1, n2).permute(1, 2, 0, 3)  # (i2, j1, i1, j2)
+        u, v = svd_factors(slices, r)  # (m2, n1, m1, r), (m2, n1, r, n2)
+        self.C2.copy_(u.permute(0, 1, 3, 2).reshape(m2, n1 * r, m1))  # C2[i2, (j1, a), i1]
+        self.C1.copy_(v.permute(1, 3, 0, 2).reshape(n1, n2, m2 * r))  # C1[j1, j2, (i2, a)]

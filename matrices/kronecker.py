@@ -1,0 +1,159 @@
+"""Sum of ``rank`` Kronecker products, ``W = sum_k A_k (x) B_k`` (Van Loan & Pitsianis 1993;
+the structure of Kronecker-compressed LLMs such as krony-PT and ProcrustesGPT).
+
+``A_k`` is ``m1 x n1`` and ``B_k`` is ``m2 x n2`` with ``m = m1 m2``, ``n = n1 n2``:
+``W[i1 m2 + i2, j1 n2 + j2] = sum_k A[k, i1, j1] B[k, i2, j2]``. The forward views a token
+as ``X (n1, n2)`` and computes ``sum_k A_k X B_k^T`` as two matmuls over all ``k`` at once,
+contracting first whichever side is cheaper, never forming ``W``.
+
+**Parameters and MACs differ.** It stores ``r (m1 n1 + m2 n2)`` numbers (what ``rho``
+budgets, as for compression) but costs ``r min(m2 n1 (n2 + m1), m1 n2 (n1 + m2))`` MACs per
+token, usually far more than it stores (about ``sqrt(n)`` times for balanced factors), so its
+``macs_per_token`` overrides the default and the kernels suite's ideal speedup, taken from
+MACs, can be below 1.
+
+Projection: rearrange ``W`` into the ``(m1 n1) x (m2 n2)`` matrix ``R(W)`` whose row
+``(i1, j1)`` is block ``W[i1 m2:(i1+1) m2, j1 n2:(j1+1) n2]`` flattened; a sum of ``r``
+Kronecker products is exactly a rank-``r`` ``R(W)``, so the truncated SVD of ``R(W)`` is the
+exact, Frobenius-optimal projection.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structbench import weighted
+from structbench.errors import StructbenchError
+from structbench.initialization import unit_gain_
+from structbench.linalg import svd_factors
+from structbench.registry import register_family
+from structbench.structured import StructuredLinear, check_positive_int, divisors
+
+
+def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
+    """MACs per token contracting ``B`` first (``X B^T``, then ``A``) and ``A`` first."""
+    return rank * m2 * n1 * (n2 + m1), rank * m1 * n2 * (n1 + m2)
+
+
+@register_family("kronecker")
+class KroneckerLinear(StructuredLinear):
+    """``out_factor = m1`` and ``in_factor = n1`` (the sizes of ``A_k``), ``rank`` terms."""
+
+    plot_order = 80
+    plot_color = "#ff97ff"
+    synthetic_kind = True
+    input_scaling = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, out_factor: int, in_factor: int,
+                 rank: int) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.out_factor = check_positive_int("out_factor", out_factor, self.family)
+        self.in_factor = check_positive_int("in_factor", in_factor, self.family)
+        self.rank = check_positive_int("rank", rank, self.family)
+        if out_features % out_factor or in_features % in_factor:
+            raise StructbenchError(f"kronecker: out_factor={out_factor} must divide out_features={out_features} and "
+                                   f"in_factor={in_factor} must divide in_features={in_features}")
+        m1, n1, m2, n2 = out_factor, in_factor, out_features // out_factor, in_features // in_factor
+        if rank > min(m1 * n1, m2 * n2):
+            raise StructbenchError(f"kronecker: rank {rank} exceeds min(m1 n1, m2 n2) = {min(m1 * n1, m2 * n2)}")
+        self.A = nn.Parameter(torch.empty(rank, m1, n1))
+        self.B = nn.Parameter(torch.empty(rank, m2, n2))
+        # y sums r terms of n1 n2 products: each factor at unit gain, the sum scaled by 1/sqrt(r)
+        unit_gain_(self.A, fan_in=n1 * rank)
+        unit_gain_(self.B, fan_in=n2)
+
+    def _sizes(self) -> tuple[int, int, int, int, int]:
+        m1, n1 = self.out_factor, self.in_factor
+        return m1, n1, self.out_features // m1, self.in_features // n1, self.rank
+
+    def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        m1, n1, m2, n2, r = self._sizes()
+        tokens = x.shape[0]
+        b_first, a_first = _macs(m1, n1, m2, n2, r)
+        if b_first <= a_first:
+            t = F.linear(x.view(tokens, n1, n2), self.B.reshape(r * m2, n2))  # (N, j1, (k, i2))
+            t = t.view(tokens, n1, r, m2).permute(0, 3, 2, 1).reshape(tokens, m2, r * n1)  # (N, i2, (k, j1))
+            y = F.linear(t, self.A.permute(1, 0, 2).reshape(m1, r * n1))  # (N, i2, i1)
+            if bias is not None:
+                y = y + bias.view(m1, m2).T
+            return y.transpose(1, 2).reshape(tokens, self.out_features)
+        t = F.linear(x.view(tokens, n1, n2).transpose(1, 2), self.A.reshape(r * m1, n1))  # (N, j2, (k, i1))
+        t = t.view(tokens, n2, r, m1).permute(0, 3, 2, 1).reshape(tokens, m1, r * n2)  # (N, i1, (k, j2))
+        y = F.linear(t, self.B.permute(1, 0, 2).reshape(m2, r * n2))  # (N, i1, i2)
+        if bias is not None:
+            y = y + bias.view(m1, m2)
+        return y.reshape(tokens, self.out_features)
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.einsum("kac,kbd->abcd", self.A, self.B).reshape(self.out_features, self.in_features)
+
+    @torch.no_grad()
+    def scale_input_(self, d: torch.Tensor) -> None:
+        """``W diag(d)`` is again a Kronecker sum of the same shape exactly when ``diag(d)`` is a
+        Kronecker product, ``d = d1 (x) d2``; any other ``d`` is refused (``input_scaling``)."""
+        _, n1, _, n2, _ = self._sizes()
+        grid = d.view(n1, n2).to(self.A.dtype)
+        d1, d2 = svd_factors(grid, 1)
+        if torch.linalg.matrix_norm(d1 @ d2 - grid) > 100 * torch.finfo(grid.dtype).eps * torch.linalg.matrix_norm(grid):
+            raise StructbenchError(f"kronecker: W diag(d) keeps the structure only for d = d1 (x) d2 with d1 of "
+                                   f"size {n1} and d2 of size {n2}; this d is not such a product")
+        self.A.mul_(d1.view(1, 1, n1))
+        self.B.mul_(d2.view(1, 1, n2))
+
+    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
+                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+        """A diagonal Gram is not a Kronecker scaling in general, so the start is the plain
+        (Frobenius-optimal) projection of ``W``, then the same Adam refinement on the weighted
+        loss as every family without a closed form; an isotropic Gram (``G = c I``, for which
+        the plain projection is already optimal) skips it."""
+        weighted.check_refine(refine_steps, refine_lr, self.family)
+        white = weighted.whitening(gram, damp)
+        self._project(weight)
+        if not (white.diagonal and bool((white.scale == white.scale[0]).all())):
+            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return {"out_factor": self.out_factor, "in_factor": self.in_factor, "rank": self.rank}
+
+    @classmethod
+    def weight_params(cls, out_features: int, in_features: int, out_factor: int, in_factor: int, rank: int) -> int:
+        return rank * (out_factor * in_factor + (out_features // out_factor) * (in_features // in_factor))
+
+    def macs_per_token(self) -> int:
+        return min(_macs(*self._sizes()))
+
+    @classmethod
+    def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
+        """Over every factorisation with both factors true matrices (every side >= 2: with
+        ``m1 = n2 = 1`` a Kronecker sum is just a low-rank matrix), the most terms within the
+        parameter budget (``m1 n1 ~ m2 n2`` costs the least per term); ties go to more
+        parameters kept, then to the most balanced factors (``m1 ~ m2``, ``n1 ~ n2``)."""
+        budget = rho * out_features * in_features
+        best: tuple[tuple[float, float, float], dict[str, Any]] | None = None
+        for m1 in divisors(out_features):
+            for n1 in divisors(in_features):
+                m2, n2 = out_features // m1, in_features // n1
+                if min(m1, n1, m2, n2) < 2:
+                    continue
+                per_rank = m1 * n1 + m2 * n2
+                rank = min(int(budget // per_rank), m1 * n1, m2 * n2)
+                if rank < 1:
+                    continue
+                score = (rank, rank * per_rank, -abs(math.log(m1 / m2)) - abs(math.log(n1 / n2)))
+                if best is None or score > best[0]:
+                    best = (score, {"out_factor": m1, "in_factor": n1, "rank": rank})
+        if best is None:
+            raise StructbenchError(f"kronecker: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
+        return best[1]
+
+    def _project(self, weight: torch.Tensor) -> None:
+        m1, n1, m2, n2, r = self._sizes()
+        rearranged = weight.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)  # R(W)
+        u, v = svd_factors(rearranged, r)  # (m1 n1, r), (r, m2 n2)
+        self.A.copy_(u.T.reshape(r, m1, n1))
+        self.B.copy_(v.reshape(r, m2, n2))
