@@ -333,6 +333,14 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     blast = [r for r in rerun.rows if r["family"] == "blast"][0]
     assert blast["projection_cached"] and blast["projection_seconds"] is None
     assert blast["perplexity"] == pytest.approx(rows[("blast", 0.5, False)]["perplexity"])
+    # the re-trained twin of a calibrated case restores the twin's cached factors (no calibration
+    # needed to restore them) and trains from there
+    assert _bench([*common, "--families", "lowrank", "--set", "rhos=[0.5]", "--set", "objectives=[calibrated]",
+                   "--set", "retrain_steps=2", "--set", "retrain.rhos=[0.5]", "--set", "retrain.dense=false"]) == 0
+    calibrated = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    assert all(r["status"] == "ok" for r in calibrated.rows), [r["reason"] for r in calibrated.rows]
+    twin = [r for r in calibrated.rows if r["retrained"]]
+    assert len(twin) == 1 and twin[0]["projection_cached"] and twin[0]["retrain_loss_last"] > 0
     capsys.readouterr()
     assert _bench([*common, "--set", "tasks.names=[hellaswag]"]) == 2
     assert "tasks.names" in capsys.readouterr().err

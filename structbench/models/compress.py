@@ -77,11 +77,9 @@ def compress(
     """
     if objective not in OBJECTIVES:
         raise StructbenchError(f"objective {objective!r} not understood; accepted: {', '.join(OBJECTIVES)}")
-    if objective == "calibrated" and calibration is None:
-        raise StructbenchError("the calibrated objective needs calibration text or Grams")
     include = decoder_filter(layers, projections)
     cache = Path(cache_file) if cache_file is not None else None
-    if cache is not None and cache.is_file():
+    if cache is not None and cache.is_file():  # restoring needs no calibration: the factors are fitted
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         swap_linears(model, family, rho, include=include, project=False, measure_error=False)
         modules = dict(model.named_modules())
@@ -91,6 +89,8 @@ def compress(
             modules[name].load_state_dict(state)
         return [SwapRecord(**{**r, "shape": tuple(r["shape"])}) for r in saved["records"]]
     calibrated = objective == "calibrated"
+    if calibrated and calibration is None:
+        raise StructbenchError("the calibrated objective needs calibration text or Grams")
     if isinstance(calibration, Calibration) and calibration.mode == "sequential" and calibrated:
         records: list[SwapRecord] = []
         wanted = None if layers is None else set(layers)
