@@ -28,6 +28,14 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_OUT = Path("results")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (the run is marked ``interrupted`` and published), exit 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise StructbenchError(f"{message} (see --help)")
@@ -131,10 +139,16 @@ def _run(args: argparse.Namespace) -> int:
     from structbench.runner import run_suite
 
     root = writer.run_dir.parent.parent
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         run_suite(suite, writer, ctx)
     finally:  # an interrupted or failed run still gets tables and a report of what it finished
-        _publish_uninterrupted(writer.run_dir, root)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the publishing
+        try:
+            _publish_uninterrupted(writer.run_dir, root)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            writer.close()
     run = load_run(writer.run_dir)
     print(summary(run))
     if (run.meta.get("reliability") or {}).get("unreliable"):
@@ -192,7 +206,8 @@ def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
         if args.suite and run.suite != args.suite:
             raise StructbenchError(f"--resume {args.resume} is a {run.suite} run, not {args.suite}")
     suite = SUITES.get(run.suite)
-    return suite, _writable(lambda: RunWriter.reopen(run.run_dir, suite), run.run_dir)
+    return suite, _writable(lambda: RunWriter.reopen(run.run_dir, suite, warn=lambda msg: print(msg, file=sys.stderr)),
+                            run.run_dir)
 
 
 def _report(argv: Sequence[str]) -> int:
@@ -249,5 +264,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StructbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:
+        return 143 if isinstance(stop, Terminated) else 130

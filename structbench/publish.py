@@ -22,7 +22,7 @@ from structbench import report
 from structbench.errors import StructbenchError
 from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
 from structbench.report.tables import markdown, write_tables
-from structbench.results import RunData, list_runs, load_run
+from structbench.results import RunData, list_runs, load_run, shown_status
 
 ReportFn = Callable[[RunData], list[Section]]
 
@@ -77,7 +77,7 @@ def index(root: str | Path) -> Path:
             "threads": m.get("env", {}).get("threads"),
             "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
             "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
-            "status": m.get("status"), "rows": len(run.rows),
+            "status": shown_status(run), "rows": len(run.rows),
         })
     body = table_html(pd.DataFrame(rows), escape=False) if rows else \
         "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"

@@ -19,10 +19,12 @@ one stores the suite's current schema.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import functools
 import json
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,15 +174,72 @@ def list_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> li
     return sorted(runs, key=lambda r: r.meta.get("started") or "", reverse=True)
 
 
-class RunWriter:
-    """Owns one run folder: appends rows as they finish and keeps run.json current."""
+LOCK_FILE = ".lock"
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any]) -> None:
+
+def is_live(run_dir: Path) -> bool:
+    """Whether some process holds the run's lock (is writing it now)."""
+    path = run_dir / LOCK_FILE
+    if not path.exists():
+        return False
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def shown_status(run: RunData) -> str:
+    """The status to show: a run stored as ``running`` that nobody holds was killed (``crashed``;
+    ``--resume`` continues it)."""
+    status = run.meta.get("status") or "?"
+    return "crashed" if status == "running" and not is_live(run.run_dir) else status
+
+
+def _cut_partial_line(run_dir: Path, warn: Callable[[str], None]) -> None:
+    """A kill mid-append leaves a last line without its newline; appending would glue the next
+    row onto it and lose both. Cut it off, saying which case will run again."""
+    path = run_dir / "rows.jsonl"
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    fragment = data[keep:].decode("utf-8", "replace")
+    match = re.search(r'"case_key": "((?:[^"\\]|\\.)*)', fragment)
+    case = json.loads(f'"{match.group(1)}"') if match and match.group(0).endswith(match.group(1)) else None
+    with path.open("r+b") as fh:
+        fh.truncate(keep)
+    warn(f"warning: cut off a partial last row of {path} ({len(data) - keep} bytes"
+         + (f", case {case}" if case else "") + "); that case runs again")
+
+
+class RunWriter:
+    """Owns one run folder: appends rows as they finish and keeps run.json current. It holds
+    an exclusive lock on the folder for its lifetime, so a second process resuming or writing
+    the same run is refused instead of doubling its rows."""
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any], warn: Callable[[str], None] | None = None) -> None:
         self.run_dir = run_dir
         self.meta = meta
-        self.rows = read_rows(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (run_dir / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StructbenchError(f"{run_dir} is being written by another process; wait for it to finish "
+                                   "(or stop it) before resuming") from None
+        _cut_partial_line(run_dir, warn or (lambda message: None))
+        self.rows = read_rows(run_dir)
         self._flush_meta()
+
+    def close(self) -> None:
+        """Release the folder's lock (also released when the process ends)."""
+        self._lock.close()
 
     @classmethod
     def create(cls, out: Path, suite: Suite, config: dict[str, Any], cli: dict[str, Any], seed: int) -> "RunWriter":
@@ -188,10 +247,15 @@ class RunWriter:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         device = str(cli.get("device", "cpu")).replace(":", "")
         name = f"{stamp}-{device}-{(git['commit'] or 'nogit')[:8]}"
+        (out / suite.name).mkdir(parents=True, exist_ok=True)
         run_dir, n = out / suite.name / name, 1
-        while run_dir.exists():  # two runs started in the same second must not share rows
-            n += 1
-            run_dir = out / suite.name / f"{name}-{n}"
+        while True:  # exclusive: two runs started in the same second never share a folder
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_dir = out / suite.name / f"{name}-{n}"
         meta = {
             "schema_version": SCHEMA_VERSION,
             "suite": {"name": suite.name, "version": suite.version, "description": suite.description},
@@ -211,7 +275,7 @@ class RunWriter:
         return cls(run_dir, meta)
 
     @classmethod
-    def reopen(cls, run_dir: Path, suite: Suite) -> "RunWriter":
+    def reopen(cls, run_dir: Path, suite: Suite, warn: Callable[[str], None] | None = None) -> "RunWriter":
         """Continue a stored run; one of schema 1 gains the suite's schema and drops its row copy."""
         meta = json.loads((run_dir / "run.json").read_text())
         meta.pop("rows", None)
@@ -221,7 +285,7 @@ class RunWriter:
             meta["schema"] = suite.schema.to_json()
         meta["status"] = "running"
         meta.setdefault("resumed", []).append(now())
-        return cls(run_dir, meta)
+        return cls(run_dir, meta, warn)
 
     def done_keys(self) -> set[str]:
         return {row["case_key"] for row in self.rows if "case_key" in row}

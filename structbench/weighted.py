@@ -34,12 +34,19 @@ class Weighable(Protocol):
     """What the shared weighted projection needs of a family (``StructuredLinear`` has it all)."""
 
     family: str
+    in_features: int
+    out_features: int
 
     def scale_input_(self, d: torch.Tensor) -> None: ...
 
     def refine_parameters(self) -> list[nn.Parameter]: ...
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
+
+    def to_dense(self) -> torch.Tensor: ...
+
+    def macs_per_token(self) -> int: ...
+
 
 DAMP = 1e-4
 """Default ridge relative to the Gram's mean diagonal: enough to keep every ``S`` invertible,
@@ -143,7 +150,12 @@ def check_refine(steps: Any, lr: Any, family: str) -> None:
 def refine(module: Weighable, weight: torch.Tensor, white: Whitening, *, steps: int = REFINE_STEPS,
            lr: float = REFINE_LR, progress: Callable[[int, float], None] | None = None) -> list[float]:
     """Adam on ``||(W - What) S||^2 / ||W S||^2`` over ``module.refine_parameters()``, keeping the
-    best iterate (the start included). Returns the relative weighted error after each step."""
+    best iterate (the start included). Returns the relative weighted error after each step.
+
+    ``What S`` is the family's own forward on the ``n`` rows of ``S^T``, unless that forward
+    costs more MACs per token than a dense product (a Kronecker sum, about ``sqrt(n)`` times
+    more): then ``S^T What^T`` through ``to_dense()``, the same loss (forward equals
+    ``to_dense``) at a fraction of the cost."""
     check_refine(steps, lr, module.family)
     params = [p for p in module.refine_parameters() if p.numel()]
     if steps == 0 or not params:
@@ -156,14 +168,20 @@ def refine(module: Weighable, weight: torch.Tensor, white: Whitening, *, steps: 
     opt = torch.optim.Adam(groups)
     best = [p.detach().clone() for p in params]
     errors: list[float] = []
+    if module.macs_per_token() > module.out_features * module.in_features:
+        def apply() -> torch.Tensor:
+            return probe @ module.to_dense().T
+    else:
+        def apply() -> torch.Tensor:
+            return module._forward(probe, None)
     with torch.enable_grad():
         for p in params:
             p.requires_grad_(True)
         with torch.no_grad():
-            best_loss = float((module._forward(probe, None) - target).square().sum() / norm2)
+            best_loss = float((apply() - target).square().sum() / norm2)
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = (module._forward(probe, None) - target).square().sum() / norm2
+            loss = (apply() - target).square().sum() / norm2
             loss.backward()
             value = float(loss.detach())
             if value < best_loss:  # the loss of the parameters before this step
@@ -175,7 +193,7 @@ def refine(module: Weighable, weight: torch.Tensor, white: Whitening, *, steps: 
             if progress is not None:
                 progress(step + 1, errors[-1])
         with torch.no_grad():
-            final = float((module._forward(probe, None) - target).square().sum() / norm2)
+            final = float((apply() - target).square().sum() / norm2)
             if final >= best_loss:
                 for keep, p in zip(best, params):
                     p.copy_(keep)

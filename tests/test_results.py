@@ -68,6 +68,7 @@ def test_a_row_cut_short_by_a_kill_is_ignored(tmp_path: Path) -> None:
     with (writer.run_dir / "rows.jsonl").open("a") as fh:
         fh.write('{"case_key": "b", "sta')
     assert [r["case_key"] for r in load_run(writer.run_dir).rows] == ["a"]
+    writer.close()  # the killed process's lock goes with it
     assert RunWriter.reopen(writer.run_dir, _stub_suite()).done_keys() == {"a"}
 
 

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from structbench.report.tables import display_frame
-from structbench.results import RunData
+from structbench.results import RunData, shown_status
 
 # Versioned: a report keeps loading the plotly.js its figures were written for after an upgrade.
 PLOTLY_FILE = f"plotly-{get_plotlyjs_version()}.min.js"
@@ -103,7 +103,7 @@ def run_header(run: RunData) -> str:
     env, git, cli = m.get("env", {}), m.get("git", {}), m.get("cli", {})
     commit = (git.get("commit") or "no git")[:10] + (" (dirty)" if git.get("dirty") else "")
     cells = {
-        "suite": f"{m['suite']['name']} v{m['suite']['version']}", "status": m.get("status"),
+        "suite": f"{m['suite']['name']} v{m['suite']['version']}", "status": shown_status(run),
         "started": m.get("started"), "finished": m.get("finished"), "device": env.get("device_name"),
         "dtype": cli.get("dtype"), "threads": env.get("threads"), "quick": cli.get("quick"), "commit": commit,
         "torch": env.get("torch"), "python": env.get("python"), "cases": f"{m.get('n_done')}/{m.get('n_cases')}",
