@@ -43,7 +43,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _run_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="bench.py", description="Benchmark structured weight matrices against dense.",
-                      epilog="Subcommands: 'bench.py report [RUN_DIR ...]', 'bench.py compare RUN_A RUN_B'.")
+                      epilog="Subcommands: 'bench.py report [RUN_DIR ...]', 'bench.py compare RUN_A RUN_B', "
+                             "'bench.py merge SHARD_DIR ...'.")
     p.add_argument("--suite", help="suite to run (see --list)")
     p.add_argument("--list", action="store_true", help="list suites and families, then exit")
     p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
@@ -56,6 +57,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with --resume, the run's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N) of the cases, chosen by a hash "
+                   "of each case; merge the shards' folders with 'bench.py merge'")
     p.add_argument("--retry-noisy", type=int, default=0, metavar="K",
                    help="re-measure a case whose timing is noisy up to K more times (kernels; default 0)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
@@ -129,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.retry_noisy < 0:
             raise StructbenchError(f"--retry-noisy must be >= 0, got {args.retry_noisy}")
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
-               "retry_noisy": args.retry_noisy,
+               "retry_noisy": args.retry_noisy, **({"shard": _check_shard(args.shard)} if args.shard else {}),
                "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
         writer = _writable(lambda: RunWriter.create(args.out, suite, config, cli, args.seed), args.out)
     torch.set_num_threads(cli["threads"])
@@ -184,6 +187,13 @@ def _publish_uninterrupted(run_dir: Path, root: Path) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def _check_shard(text: str) -> list[int]:
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise StructbenchError(f"--shard {text!r} not understood; accepted: I/N with 0 <= I < N, e.g. 0/4")
+    return [int(index), int(count)]
+
+
 def _check_threads(threads: int) -> int:
     if threads < 1:
         raise StructbenchError(f"--threads must be >= 1, got {threads}")
@@ -193,7 +203,8 @@ def _check_threads(threads: int) -> int:
 def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
     """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
     given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
-                                      ("--set", args.set), ("--device", args.device), ("--dtype", args.dtype))
+                                      ("--set", args.set), ("--device", args.device), ("--dtype", args.dtype),
+                                      ("--shard", args.shard))
              if value]
     if given:
         raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
@@ -219,6 +230,47 @@ def _report(argv: Sequence[str]) -> int:
         [r.run_dir for r in list_runs(args.out, warn=lambda msg: print(msg, file=sys.stderr))]
     publish(runs, args.out)
     print(f"rebuilt {len(runs)} report(s); index: {args.out / 'index.html'}")
+    return 0
+
+
+def _merge(argv: Sequence[str]) -> int:
+    p = OneLineParser(prog="bench.py merge", description="Merge the folders of one run's shards into one run.")
+    p.add_argument("runs", nargs="+", type=Path, help="the shard run folders")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    shards = [load_run(r) for r in args.runs]
+    first = shards[0]
+    for name, of in (("suite", lambda r: (r.suite, r.meta["suite"].get("version"))), ("config", lambda r: r.meta.get("config")),
+                     ("commit", lambda r: r.meta.get("git", {}).get("commit")),
+                     ("shard count", lambda r: (r.meta.get("cli", {}).get("shard") or [0, 1])[1])):
+        differ = [r.run_dir for r in shards if of(r) != of(first)]
+        if differ:
+            raise StructbenchError(f"merge: {differ[0]} has another {name} than {first.run_dir}; merge shards of one run")
+    taken = [tuple(r.meta.get("cli", {}).get("shard") or [0, 1]) for r in shards]
+    if len(set(taken)) != len(taken):
+        raise StructbenchError(f"merge: shard {sorted(set(t for t in taken if taken.count(t) > 1))[0]} given twice")
+    rows = [row for r in shards for row in r.rows]
+    keys = [row.get("case_key") for row in rows]
+    if len(set(keys)) != len(keys):
+        raise StructbenchError("merge: two shards hold the same case; merge shards of one run")
+    suite = SUITES.get(first.suite)
+    cli = {k: v for k, v in first.meta.get("cli", {}).items() if k != "shard"}
+    writer = _writable(lambda: RunWriter.create(args.out, suite, first.meta["config"], cli, first.meta.get("seed", 0)),
+                       args.out)
+    writer.meta.update(merged_from=[str(r.run_dir) for r in shards],
+                       n_cases=sum(r.meta.get("n_cases") or 0 for r in shards))
+    writer.append(rows)
+    if suite.assess is not None:  # the guard judges the merged rows as one run
+        reasons = suite.assess(rows)
+        writer.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
+    count = taken[0][1]
+    whole = len(taken) == count and all(r.meta.get("status") == "complete" for r in shards)
+    writer.finish("complete" if whole else "interrupted")
+    writer.close()
+    publish([writer.run_dir], args.out)
+    print(summary(load_run(writer.run_dir)))
+    print(f"merged {len(shards)} of {count} shard(s), {len(rows)} rows -> {writer.run_dir}"
+          + ("" if whole else " (shards missing or unfinished: status interrupted)"))
     return 0
 
 
@@ -257,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(argv[1:])
         if argv and argv[0] == "compare":
             return _compare(argv[1:])
+        if argv and argv[0] == "merge":
+            return _merge(argv[1:])
         args = _run_parser().parse_args(argv)
         if args.list:
             return _list()

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from structbench.errors import StructbenchError
 from structbench.results import RunWriter
-from structbench.suite import RunContext, Suite, case_key
+from structbench.suite import RunContext, Suite, case_key, shard_of
 
 
 
@@ -47,6 +47,10 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
 
 def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
     cases = suite.expand(ctx.config)
+    shard = writer.meta.get("cli", {}).get("shard")
+    if shard:  # --shard I/N: a deterministic part of the cases, for other machines to run the rest
+        index, count = shard
+        cases = [c for c in cases if shard_of(c, suite.schema.shard_keys, count) == index]
     ctx.rows = writer.rows  # the live list: each case sees the rows of those before it
     ctx.log = _log  # suite messages go through the bar's writer, never glued onto the bar
     done = writer.done_keys()

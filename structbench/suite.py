@@ -10,6 +10,7 @@ what they need in the stored run, not in the suite.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,9 @@ class Schema:
     """Headline metric -> the column of its raw samples, for ``compare``'s rank test."""
     compare_on: tuple[str, ...] = ()
     """Row fields two runs' rows must share to be compared (default: ``case_keys``)."""
+    shard_keys: tuple[str, ...] = ()
+    """Case fields that keep cases together in one ``--shard`` (cases that read earlier ones'
+    rows, like approx's GD sweep); empty: every case is placed on its own."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -87,3 +91,10 @@ class Suite:
 def case_key(case: dict[str, Any]) -> str:
     """Stable identity of a case, used to skip finished cases on ``--resume``."""
     return json.dumps(case, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def shard_of(case: dict[str, Any], keys: Sequence[str], shards: int) -> int:
+    """Which of ``shards`` shards runs ``case``: a hash of its ``keys`` fields (of the whole
+    case without keys), the same on every machine and in every process."""
+    what = case_key({k: case.get(k) for k in keys} if keys else case)
+    return int(hashlib.sha1(what.encode()).hexdigest(), 16) % shards

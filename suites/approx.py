@@ -395,7 +395,8 @@ SUITE = Suite(
     expand=expand,
     run_case=run_case,
     schema=Schema(case_keys=("experiment", "source", "matrix", "layer", "family", "rho", "objective", "method"),
-                  headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors")),
+                  headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors"),
+                  shard_keys=("source", "matrix", "layer")),  # a GD sweep stays with the cases reading it
     metrics={
         "rel_error": Metric("", higher_is_better=False, description="||W - What||_F / ||W||_F"),
         "weighted_error": Metric("", higher_is_better=False, description="||(W - What) X||_F / ||W X||_F on the "
