@@ -18,6 +18,7 @@ from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
 from structbench.models.weights import cache_root
 from structbench.overrides import apply_overrides
+from structbench.merge import merge_shards
 from structbench.publish import publish, summary
 from structbench.families import get_family, list_families
 from structbench.results import RunWriter, list_runs, load_run
@@ -239,38 +240,14 @@ def _merge(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     shards = [load_run(r) for r in args.runs]
-    first = shards[0]
-    for name, of in (("suite", lambda r: (r.suite, r.meta["suite"].get("version"))), ("config", lambda r: r.meta.get("config")),
-                     ("commit", lambda r: r.meta.get("git", {}).get("commit")),
-                     ("shard count", lambda r: (r.meta.get("cli", {}).get("shard") or [0, 1])[1])):
-        differ = [r.run_dir for r in shards if of(r) != of(first)]
-        if differ:
-            raise StructbenchError(f"merge: {differ[0]} has another {name} than {first.run_dir}; merge shards of one run")
-    taken = [tuple(r.meta.get("cli", {}).get("shard") or [0, 1]) for r in shards]
-    if len(set(taken)) != len(taken):
-        raise StructbenchError(f"merge: shard {sorted(set(t for t in taken if taken.count(t) > 1))[0]} given twice")
-    rows = [row for r in shards for row in r.rows]
-    keys = [row.get("case_key") for row in rows]
-    if len(set(keys)) != len(keys):
-        raise StructbenchError("merge: two shards hold the same case; merge shards of one run")
-    suite = SUITES.get(first.suite)
-    cli = {k: v for k, v in first.meta.get("cli", {}).items() if k != "shard"}
-    writer = _writable(lambda: RunWriter.create(args.out, suite, first.meta["config"], cli, first.meta.get("seed", 0)),
-                       args.out)
-    writer.meta.update(merged_from=[str(r.run_dir) for r in shards],
-                       n_cases=sum(r.meta.get("n_cases") or 0 for r in shards))
-    writer.append(rows)
-    if suite.assess is not None:  # the guard judges the merged rows as one run
-        reasons = suite.assess(rows)
-        writer.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
-    count = taken[0][1]
-    whole = len(taken) == count and all(r.meta.get("status") == "complete" for r in shards)
-    writer.finish("complete" if whole else "interrupted")
-    writer.close()
+    suite = SUITES.get(shards[0].suite)
+    writer = _writable(lambda: merge_shards(shards, suite, args.out), args.out)
     publish([writer.run_dir], args.out)
-    print(summary(load_run(writer.run_dir)))
-    print(f"merged {len(shards)} of {count} shard(s), {len(rows)} rows -> {writer.run_dir}"
-          + ("" if whole else " (shards missing or unfinished: status interrupted)"))
+    run = load_run(writer.run_dir)
+    print(summary(run))
+    count = (shards[0].meta.get("cli", {}).get("shard") or [0, 1])[1]
+    print(f"merged {len(shards)} of {count} shard(s), {len(run.rows)} rows -> {writer.run_dir}"
+          + ("" if run.meta["status"] == "complete" else " (shards missing or unfinished: status interrupted)"))
     return 0
 
 

@@ -300,6 +300,14 @@ class RunWriter:
         self.meta["n_done"] = len(self.done_keys())
         self._flush_meta()
 
+    def judge(self, suite: Suite) -> list[str]:
+        """Store the suite's verdict on this run's rows (``reliability``); its reasons, if any."""
+        if suite.assess is None:
+            return []
+        reasons = suite.assess(self.rows)
+        self.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
+        return reasons
+
     def finish(self, status: str) -> None:
         self.meta["status"] = status
         self.meta["finished"] = now()

@@ -36,11 +36,8 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
     except BaseException:
         writer.finish("failed")
         raise
-    if suite.assess is not None:
-        reasons = suite.assess(writer.rows)
-        writer.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
-        for reason in reasons:
-            _log(f"unreliable: {reason}")
+    for reason in writer.judge(suite):
+        _log(f"unreliable: {reason}")
     writer.finish("complete")
     return writer.run_dir
 
