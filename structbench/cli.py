@@ -58,6 +58,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with --resume, the run's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="where cases run: here, one after another (default), or on Ray")
+    p.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (e.g. auto); default: start a local one")
+    p.add_argument("--workers", type=int, help="CPUs of the local Ray instance (default: all cores)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0 <= I < N) of the cases, chosen by a hash "
                    "of each case; merge the shards' folders with 'bench.py merge'")
     p.add_argument("--retry-noisy", type=int, default=0, metavar="K",
@@ -142,10 +146,18 @@ def _run(args: argparse.Namespace) -> int:
                      retry_noisy=cli.get("retry_noisy", 0))
     from structbench.runner import run_suite
 
+    executor = None
+    if args.executor == "ray":
+        from structbench.ray_executor import RayExecutor
+
+        if args.workers is not None and args.workers < 1:
+            raise StructbenchError(f"--workers must be >= 1, got {args.workers}")
+        executor = RayExecutor(args.ray_address, args.workers)
+
     root = writer.run_dir.parent.parent
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        run_suite(suite, writer, ctx)
+        run_suite(suite, writer, ctx, executor)
     finally:  # an interrupted or failed run still gets tables and a report of what it finished
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the publishing
         try:

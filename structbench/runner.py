@@ -6,15 +6,13 @@ configuration does not cost hours of finished measurements; Ctrl-C marks the run
 """
 from __future__ import annotations
 
-import os
 import sys
-import time
-import traceback
 from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from tqdm import tqdm
 
-from structbench.errors import StructbenchError
+from structbench.cases import run_one
 from structbench.results import RunWriter
 from structbench.suite import RunContext, Suite, case_key, shard_of
 
@@ -24,11 +22,20 @@ def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
-    """Run every case not finished yet; the run's status ends ``complete``, ``interrupted``
-    (Ctrl-C) or ``failed`` (an error outside any case), every finished row kept in all three."""
+class Executor(Protocol):
+    """Somewhere else to run cases (``structbench.ray_executor``): groups of cases in, rows back
+    to ``finished`` as each group ends, the driver writing them."""
+
+    def run(self, suite: Suite, ctx: RunContext, groups: list[list[dict[str, Any]]], rows: list[dict[str, Any]],
+            finished: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]) -> None: ...
+
+
+def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Executor | None = None) -> Path:
+    """Run every case not finished yet, here (``executor`` None) or on an executor; the run's
+    status ends ``complete``, ``interrupted`` (Ctrl-C) or ``failed`` (an error outside any
+    case), every finished row kept in all three."""
     try:
-        _run_cases(suite, writer, ctx)
+        _run_cases(suite, writer, ctx, executor)
     except KeyboardInterrupt:
         writer.finish("interrupted")
         _log(f"interrupted: {writer.meta['n_done']}/{writer.meta['n_cases']} cases kept; resume with --resume {writer.run_dir}")
@@ -42,7 +49,7 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext) -> Path:
     return writer.run_dir
 
 
-def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
+def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Executor | None) -> None:
     cases = suite.expand(ctx.config)
     shard = writer.meta.get("cli", {}).get("shard")
     if shard:  # --shard I/N: a deterministic part of the cases, for other machines to run the rest
@@ -58,24 +65,39 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext) -> None:
     tty = sys.stderr.isatty()
     with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True,
               disable=not tty) as bar:
-        for n, case in enumerate(todo, start=len(cases) - len(todo) + 1):
-            key = case_key(case)
-            label = " ".join(str(case[k]) for k in suite.schema.case_keys if k in case)
-            bar.set_postfix_str(label[:60])
-            start = time.perf_counter()
-            load = os.getloadavg()[0]
-            try:
-                rows = suite.run_case(case, ctx)
-            except StructbenchError as err:
-                rows = [{"status": "skipped", "reason": str(err)}]
-            except Exception as err:  # noqa: BLE001 - recorded with its traceback, run goes on
-                rows = [{"status": "error", "reason": f"{type(err).__name__}: {err}"}]
-                _log(f"error in case {key}:\n{traceback.format_exc()}")
-            elapsed = time.perf_counter() - start
-            machine = {"load_start": load, "load_end": os.getloadavg()[0]}  # 1-minute load averages
-            writer.append([{**case, "status": "ok", "reason": None, **row, "case_key": key, "case_seconds": elapsed,
-                            **machine} for row in rows])
-            bar.update(1)
-            if not tty:
-                statuses = ", ".join(sorted({str(r.get("status", "ok")) for r in rows}))
-                _log(f"[{n}/{len(cases)}] {label}: {statuses} ({elapsed:.1f} s)")
+
+        count = len(cases) - len(todo)  # the bar's own count stays 0 while it is disabled
+
+        def finished(group: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+            nonlocal count
+            writer.append(rows)  # the driver is the only writer, whoever ran the case
+            bar.update(len(group))
+            for case in group:
+                count += 1
+                if not tty:
+                    mine = [r for r in rows if r["case_key"] == case_key(case)]
+                    statuses = ", ".join(sorted({str(r["status"]) for r in mine}))
+                    seconds = mine[0]["case_seconds"] if mine else 0.0
+                    _log(f"[{count}/{len(cases)}] {_label(suite, case)}: {statuses} ({seconds:.1f} s)")
+
+        if executor is None:
+            for case in todo:
+                bar.set_postfix_str(_label(suite, case)[:60])
+                finished([case], run_one(suite, case, ctx))
+        else:
+            executor.run(suite, ctx, groups(suite, todo), writer.rows, finished)
+
+
+def _label(suite: Suite, case: dict[str, Any]) -> str:
+    return " ".join(str(case[k]) for k in suite.schema.case_keys if k in case)
+
+
+def groups(suite: Suite, cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Cases that must run in order in one place (same ``shard_keys`` values: approx's GD sweep
+    and the cases reading it), in expand order; every case on its own otherwise."""
+    if not suite.schema.shard_keys:
+        return [[case] for case in cases]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        found.setdefault(case_key({k: case.get(k) for k in suite.schema.shard_keys}), []).append(case)
+    return list(found.values())

@@ -82,6 +82,9 @@ class Suite:
     run_case: Callable[[dict[str, Any], RunContext], list[dict[str, Any]]]
     schema: Schema
     metrics: dict[str, Metric] = field(default_factory=dict)
+    exclusive: bool = False
+    """Whether a case times the hardware and so must own it: on Ray, every CPU of a node (or its
+    GPU), never shared with another case."""
     assess: Callable[[Sequence[dict[str, Any]]], list[str]] | None = None
     """The run's rows -> why its numbers cannot be trusted (empty: no reason), checked when the
     run ends; a non-empty answer marks the run ``unreliable`` (kernels: its dense-vs-dense

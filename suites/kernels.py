@@ -198,6 +198,7 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
+    exclusive=True,
     assess=assess,
     schema=Schema(
         case_keys=("family", "shape", "rho", "tokens", "mode"),
