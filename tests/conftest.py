@@ -35,3 +35,21 @@ def kernels_run(tmp_path_factory: pytest.TempPathFactory):
     assert main(["--suite", "kernels", "--config", str(config), "--out", str(out), "--threads", "1"]) == 0
     (run_dir,) = (out / "kernels").iterdir()
     return out, run_dir
+
+
+@pytest.fixture()
+def stub_run(tmp_path):  # noqa: ANN001, ANN201 - a factory fixture
+    """A stub suite of ``n`` cases ``{"i": k}`` running ``run_case``, with a fresh run folder and
+    context: ``(suite, writer, ctx)`` for tests of the runner and its executors."""
+    from structbench.results import RunWriter
+    from structbench.suite import RunContext, Schema, Suite
+
+    def make(run_case, n: int):  # noqa: ANN001, ANN202
+        suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=lambda c, where: c,
+                      expand=lambda config: [{"i": i} for i in range(n)], run_case=run_case, schema=Schema(("i",)))
+        writer = RunWriter.create(tmp_path, suite, {}, {"device": "cpu", "threads": 1}, 0)
+        ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=False, run_dir=writer.run_dir,
+                         cache_dir=tmp_path, config={})
+        return suite, writer, ctx
+
+    return make

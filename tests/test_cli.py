@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -181,22 +182,16 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 120
 
 
-def test_runner_shows_progress_and_records_a_crashing_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """k of K with an ETA on stderr; a case that raises is an 'error' row and the run goes on."""
-    from structbench.results import RunWriter
+def test_runner_shows_progress_and_records_a_crashing_case(stub_run: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """k of K on stderr; a case that raises is an 'error' row and the run goes on."""
     from structbench.runner import run_suite
-    from structbench.suite import Schema, Suite
 
     def run_case(case: dict, ctx: RunContext) -> list[dict]:
         if case["i"] == 1:
             raise RuntimeError("kernel exploded")
         return [{"value": case["i"]}]
 
-    suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=lambda c, where: c,
-                  expand=lambda config: [{"i": i} for i in range(3)], run_case=run_case, schema=Schema(("i",)))
-    writer = RunWriter.create(tmp_path, suite, {}, {"device": "cpu", "threads": 1}, 0)
-    ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=False, run_dir=writer.run_dir,
-                     cache_dir=tmp_path, config={})
+    suite, writer, ctx = stub_run(run_case, 3)
     run_suite(suite, writer, ctx)
     err = capsys.readouterr().err
     # not a terminal (pytest captures stderr): one line per finished case, no bar

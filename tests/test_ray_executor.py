@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("ray")
 
 from structbench.cli import main  # noqa: E402
-from structbench.results import RunWriter, load_run  # noqa: E402
+from structbench.results import load_run  # noqa: E402
 from structbench.runner import run_suite  # noqa: E402
-from structbench.suite import RunContext, Schema, Suite  # noqa: E402
+from structbench.suite import RunContext  # noqa: E402
 from tests.test_shards import DETERMINISTIC, TINY  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def test_ray_gives_the_serial_rows(tmp_path: Path) -> None:
     assert all(r["worker"] for r in rows) and load_run(runs["ray"]).meta["status"] == "complete"
 
 
-def test_a_case_whose_worker_dies_is_run_again_once(tmp_path: Path) -> None:
+def test_a_case_whose_worker_dies_is_run_again_once(tmp_path: Path, stub_run: Any) -> None:
     from structbench.ray_executor import RayExecutor
 
     marker = tmp_path / "died"
@@ -45,11 +46,7 @@ def test_a_case_whose_worker_dies_is_run_again_once(tmp_path: Path) -> None:
             os._exit(1)  # the worker process dies mid-case
         return [{"value": case["i"]}]
 
-    suite = Suite(name="stub", version="0", description="", config_path=tmp_path, validate=lambda c, w: c,
-                  expand=lambda config: [{"i": i} for i in range(4)], run_case=run_case, schema=Schema(("i",)))
-    writer = RunWriter.create(tmp_path, suite, {}, {"device": "cpu", "threads": 1}, 0)
-    ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=False, run_dir=writer.run_dir,
-                     cache_dir=tmp_path, config={})
+    suite, writer, ctx = stub_run(run_case, 4)
     run_suite(suite, writer, ctx, RayExecutor(workers=2))
     writer.close()
     run = load_run(writer.run_dir)
