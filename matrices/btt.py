@@ -23,7 +23,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import block_matmul, svd_factors
+from structbench.linalg import interleave_blocks, svd_factors
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -69,9 +69,7 @@ class BTTLinear(StructuredLinear):
         tokens = x.shape[0]
         z = torch.bmm(x.view(tokens, n1, n2).transpose(0, 1), self.C1)  # (n1, N, m2 r)
         z = z.view(n1, tokens, m2, r).permute(2, 1, 0, 3).reshape(m2, tokens, n1 * r)  # (m2, N, n1 r)
-        # output row i1 m2 + i2 comes from group i2, row i1: bias.view(m1, m2)[i1, i2]
-        y = block_matmul(z, self.C2, None if bias is None else bias.view(m1, m2).T)  # (m2, N, m1)
-        return y.permute(1, 2, 0).reshape(tokens, self.out_features)
+        return interleave_blocks(torch.bmm(z, self.C2), bias)  # (m2, N, m1) -> row i1 m2 + i2
 
     def to_dense(self) -> torch.Tensor:
         n1, n2, m2, m1, r = self._sizes()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.linalg import block_matmul, svd_factors
+from structbench.linalg import interleave_blocks, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
@@ -59,9 +59,7 @@ class MonarchLinear(StructuredLinear):
         y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), self.L.transpose(1, 2))  # (b_k, N, q)
         # stride permutation: group l of every chunk k feeds output block l
         y = y.view(b, n_tok, b, r).permute(2, 1, 0, 3).reshape(b, n_tok, b * r)  # (b_l, N, q)
-        # output row i*b + l comes from block l, row i: bias.view(s, b)[i, l]
-        z = block_matmul(y, self.R.transpose(1, 2), None if bias is None else bias.view(-1, b).T)  # (b_l, N, s)
-        return z.permute(1, 2, 0).reshape(n_tok, self.out_features)  # row i*b + l
+        return interleave_blocks(torch.bmm(y, self.R.transpose(1, 2)), bias)  # (b_l, N, s) -> row i*b + l
 
     def to_dense(self) -> torch.Tensor:
         b, r = self.blocks, self._rank

@@ -2,8 +2,12 @@
 
 ``S`` lives on a ``B x B`` grid of ``(m/B) x (n/B)`` tiles; tile ``(i, j)`` is non-zero iff
 ``i == j`` or ``i XOR j == 2^t`` for ``t < k``, so every tile-row holds ``k + 1`` tiles.
-They are stored row-major as ``tiles (B, m/B, (k+1) n/B)``: the forward gathers each
-tile-row's ``k + 1`` input chunks and does one ``bmm``, never building ``S``.
+They are stored row-major as ``tiles (B, m/B, (k+1) n/B)``, each row's tiles in ascending
+column order, and ``S`` is never built. For ``k <= 1`` the tiles fill whole aligned groups of
+``2^k`` rows and columns, so ``S`` is block-diagonal and that storage is already its
+``(B / 2^k, 2^k m/B, 2^k n/B)`` blocks: the forward is one ``bmm`` on a view of the input.
+For ``k >= 2`` it gathers each tile-row's ``k + 1`` input chunks first (``k + 1`` times the
+input's size).
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ from structbench.structured import StructuredLinear, check_positive_int
 
 
 def butterfly_columns(tiles: int, butterfly: int) -> torch.Tensor:
-    """``(B, k+1)`` tile-column indices of each tile-row: ``i`` then ``i XOR 2^t``, ``t < k``."""
+    """``(B, k+1)`` tile-column indices of each tile-row, ``i`` and ``i XOR 2^t`` (``t < k``),
+    in ascending order (which makes the ``k <= 1`` storage block-diagonal, see the module)."""
     rows = torch.arange(tiles).unsqueeze(1)
     offsets = torch.tensor([0] + [1 << t for t in range(butterfly)])
-    return rows ^ offsets
+    return (rows ^ offsets).sort(dim=1).values
 
 
 def _check(out_features: int, in_features: int, tiles: int, butterfly: int, rank: int) -> None:
@@ -77,14 +82,18 @@ class PixelflyLinear(StructuredLinear):
         unit_gain_(self.U, fan_in=rank, share=0.5)
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        n_tok = x.shape[0]
-        gathered = x.view(n_tok, self.tiles, -1)[:, self.columns]  # (N, B, k+1, q)
-        gathered = gathered.reshape(n_tok, self.tiles, -1).transpose(0, 1)  # (B, N, (k+1) q)
-        sparse = torch.bmm(gathered, self.tile_weight.transpose(1, 2))  # (B, N, p)
+        n_tok, group = x.shape[0], self.butterfly + 1
+        if group == 1 << self.butterfly:  # k <= 1: block-diagonal, no gather (at k = 1, 1024x1024: 14 % of the forward)
+            blocks = self.tile_weight.view(self.tiles // group, group * self.tile_weight.shape[1], -1)
+            sparse = torch.bmm(x.view(n_tok, blocks.shape[0], -1).transpose(0, 1), blocks.transpose(1, 2))
+        else:
+            gathered = x.view(n_tok, self.tiles, -1)[:, self.columns]  # (N, B, k+1, q)
+            gathered = gathered.reshape(n_tok, self.tiles, -1).transpose(0, 1)  # (B, N, (k+1) q)
+            sparse = torch.bmm(gathered, self.tile_weight.transpose(1, 2))  # (B, N, p)
         out = F.linear(F.linear(x, self.V), self.U, bias)  # (N, m), bias fused
         # One pass adds the sparse part and undoes its (B, N) layout; in-place is
         # autograd-safe since addmm's backward does not need its output.
-        out.view(n_tok, self.tiles, -1).add_(sparse.transpose(0, 1))
+        out.view(n_tok, sparse.shape[0], -1).add_(sparse.transpose(0, 1))
         return out
 
     def _tile_grid(self) -> torch.Tensor:

@@ -23,6 +23,21 @@ def block_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
     return torch.baddbmm(bias.reshape(a.shape[0], 1, -1), a, b)
 
 
+def interleave_blocks(z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``(b, N, s)`` block outputs as the ``(N, s b)`` rows whose column ``i b + l`` is row ``i`` of
+    block ``l`` (Monarch's and BTT's output order), plus ``bias``, in one pass over the output.
+
+    Adding the bias in that pass replaces ``baddbmm``'s copy of it into the block products'
+    output; the bias goes first so that the sum comes out in the contiguous ``(N, s, b)``
+    order (with the permuted operand first it keeps that operand's layout, and the reshape
+    would copy once more)."""
+    b, tokens, s = z.shape
+    interleaved = z.permute(1, 2, 0)  # (N, s, b)
+    if bias is not None:
+        interleaved = torch.add(bias.view(s, b), interleaved)
+    return interleaved.reshape(tokens, s * b)
+
+
 def relative_error(w: torch.Tensor, approx: torch.Tensor) -> float:
     """``||w - approx||_F / ||w||_F`` (0 for a zero ``w`` only when ``approx`` is zero too)."""
     num = torch.linalg.matrix_norm(w - approx).item()

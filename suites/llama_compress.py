@@ -174,10 +174,11 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
     """One file per everything that changes the projected factors. ``format`` goes up whenever
     a family's ``hparams_for`` or state layout changes, so stale files are never loaded into
     differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer; 3: the
-    objective and, for the calibrated one, the calibration settings)."""
+    objective and, for the calibrated one, the calibration settings; 4: Pixelfly's tiles stored in
+    ascending column order)."""
     key = {"model": model_key(cfg["model"]), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
            "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
-           "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
+           "dtype": ctx.dtype, "objective": case["objective"], "format": 4}
     if case["objective"] == "calibrated":
         from structbench.weighted import REFINE_LR
 

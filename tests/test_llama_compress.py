@@ -206,6 +206,17 @@ def test_compress_caches_factors_and_save_load_roundtrips(tiny_llama: Path, tmp_
         torch.testing.assert_close(plain(ids).logits, reference)
 
 
+def test_a_pixelfly_model_saved_in_an_older_layout_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    model, _ = _load(tiny_llama)
+    compress(model, "pixelfly", 0.5, layers=[1], projections=["o_proj"])
+    folder = save_compressed(model, tmp_path / "saved")
+    load_compressed(folder)  # the current format loads
+    spec = json.loads((folder / "structbench.json").read_text())
+    (folder / "structbench.json").write_text(json.dumps({**spec, "format": 1}))
+    with pytest.raises(StructbenchError, match="format 1.*Pixelfly"):
+        load_compressed(folder)
+
+
 def test_finetune_trains_only_structured_factors_and_norms(tiny_llama: Path) -> None:
     model, _ = _load(tiny_llama)
     compress(model, "lowrank", 0.5, layers=[0], projections=["q_proj", "up_proj"])

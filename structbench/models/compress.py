@@ -32,6 +32,8 @@ LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 """The seven linear maps of a Llama decoder layer (attention q/k/v/o, MLP gate/up/down)."""
 
 STRUCTURE_FILE = "structbench.json"
+STRUCTURE_FORMAT = 2
+"""Goes up when a family's stored layout changes (2: Pixelfly's tiles in ascending column order)."""
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -202,7 +204,7 @@ def save_compressed(model: nn.Module, folder: str | Path, tokenizer: Any = None)
         tokenizer.save_pretrained(folder)
     structure = {name: {"family": m.family, "in_features": m.in_features, "out_features": m.out_features,
                         "bias": m.bias is not None, "hparams": m.hparams} for name, m in _structured(model).items()}
-    (folder / STRUCTURE_FILE).write_text(json.dumps({"format": 1, "layers": structure}, indent=1))
+    (folder / STRUCTURE_FILE).write_text(json.dumps({"format": STRUCTURE_FORMAT, "layers": structure}, indent=1))
     save_model(model, str(folder / WEIGHTS_FILE))
     return folder
 
@@ -216,8 +218,12 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32) -> n
     folder = Path(folder)
     if not (folder / STRUCTURE_FILE).is_file():
         raise StructbenchError(f"{folder} is not a compressed model folder (no {STRUCTURE_FILE}); see save_compressed")
+    saved = json.loads((folder / STRUCTURE_FILE).read_text())
+    layers = saved["layers"]
+    if saved.get("format") != STRUCTURE_FORMAT and any(spec["family"] == "pixelfly" for spec in layers.values()):
+        raise StructbenchError(f"{folder} was saved in format {saved.get('format')}, whose Pixelfly tiles are in another "
+                               f"order than format {STRUCTURE_FORMAT}'s; compress and save it again")
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    layers = json.loads((folder / STRUCTURE_FILE).read_text())["layers"]
     for name, spec in layers.items():
         parent_name, _, child = name.rpartition(".")
         layer = get_family(spec["family"])(spec["in_features"], spec["out_features"], bias=spec["bias"], **spec["hparams"])
