@@ -23,7 +23,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import interleave_blocks, svd_factors
+from structbench.linalg import in_token_chunks, interleave_blocks, svd_factors
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -65,11 +65,18 @@ class BTTLinear(StructuredLinear):
         return n1, self.in_features // n1, m2, self.out_features // m2, r
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        n1, n2, m2, m1, r = self._sizes()
+        n1, _, m2, _, r = self._sizes()
+        return in_token_chunks(self._forward_rows, x, bias, n1 * m2 * r)
+
+    def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Feature-major first core, so that the regrouping between the cores moves chunks
+        of ``r N`` contiguous floats (token-major, chunks of ``r``: 3.9 GB/s, as long as
+        both products at 512 tokens); the second core reads the result transposed in place."""
+        n1, n2, m2, _, r = self._sizes()
         tokens = x.shape[0]
-        z = torch.bmm(x.view(tokens, n1, n2).transpose(0, 1), self.C1)  # (n1, N, m2 r)
-        z = z.view(n1, tokens, m2, r).permute(2, 1, 0, 3).reshape(m2, tokens, n1 * r)  # (m2, N, n1 r)
-        return interleave_blocks(torch.bmm(z, self.C2), bias)  # (m2, N, m1) -> row i1 m2 + i2
+        z = torch.bmm(self.C1.mT, x.T.view(n1, n2, tokens))  # (n1, (m2, r), N), x read in place
+        z = z.view(n1, m2, r * tokens).transpose(0, 1).reshape(m2, n1 * r, tokens)  # (m2, (n1, r), N)
+        return interleave_blocks(torch.bmm(z.mT, self.C2), bias)  # (m2, N, m1) -> row i1 m2 + i2
 
     def to_dense(self) -> torch.Tensor:
         n1, n2, m2, m1, r = self._sizes()

@@ -29,7 +29,7 @@ from torch import nn
 from structbench import weighted
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import svd_factors
+from structbench.linalg import in_token_chunks, svd_factors
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -71,6 +71,11 @@ class KroneckerLinear(StructuredLinear):
         return m1, n1, self.out_features // m1, self.in_features // n1, self.rank
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        m1, n1, m2, n2, r = self._sizes()
+        b_first, a_first = _macs(m1, n1, m2, n2, r)
+        return in_token_chunks(self._forward_rows, x, bias, r * (n1 * m2 if b_first <= a_first else m1 * n2))
+
+    def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Two products whose operands are views, never a permuted copy of the ``r``-times-input
         intermediate (copying it cost 2-3x the whole forward): the first product's output
         order ``(token, j1, k, i2)`` (or ``(token, i1, k, j2)``) already puts the second

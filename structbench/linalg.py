@@ -1,7 +1,15 @@
 """Shared linear algebra used by several families' projections."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+CHUNK_FLOATS = 1 << 20
+"""Intermediate floats (4 MiB in float32) a chunked forward keeps per chunk of tokens: enough
+rows for full-speed products, few enough that the intermediate stays in cache between the
+two products that write and read it (BTT, 1024x1024, 128-512 tokens, 1 thread: efficiency
+0.2-0.4 unchunked, 0.55-0.6 chunked; Kronecker 0.34 -> 0.6)."""
 
 
 def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,6 +29,18 @@ def block_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
     if bias is None:
         return torch.bmm(a, b)
     return torch.baddbmm(bias.reshape(a.shape[0], 1, -1), a, b)
+
+
+def in_token_chunks(forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x: torch.Tensor,
+                    bias: torch.Tensor | None, floats_per_token: int) -> torch.Tensor:
+    """``forward(x, bias)`` over consecutive row chunks of ``x`` whose intermediates, of
+    ``floats_per_token`` floats per row, fit in ``CHUNK_FLOATS``; one row at least. For
+    families whose intermediate is many times the input (BTT, Kronecker sums), where one
+    pass over all tokens streams it through memory twice."""
+    rows = max(1, CHUNK_FLOATS // floats_per_token)
+    if x.shape[0] <= rows:
+        return forward(x, bias)
+    return torch.cat([forward(chunk, bias) for chunk in x.split(rows)])
 
 
 def interleave_blocks(z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,10 +69,13 @@ def solve_right(grad: torch.Tensor, gram: torch.Tensor, delta: float | torch.Ten
     """``grad @ (gram + delta I)^-1`` for batched symmetric positive semi-definite ``gram``.
 
     Cholesky first (the common, fast case); fall back to a general solve where the
-    damped Gram matrix is numerically indefinite.
+    damped Gram matrix is numerically indefinite. A plain ``0`` damping uses ``gram`` as it is
+    (a caller that damped a large batch in place saves the copy).
     """
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    damped = gram + delta * eye
+    if isinstance(delta, (int, float)) and delta == 0:
+        damped = gram
+    else:
+        damped = gram + delta * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     chol, info = torch.linalg.cholesky_ex(damped)
     if bool((info == 0).all()):
         return torch.cholesky_solve(grad.transpose(-1, -2), chol).transpose(-1, -2)
