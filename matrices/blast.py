@@ -185,12 +185,49 @@ def factorize(
     return Factorization(U, V, S * scale, errors)
 
 
+def _rows(x: torch.Tensor, bias: torch.Tensor | None, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """The PyTorch forward of ``(N, n)`` rows (also the fused forward's backward): two layouts
+    of the same three steps, picked by the work per call (measured with the kernels suite, 1
+    thread, rho 0.5). For few blocks and tokens the token-major one, whose coupling is ``b``
+    cheap multiply-adds; otherwise the feature-major one, whose coupling is one batched
+    product and whose first product reads ``x`` transposed in place (at b=16, 1024x1024:
+    efficiency 0.54 -> 0.67-0.79 at 16-128 tokens)."""
+    if x.shape[0] * U.shape[0] <= TOKEN_MAJOR_UP_TO:
+        return _token_major(x, bias, U, S, V)
+    return _feature_major(x, bias, U, S, V)
+
+
+def _token_major(x: torch.Tensor, bias: torch.Tensor | None, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    b, n_tok = U.shape[0], x.shape[0]
+    y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), V)  # (b_j, N, r): y_j = x_j V_j
+    # Coupling z_i = sum_j s_ij * y_j as b broadcast multiply-adds into z, for all i at
+    # once: b^2 N r MACs, no temporary beyond z itself. In-place is autograd-safe:
+    # addcmul's backward needs y and S, never z.
+    z = y.new_zeros(b, n_tok, y.shape[-1])  # (b_i, N, r)
+    for j in range(b):
+        z.addcmul_(y[j], S[:, j].unsqueeze(1))
+    out = block_matmul(z, U.transpose(1, 2), bias)  # (b_i, N, p): out_i = z_i U_i^T + bias_i
+    return out.transpose(0, 1).reshape(n_tok, -1)
+
+
+def _feature_major(x: torch.Tensor, bias: torch.Tensor | None, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    b, n_tok = U.shape[0], x.shape[0]
+    y = torch.bmm(V.mT, x.T.view(b, -1, n_tok))  # (b_j, r, N): y_j = V_j^T x_j^T, x read in place
+    # The coupling per rank index k is a b x b product, z[k] = S[:, :, k] y[:, k]: one bmm
+    # over k whose operands are views (S rearranged first: b^2 r numbers), where the
+    # token-major layout needed b passes over z.
+    z = torch.bmm(S.permute(2, 0, 1).contiguous(), y.transpose(0, 1))  # (r, b_i, N)
+    out = block_matmul(z.permute(1, 2, 0), U.transpose(1, 2), bias)  # (b_i, N, p)
+    return out.transpose(0, 1).reshape(n_tok, -1)
+
+
 @register_family("blast")
 class BlastLinear(StructuredLinear):
     plot_order = 40
     plot_color = "#ffa15a"
     synthetic_kind = True
     mac_handles = {"aten::addcmul": elementwise_fma, "aten::addcmul_": elementwise_fma}  # the coupling
+    impls = ("torch", "triton")
     exact_projection = False
     projection_tolerance = 0.25
     """Bound for PrecGD (300 steps) on a random member *of the same rank*: that problem is
@@ -217,36 +254,11 @@ class BlastLinear(StructuredLinear):
         unit_gain_(self.U, fan_in=rank)
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Two layouts of the same three steps, picked by the work per call (measured with the
-        kernels suite, 1 thread, rho 0.5): for few blocks and tokens the token-major one,
-        whose coupling is ``b`` cheap multiply-adds; otherwise the feature-major one, whose
-        coupling is one batched product and whose first product reads ``x`` transposed in
-        place (at b=16, 1024x1024: efficiency 0.54 -> 0.67-0.79 at 16-128 tokens)."""
-        if x.shape[0] * self.blocks <= TOKEN_MAJOR_UP_TO:
-            return self._forward_token_major(x, bias)
-        return self._forward_feature_major(x, bias)
+        if self.impl == "triton":
+            from structbench import triton_kernels
 
-    def _forward_token_major(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b, n_tok = self.blocks, x.shape[0]
-        y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), self.V)  # (b_j, N, r): y_j = x_j V_j
-        # Coupling z_i = sum_j s_ij * y_j as b broadcast multiply-adds into z, for all i at
-        # once: b^2 N r MACs, no temporary beyond z itself. In-place is autograd-safe:
-        # addcmul's backward needs y and S, never z.
-        z = y.new_zeros(b, n_tok, y.shape[-1])  # (b_i, N, r)
-        for j in range(b):
-            z.addcmul_(y[j], self.S[:, j].unsqueeze(1))
-        out = block_matmul(z, self.U.transpose(1, 2), bias)  # (b_i, N, p): out_i = z_i U_i^T + bias_i
-        return out.transpose(0, 1).reshape(n_tok, self.out_features)
-
-    def _forward_feature_major(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b, n_tok = self.blocks, x.shape[0]
-        y = torch.bmm(self.V.mT, x.T.view(b, -1, n_tok))  # (b_j, r, N): y_j = V_j^T x_j^T, x read in place
-        # The coupling per rank index k is a b x b product, z[k] = S[:, :, k] y[:, k]: one bmm
-        # over k whose operands are views (S rearranged first: b^2 r numbers), where the
-        # token-major layout needed b passes over z.
-        z = torch.bmm(self.S.permute(2, 0, 1).contiguous(), y.transpose(0, 1))  # (r, b_i, N)
-        out = block_matmul(z.permute(1, 2, 0), self.U.transpose(1, 2), bias)  # (b_i, N, p)
-        return out.transpose(0, 1).reshape(n_tok, self.out_features)
+            return triton_kernels.blast(x, self.U, self.S, self.V, bias, _rows)
+        return _rows(x, bias, self.U, self.S, self.V)
 
     def to_dense(self) -> torch.Tensor:
         return blast_dense(self.U, self.S, self.V)

@@ -30,12 +30,23 @@ def _check(out_features: int, in_features: int, blocks: int) -> None:
         )
 
 
+def _rows(x: torch.Tensor, bias: torch.Tensor | None, L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """The PyTorch forward of ``(N, n)`` rows (also the fused forward's backward)."""
+    b, q, _ = L.shape
+    r, n_tok = q // b, x.shape[0]
+    y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), L.transpose(1, 2))  # (b_k, N, q)
+    # stride permutation: group l of every chunk k feeds output block l
+    y = y.view(b, n_tok, b, r).permute(2, 1, 0, 3).reshape(b, n_tok, b * r)  # (b_l, N, q)
+    return interleave_blocks(torch.bmm(y, R.transpose(1, 2)), bias)  # (b_l, N, s) -> row i*b + l
+
+
 @register_family("monarch")
 class MonarchLinear(StructuredLinear):
     plot_order = 30
     plot_color = "#ab63fa"
     synthetic_kind = True
     rho_margin = 0.5  # rho = 2/b for square shapes: jumps between valid block counts
+    impls = ("torch", "triton")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:
         super().__init__(in_features, out_features, bias)
@@ -54,12 +65,11 @@ class MonarchLinear(StructuredLinear):
         return self.L.shape[1] // self.blocks
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b, r = self.blocks, self._rank
-        n_tok = x.shape[0]
-        y = torch.bmm(x.view(n_tok, b, -1).transpose(0, 1), self.L.transpose(1, 2))  # (b_k, N, q)
-        # stride permutation: group l of every chunk k feeds output block l
-        y = y.view(b, n_tok, b, r).permute(2, 1, 0, 3).reshape(b, n_tok, b * r)  # (b_l, N, q)
-        return interleave_blocks(torch.bmm(y, self.R.transpose(1, 2)), bias)  # (b_l, N, s) -> row i*b + l
+        if self.impl == "triton":
+            from structbench import triton_kernels
+
+            return triton_kernels.monarch(x, self.L, self.R, bias, _rows)
+        return _rows(x, bias, self.L, self.R)
 
     def to_dense(self) -> torch.Tensor:
         b, r = self.blocks, self._rank

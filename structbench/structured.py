@@ -70,6 +70,10 @@ class StructuredLinear(nn.Module, abc.ABC):
     mac_handles: ClassVar[dict[str, Callable[[list[Any], list[Any]], int]]] = {}
     """fvcore handles (``aten::op`` -> MACs from input/output shapes) for ops this family's
     forward uses that fvcore does not count, so counted and analytic MACs agree."""
+    impls: ClassVar[tuple[str, ...]] = ("torch",)
+    """Forward implementations ``use_impl`` switches between: the PyTorch one, and for some
+    families a fused one (``triton``, ``structbench.triton_kernels``; optional, GPU)."""
+    impl: str = "torch"
     rho_margin: ClassVar[float] = 0.05
     """How far below a target rho ``hparams_for`` may land (relative), on the shapes tests use.
 
@@ -82,6 +86,14 @@ class StructuredLinear(nn.Module, abc.ABC):
         self.in_features = check_positive_int("in_features", in_features, self.family)
         self.out_features = check_positive_int("out_features", out_features, self.family)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def use_impl(self, name: str) -> "StructuredLinear":
+        """Run the forward through implementation ``name`` (one of ``impls``); the weights,
+        ``to_dense`` and every count stay the same."""
+        if name not in self.impls:
+            raise StructbenchError(f"{self.family} has no {name!r} forward; accepted: {', '.join(self.impls)}")
+        self.impl = name
+        return self
 
     # ---- what a family implements -------------------------------------------------
     @abc.abstractmethod

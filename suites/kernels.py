@@ -8,11 +8,14 @@ family MACs``, ``efficiency = speedup / ideal``.
 
 Modes are separate rows, never mixed: ``eager`` (CPU: interleaved timed blocks; CUDA:
 CUDA events around each call), ``cuda-graph`` (calls replayed from a captured graph, no
-launch overhead), ``cold-l2`` (CUDA events with the L2 cache flushed before every call)
-and ``compile`` (``torch.compile`` of both the family and the dense baseline).
+launch overhead), ``cold-l2`` (CUDA events with the L2 cache flushed before every call),
+``compile`` (``torch.compile`` of both the family and the dense baseline) and ``triton``
+(CUDA: the family's fused Triton forward, ``use_impl("triton")``, against plain ``nn.Linear``;
+families without one are skipped rows).
 """
 from __future__ import annotations
 
+import importlib.util
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -30,8 +33,8 @@ from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
 KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "quick"}
-MODES = ("eager", "cuda-graph", "cold-l2", "compile")
-CUDA_ONLY = ("cuda-graph", "cold-l2")
+MODES = ("eager", "cuda-graph", "cold-l2", "compile", "triton")
+CUDA_ONLY = ("cuda-graph", "cold-l2", "triton")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 NOISY = 0.1  # IQR / median above this flags a row as noisy: a 10 % spread hides the effects compare looks for
 NOISY_SHARE = 1 / 3  # more noisy rows than this share marks the run unreliable
@@ -113,6 +116,10 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         raise StructbenchError(f"mode {mode} needs --device cuda")
     out_f, in_f, tokens = case["out_features"], case["in_features"], case["tokens"]
     module, dense, x, hparams = case_modules(case, device, ctx.dtype, ctx.seed)
+    if mode == "triton":
+        if importlib.util.find_spec("triton") is None:
+            raise StructbenchError("mode triton needs Triton: pip install -e .[triton]")
+        module.use_impl("triton")  # a family without a fused forward: a skipped row saying so
     row: dict[str, Any] = {"hparams": hparams, "rho_actual": module.rho, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
 
     with torch.inference_mode(), (torch.cuda.device(device) if device.startswith("cuda") else nullcontext()):
@@ -135,7 +142,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         dense_peak = peak_bytes(fns["dense"], device)
 
     macs = module.macs(tokens)
-    counted = fvcore_macs(module, x)
+    counted = _fvcore_macs(module, x)
     macs_agree = abs(counted.total - macs) <= MACS_TOLERANCE * macs
     if not macs_agree:
         ctx.log(f"{case['family']} {case['shape']}: fvcore counts {counted.total} MACs, analytic {macs} "
@@ -157,6 +164,17 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         noisy=_noisy(fam_t, dense_t),
     )
     return [row]
+
+
+def _fvcore_macs(module: StructuredLinear, x: torch.Tensor):
+    """fvcore counts the aten ops it traces; a fused kernel is one opaque call, so the count
+    goes through the PyTorch forward of the same weights (the same products)."""
+    impl = module.impl
+    module.impl = "torch"
+    try:
+        return fvcore_macs(module, x)
+    finally:
+        module.impl = impl
 
 
 def _times(fns: dict[str, Callable[[], object]], mode: str, device: str, case: dict[str, Any],

@@ -1,8 +1,13 @@
 """Shared fixtures: deterministic seeds and float64 by default for exactness checks."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels (tests/test_triton.py) run in its interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -182,6 +182,25 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 120
 
 
+def test_report_lists_the_cases_where_compile_loses() -> None:
+    import pandas as pd
+
+    from structbench.report.kernels import _compile_section, compile_vs_eager
+
+    def row(family: str, tokens: int, mode: str, median: float, dense: float) -> dict[str, Any]:
+        return {"family": family, "shape": "s", "rho": 0.5, "tokens": tokens, "mode": mode, "median_s": median,
+                "dense_median_s": dense}
+
+    ok = pd.DataFrame([row("blast", 1, "eager", 1.0, 2.0), row("blast", 1, "compile", 3.0, 1.0),
+                       row("blast", 16, "eager", 2.0, 2.0), row("blast", 16, "compile", 1.0, 2.0),
+                       row("lowrank", 1, "eager", 1.0, 1.0)])  # eager only: not compared
+    table = compile_vs_eager(ok)
+    assert table[["tokens", "compile_over_eager"]].values.tolist() == [[1, 3.0], [16, 0.5]]
+    assert table["dense_compile_over_eager"].tolist() == [0.5, 1.0]
+    assert "slower than eager in 1 of 2 cases" in _compile_section(ok).text
+    assert _compile_section(ok[ok["mode"] == "eager"]) is None
+
+
 def test_runner_shows_progress_and_records_a_crashing_case(stub_run: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """k of K on stderr; a case that raises is an 'error' row and the run goes on."""
     from structbench.runner import run_suite

@@ -125,12 +125,13 @@ def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, 
     assert hits == ["published"] and (run_dir / "report.html").is_file() and (out / "index.html").is_file()
 
 
-def test_a_run_with_no_ok_case_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_only = TINY + "modes: [cuda-graph]\n"  # on a CPU every case, the dense control too, is skipped
+@pytest.mark.parametrize("mode", ["cuda-graph", "triton"])
+def test_a_run_with_no_ok_case_exits_1_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str) -> None:
+    gpu_only = TINY + f"modes: [{mode}]\n"  # on a CPU every case, the dense control too, is skipped
     out = tmp_path / "results"
     assert main(["--suite", "kernels", "--config", _config(tmp_path, gpu_only), "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "0 ok, 2 skipped, 0 error" in captured.out and "skipped x2: mode cuda-graph needs --device cuda" in captured.out
+    assert "0 ok, 2 skipped, 0 error" in captured.out and f"skipped x2: mode {mode} needs --device cuda" in captured.out
     assert captured.err.strip().endswith("error: no case finished ok (see the reasons above)")
     (run_dir,) = (out / "kernels").iterdir()
     assert (run_dir / "report.html").is_file()  # the rows are still published

@@ -96,6 +96,7 @@ def test_fvcore_macs_wrapper_matches_analytic(family: str) -> None:
     assert isinstance(count.unsupported_ops, dict)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_timers_and_peak() -> None:
     from structbench.measure.memory import cuda_peak_bytes

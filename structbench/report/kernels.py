@@ -66,6 +66,38 @@ def _summary(ok: pd.DataFrame) -> Section:
     )
 
 
+def compile_vs_eager(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per case measured in both modes, the compiled forward's median over the eager one's
+    (> 1: ``torch.compile`` made it slower), for the family and for its dense baseline,
+    slowest first: where compiling loses, the report says so instead of showing only the
+    mode that wins."""
+    keys = ["family", "shape", "rho", "tokens"]
+    both = ok[ok["mode"].isin(["eager", "compile"])]
+    table = both.pivot_table(index=keys, columns="mode", values=["median_s", "dense_median_s"], aggfunc="first")
+    if "compile" not in table["median_s"] or "eager" not in table["median_s"]:
+        return pd.DataFrame()
+    table = table.dropna()
+    out = pd.DataFrame({
+        "eager_median_s": table[("median_s", "eager")], "compile_median_s": table[("median_s", "compile")],
+        "compile_over_eager": table[("median_s", "compile")] / table[("median_s", "eager")],
+        "dense_compile_over_eager": table[("dense_median_s", "compile")] / table[("dense_median_s", "eager")],
+    }).reset_index()
+    return out.sort_values("compile_over_eager", ascending=False, ignore_index=True)
+
+
+def _compile_section(ok: pd.DataFrame) -> Section | None:
+    table = compile_vs_eager(ok)
+    if table.empty:
+        return None
+    losses = table[table["compile_over_eager"] > 1.0]
+    return Section(
+        "torch.compile against eager",
+        f"torch.compile made the family's forward slower than eager in {len(losses)} of {len(table)} cases "
+        f"(compile_over_eager > 1, listed first); dense_compile_over_eager is the same ratio for nn.Linear.",
+        tables=[table],
+    )
+
+
 def _log_colors(fig: go.Figure) -> go.Figure:
     """Colour a ratio heatmap by log10 on a diverging scale centred at 1, so that x0.5 and
     x2 look equally far from ideal; the cell texts keep the ratios themselves."""
@@ -101,6 +133,9 @@ def kernels_report(run: RunData) -> list[Section]:
             part = pd.concat([part, baseline]) if not structured.empty else part
             label = f"{shape} rho={rho}" + (f" [{mode}]" if several_modes else "")
             sections.append(Section(label, figures=_shape_figures(part, label)))
+        compiled = _compile_section(ok)
+        if compiled is not None:
+            sections.append(compiled)
         sections.append(Section(
             "Roofline view",
             "Arithmetic intensity (2 x MACs per byte of parameters, input and output) against achieved GFLOP/s, "
