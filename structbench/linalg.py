@@ -1,15 +1,9 @@
-"""Shared linear algebra used by several families' projections."""
+"""Shared linear algebra used by several families' projections and forwards."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-
-CHUNK_FLOATS = 1 << 20
-"""Intermediate floats (4 MiB in float32) a chunked forward keeps per chunk of tokens: enough
-rows for full-speed products, few enough that the intermediate stays in cache between the
-two products that write and read it (BTT, 1024x1024, 128-512 tokens, 1 thread: efficiency
-0.2-0.4 unchunked, 0.55-0.6 chunked; Kronecker 0.34 -> 0.6)."""
 
 
 def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,12 +26,12 @@ def block_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
 
 
 def in_token_chunks(forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x: torch.Tensor,
-                    bias: torch.Tensor | None, floats_per_token: int) -> torch.Tensor:
-    """``forward(x, bias)`` over consecutive row chunks of ``x`` whose intermediates, of
-    ``floats_per_token`` floats per row, fit in ``CHUNK_FLOATS``; one row at least. For
-    families whose intermediate is many times the input (BTT, Kronecker sums), where one
-    pass over all tokens streams it through memory twice."""
-    rows = max(1, CHUNK_FLOATS // floats_per_token)
+                    bias: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """``forward(x, bias)`` over consecutive chunks of ``rows`` rows of ``x`` (at least one), for
+    families whose intermediate is many times the input (BTT, Kronecker sums): in one pass
+    over all tokens it streams through memory twice, in chunks it stays in cache between the
+    two products that write and read it. How many rows is the family's measured choice."""
+    rows = max(1, rows)
     if x.shape[0] <= rows:
         return forward(x, bias)
     return torch.cat([forward(chunk, bias) for chunk in x.split(rows)])
