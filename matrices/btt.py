@@ -38,13 +38,13 @@ def _check(out_features: int, in_features: int, in_blocks: int, out_blocks: int,
                                f"with in_blocks={in_blocks}, out_blocks={out_blocks}")
 
 
-CHUNK_ROWS = 64
-"""Tokens per chunk of the forward (``linalg.in_token_chunks``). A fixed count, not a byte
-budget: the products need rows more than the intermediate needs cache. Measured at rho 0.5,
-1 thread, efficiency at 128 / 512 tokens by rows per chunk 16 / 64 / 256 / all:
-4096x4096 0.36 / 0.45 / 0.46 / 0.39 and 0.35 / 0.59 / 0.73 / 0.52; 11008x4096
-0.54 / 0.67 / 0.50 / 0.48 and 0.43 / 0.53 / 0.42 / 0.40 (a 4 MiB budget gave 5 rows there:
-0.10 / 0.08)."""
+MIN_CHUNK_ROWS = 64
+"""Fewest tokens per chunk of the forward (``linalg.in_token_chunks``): the products need rows
+more than the intermediate needs cache. Measured at rho 0.5, 1 thread, efficiency at 128 /
+512 tokens by rows per chunk 16 / 64 / 256 / all: 4096x4096 0.36 / 0.45 / 0.46 / 0.39 and
+0.35 / 0.59 / 0.73 / 0.52; 11008x4096 0.54 / 0.67 / 0.50 / 0.48 and 0.43 / 0.53 / 0.42 / 0.40
+(the 4 MiB budget alone gave 5 rows there: 0.10 / 0.08). A small intermediate (rho 0.2 there
+picks one block and rank 597) is not chunked at all: chunks of 64 cost it 0.2-0.4."""
 
 
 @register_family("btt")
@@ -74,7 +74,8 @@ class BTTLinear(StructuredLinear):
         return n1, self.in_features // n1, m2, self.out_features // m2, r
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return in_token_chunks(self._forward_rows, x, bias, CHUNK_ROWS)
+        n1, _, m2, _, r = self._sizes()
+        return in_token_chunks(self._forward_rows, x, bias, n1 * m2 * r, min_rows=MIN_CHUNK_ROWS)
 
     def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Feature-major first core, so that the regrouping between the cores moves chunks

@@ -34,11 +34,6 @@ from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
 
-CHUNK_FLOATS = 1 << 20
-"""Intermediate floats (4 MiB in float32) the forward keeps per chunk of tokens
-(``linalg.in_token_chunks``; the intermediate is 1 MiB per token at 1024x1024, rho 0.5;
-efficiency at 128-512 tokens 0.34 unchunked, 0.52-0.66 in chunks of 4-16 tokens)."""
-
 
 def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
     """MACs per token contracting ``B`` first (``X B^T``, then ``A``) and ``A`` first."""
@@ -79,8 +74,7 @@ class KroneckerLinear(StructuredLinear):
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         m1, n1, m2, n2, r = self._sizes()
         b_first, a_first = _macs(m1, n1, m2, n2, r)
-        per_token = r * (n1 * m2 if b_first <= a_first else m1 * n2)  # the intermediate's floats
-        return in_token_chunks(self._forward_rows, x, bias, CHUNK_FLOATS // per_token)
+        return in_token_chunks(self._forward_rows, x, bias, r * (n1 * m2 if b_first <= a_first else m1 * n2))
 
     def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Two products whose operands are views, never a permuted copy of the ``r``-times-input
