@@ -38,13 +38,16 @@ def _check(out_features: int, in_features: int, in_blocks: int, out_blocks: int,
                                f"with in_blocks={in_blocks}, out_blocks={out_blocks}")
 
 
-MIN_CHUNK_ROWS = 64
-"""Fewest tokens per chunk of the forward (``linalg.in_token_chunks``): the products need rows
-more than the intermediate needs cache. Measured at rho 0.5, 1 thread, efficiency at 128 /
-512 tokens by rows per chunk 16 / 64 / 256 / all: 4096x4096 0.36 / 0.45 / 0.46 / 0.39 and
-0.35 / 0.59 / 0.73 / 0.52; 11008x4096 0.54 / 0.67 / 0.50 / 0.48 and 0.43 / 0.53 / 0.42 / 0.40
-(the 4 MiB budget alone gave 5 rows there: 0.10 / 0.08). A small intermediate (rho 0.2 there
-picks one block and rank 597) is not chunked at all: chunks of 64 cost it 0.2-0.4."""
+CHUNK_ROWS = 64
+"""Tokens per chunk when the forward is chunked (``linalg.in_token_chunks``: only when the
+call's intermediate exceeds its budget). A fixed count, not the budget's: the products need
+rows more than the intermediate needs cache. Measured at rho 0.5, 1 thread, efficiency at
+128 / 512 tokens by rows per chunk 16 / 64 / 256 / all: 4096x4096 0.36 / 0.45 / 0.46 / 0.39
+and 0.35 / 0.59 / 0.73 / 0.52; 11008x4096 0.54 / 0.67 / 0.50 / 0.48 and 0.43 / 0.53 / 0.42 /
+0.40 (the budget's own count, 5 rows there: 0.10 / 0.08); at 1024x1024 chunks of 64 beat the
+budget's 128 (medians of 3 runs at 128 / 512 tokens, 2 threads: 0.60 / 0.47 against
+0.48 / 0.37). A small intermediate (rho 0.2 at 11008x4096: one block, rank 597) is not
+chunked; chunks of 64 cost it 0.2-0.4."""
 
 
 @register_family("btt")
@@ -75,7 +78,7 @@ class BTTLinear(StructuredLinear):
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         n1, _, m2, _, r = self._sizes()
-        return in_token_chunks(self._forward_rows, x, bias, n1 * m2 * r, min_rows=MIN_CHUNK_ROWS)
+        return in_token_chunks(self._forward_rows, x, bias, n1 * m2 * r, rows=CHUNK_ROWS)
 
     def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Feature-major first core, so that the regrouping between the cores moves chunks

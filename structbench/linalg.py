@@ -31,15 +31,16 @@ def block_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = N
 
 
 def in_token_chunks(forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], x: torch.Tensor,
-                    bias: torch.Tensor | None, floats_per_token: int, min_rows: int = 1) -> torch.Tensor:
-    """``forward(x, bias)`` over consecutive row chunks of ``x`` whose intermediates, of
-    ``floats_per_token`` floats per row, fit in ``CHUNK_FLOATS``, but never fewer than
-    ``min_rows`` rows, for families whose intermediate is many times the input (BTT,
-    Kronecker sums): in one pass over all tokens it streams through memory twice, in chunks
-    it stays in cache between the two products that write and read it."""
-    rows = max(min_rows, CHUNK_FLOATS // floats_per_token, 1)
-    if x.shape[0] <= rows:
+                    bias: torch.Tensor | None, floats_per_token: int, rows: int | None = None) -> torch.Tensor:
+    """``forward(x, bias)``, over consecutive chunks of rows of ``x`` when the whole call's
+    intermediate (``floats_per_token`` per row) would exceed ``CHUNK_FLOATS``: ``rows`` per
+    chunk if the family measured a count, else as many as fit the budget (one at least). For
+    families whose intermediate is many times the input (BTT, Kronecker sums): in one pass
+    over all tokens it streams through memory twice, in chunks it stays in cache between the
+    two products that write and read it."""
+    if x.shape[0] * floats_per_token < CHUNK_FLOATS:
         return forward(x, bias)
+    rows = rows or max(1, CHUNK_FLOATS // floats_per_token)
     return torch.cat([forward(chunk, bias) for chunk in x.split(rows)])
 
 

@@ -88,3 +88,22 @@ def test_hparams_search_covers_every_factorisation() -> None:
             for rank in range(1, top + 1):
                 other = cls.weight_params(64, 96, in_blocks=n1, out_blocks=m2, rank=rank)
                 assert other <= kept or other > rho * 64 * 96
+
+
+@pytest.mark.parametrize("family", ["btt", "kronecker"])
+def test_a_chunked_forward_equals_the_whole_one(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from structbench import linalg
+    from structbench.families import build, hparams_for
+
+    module = build(family, 128, 64, **hparams_for(family, 0.5, out_features=64, in_features=128).hparams).double().eval()
+    x = torch.randn(70, 128, dtype=torch.float64)
+    with torch.no_grad():
+        whole = module(x)
+        monkeypatch.setattr(linalg, "CHUNK_FLOATS", 64)  # every call's intermediate is over budget now
+        calls = []
+        forward_rows = module._forward_rows
+        monkeypatch.setattr(module, "_forward_rows", lambda rows, bias: calls.append(len(rows)) or forward_rows(rows, bias))
+        chunked = module(x)
+    assert len(calls) > 1 and sum(calls) == 70
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked, x @ module.to_dense().T + module.bias, rtol=1e-10, atol=1e-10)
