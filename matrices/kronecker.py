@@ -71,10 +71,14 @@ class KroneckerLinear(StructuredLinear):
         m1, n1 = self.out_factor, self.in_factor
         return m1, n1, self.out_features // m1, self.in_features // n1, self.rank
 
+    def _b_first(self) -> bool:
+        """Whether contracting ``B`` first is the cheaper order (what ``macs_per_token`` counts)."""
+        b_first, a_first = _macs(*self._sizes())
+        return b_first <= a_first
+
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         m1, n1, m2, n2, r = self._sizes()
-        b_first, a_first = _macs(m1, n1, m2, n2, r)
-        return in_token_chunks(self._forward_rows, x, bias, r * (n1 * m2 if b_first <= a_first else m1 * n2))
+        return in_token_chunks(self._forward_rows, x, bias, r * (n1 * m2 if self._b_first() else m1 * n2))
 
     def _forward_rows(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """Two products whose operands are views, never a permuted copy of the ``r``-times-input
@@ -84,8 +88,7 @@ class KroneckerLinear(StructuredLinear):
         factor ``A`` (``B``) is rearranged to match."""
         m1, n1, m2, n2, r = self._sizes()
         tokens = x.shape[0]
-        b_first, a_first = _macs(m1, n1, m2, n2, r)
-        if b_first <= a_first:
+        if self._b_first():
             t = F.linear(x.view(tokens * n1, n2), self.B.reshape(r * m2, n2))  # (N j1, (k, i2))
             a = self.A.permute(1, 2, 0).reshape(m1, n1 * r).expand(tokens, m1, n1 * r)  # (N, i1, (j1, k))
             t = t.view(tokens, n1 * r, m2)
@@ -94,9 +97,8 @@ class KroneckerLinear(StructuredLinear):
         a = self.A.permute(1, 0, 2).reshape(m1 * r, n1).expand(tokens, m1 * r, n1)
         t = torch.bmm(a, x.view(tokens, n1, n2))  # (N, (i1, k), j2)
         y = F.linear(t.view(tokens * m1, r * n2), self.B.permute(1, 0, 2).reshape(m2, r * n2))  # (N i1, i2)
-        if bias is not None:
-            y = (y.view(tokens, m1, m2) + bias.view(m1, m2)).view(tokens * m1, m2)
-        return y.view(tokens, self.out_features)
+        y = y.view(tokens, self.out_features)
+        return y if bias is None else y + bias
 
     def to_dense(self) -> torch.Tensor:
         return torch.einsum("kac,kbd->abcd", self.A, self.B).reshape(self.out_features, self.in_features)

@@ -190,10 +190,10 @@ class _Fused(torch.autograd.Function):
 def monarch(x: torch.Tensor, L: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None,
             reference: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Monarch's forward on ``(N, n)`` rows; ``reference(x, bias, L, R)`` is its PyTorch forward."""
-    return _Fused.apply(lambda x, L, R, bias: _monarch_rows(x, L, R, bias), reference, x, bias, L, R)
+    return _Fused.apply(_monarch_rows, reference, x, bias, L, R)
 
 
 def blast(x: torch.Tensor, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor, bias: torch.Tensor | None,
           reference: Callable[..., torch.Tensor]) -> torch.Tensor:
     """BLAST's forward on ``(N, n)`` rows; ``reference(x, bias, U, S, V)`` is its PyTorch forward."""
-    return _Fused.apply(lambda x, U, S, V, bias: _blast_rows(x, U, S, V, bias), reference, x, bias, U, S, V)
+    return _Fused.apply(_blast_rows, reference, x, bias, U, S, V)
