@@ -297,6 +297,21 @@ def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     assert len(keys) == len(set(keys)) == len(lines) and resumed.meta["status"] == "complete"
 
 
+@pytest.mark.skipif(not HAS_BLAST, reason="blast family not registered")
+def test_convergence_experiment_alone_is_reported(tmp_path: Path) -> None:
+    """A run of only the convergence experiment (no projection rows at all) still publishes."""
+    from structbench.cli import main
+
+    alone = {**{k: v for k, v in TINY.items() if k not in ("synthetic", "real")}, "families": ["blast"],
+             "synthetic": {"kinds": [], "sizes": [[32, 64]], "seeds": [0]}, "real": {}, "objectives": ["frobenius"]}
+    config_file = tmp_path / "convergence.yaml"
+    config_file.write_text(yaml.safe_dump(alone))
+    out = tmp_path / "results"
+    assert main(["--suite", "approx", "--config", str(config_file), "--out", str(out), "--threads", "1"]) == 0
+    [run_dir] = (out / "approx").iterdir()
+    assert "GD vs PrecGD" in (run_dir / "report.html").read_text()
+
+
 def test_missing_model_package_is_one_line_with_the_command(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

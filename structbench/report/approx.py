@@ -113,8 +113,10 @@ def _notes(run: RunData, frame: pd.DataFrame) -> Section:
              "shown beside every error, and curves are drawn against it."]
     models = [m for m in MODELS if "source" in frame and (frame["source"] == m).any()]
     lines += [f"{m}: {MODELS[m].note}." for m in models]
-    proj = frame[frame["experiment"] == "projection"] if "options" in frame else frame.iloc[0:0]
-    options = {f: sorted(set(o)) for f, o in proj.groupby("family")["options"] if set(o) != {"{}"}}
+    options: dict[str, list[str]] = {}
+    if "options" in frame:  # a run of the convergence experiment alone has no projection rows
+        proj = frame[frame["experiment"] == "projection"]
+        options = {f: sorted(set(o)) for f, o in proj.groupby("family")["options"] if set(o) != {"{}"}}
     if options:
         lines.append("NOT the families' default projection budgets: " + "; ".join(
             f"{f} {', '.join(o)}" for f, o in options.items()) + " (a --quick run trades accuracy for time, so "
