@@ -25,14 +25,14 @@ import torch
 from structbench.config import check_keys, distinct, number_list, positive_int
 from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
-from structbench.measure.memory import module_bytes, peak_bytes
+from structbench.measure.memory import held_heap, module_bytes, peak_bytes
 from structbench.measure.timing import Timing, cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
 from structbench.families import build, get_family, hparams_for, resolve_families
 from structbench.structured import StructuredLinear
 from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
-KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "quick"}
+KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "hold_heap", "quick"}
 MODES = ("eager", "cuda-graph", "cold-l2", "compile", "triton")
 CUDA_ONLY = ("cuda-graph", "cold-l2", "triton")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
@@ -61,7 +61,11 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     if not isinstance(modes, list) or not modes or not set(modes) <= set(MODES):
         raise StructbenchError(f"kernels config: modes must be a non-empty list from {list(MODES)}, got {modes!r}")
     distinct(f"{where} config: modes", modes)
-    return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes}
+    hold_heap = config.get("hold_heap", True)
+    if not isinstance(hold_heap, bool):
+        raise StructbenchError(f"kernels config: hold_heap must be true or false, got {hold_heap!r}")
+    return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes,
+            "hold_heap": hold_heap}
 
 
 def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -132,12 +136,15 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
             return [{**row, "status": "error", "reason": f"forward differs from to_dense: relative error {err:.3g}"}]
 
         fns = _callables(mode, module, dense, x)
-        for attempt in range(1, ctx.retry_noisy + 2):  # a noisy measurement is taken again, up to the budget
-            times = _times(fns, mode, device, case, ctx.threads)
-            fam_t, dense_t = times["family"], times["dense"]
-            if not _noisy(fam_t, dense_t):
-                break
+        hold = ctx.config.get("hold_heap", True) and not device.startswith("cuda")
+        with held_heap() if hold else nullcontext(False) as held:
+            for attempt in range(1, ctx.retry_noisy + 2):  # a noisy measurement is taken again, up to the budget
+                times = _times(fns, mode, device, case, ctx.threads)
+                fam_t, dense_t = times["family"], times["dense"]
+                if not _noisy(fam_t, dense_t):
+                    break
         row["attempts"] = attempt
+        row["heap_held"] = held
         peak = peak_bytes(fns["family"], device)
         dense_peak = peak_bytes(fns["dense"], device)
 

@@ -43,6 +43,7 @@ def _config(tmp_path: Path, text: str | bytes) -> str:
     (TINY.replace("rhos: [0.5]", "rhos: [0.5, 0.5]"), "lists 0.5 more than once"),
     (TINY.replace("tokens: [4]", "tokens: [4, 4]"), "lists 4 more than once"),
     (TINY + "modes: [eager, eager]\n", "lists eager more than once"),
+    (TINY + "hold_heap: sometimes\n", "hold_heap must be true or false"),
 ])
 def test_bad_config_values_are_one_line(text: str | bytes, expected: str, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 
 import pytest
 import torch
 
 from structbench.measure.flops import fvcore_macs
-from structbench.measure.memory import cpu_peak_bytes, module_bytes, peak_bytes
+from structbench.measure.memory import cpu_peak_bytes, held_heap, module_bytes, peak_bytes
 from structbench.measure import timing
 from structbench.measure.timing import Timing, calls_per_block, interleaved
 from structbench.families import build, hparams_for
@@ -108,3 +109,28 @@ def test_cuda_timers_and_peak() -> None:
                   cuda_graph_times(fns, calls_per_graph=5, iters=10)):
         assert times["large"].median > times["small"].median > 0
     assert cuda_peak_bytes(lambda: b @ b, "cuda") >= 2048 * 2048 * 4
+
+
+def _faults_of_fresh_blocks(nbytes: int, times: int = 3) -> list[int]:
+    """Minor page faults of allocating, touching and freeing ``nbytes`` ``times`` times."""
+    faults = []
+    for _ in range(times):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(nbytes, dtype=torch.uint8).fill_(1)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults
+
+
+def test_held_heap_reuses_freed_pages_and_lets_go_after() -> None:
+    """64 MiB is above glibc's largest adaptive mmap threshold (32 MiB), so outside the block
+    every such block is mapped afresh and faults in all its pages; held, later blocks reuse
+    the heap's pages (the first few may land on free chunks an earlier ``malloc_trim``
+    released, and fault those in once)."""
+    pages = 64 * MB // 4096
+    with held_heap() as held:
+        inside = _faults_of_fresh_blocks(64 * MB, times=8)
+    if not held:
+        pytest.skip("not glibc: no mallopt to hold the heap with")
+    assert inside[0] > pages // 2 and max(inside[-2:]) < pages // 10, inside
+    assert min(_faults_of_fresh_blocks(64 * MB)) > pages // 2  # released again
+
