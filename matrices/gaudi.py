@@ -320,12 +320,13 @@ class GaudiLinear(StructuredLinear):
         return packed
 
     def _band_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Two tiled passes, token-minor (``(features, N)``) so every gather and scatter-add
-        moves whole contiguous rows, one tile at a time while it is hot in cache. In: the
-        tile-``t`` slices of the ``V_k`` covering tile ``t`` times that tile of ``x`` (one
-        GEMM), scatter-added into the component outputs ``y``. Out: output tile ``t`` is its
-        rows of the ``U_k`` covering it times those components' ``y_k`` (one GEMM). MACs are
-        exactly the band entries times ``r_c``; gathers and scatter-adds multiply nothing."""
+        """Two tiled passes over token-minor component outputs (``(components, N)``) so every
+        gather and scatter-add moves whole contiguous rows, one tile at a time while it is hot
+        in cache. In: the tile-``t`` slices of the ``V_k`` covering tile ``t`` times that tile
+        of ``x`` (one GEMM), scatter-added into the component outputs ``y``. Out: output tile
+        ``t`` is those components' ``y_k`` times their rows of ``U_k`` (one GEMM, written
+        token-major). MACs are exactly the band entries times ``r_c``; gathers and scatter-adds
+        multiply nothing."""
         side_in, side_out = self._plan()
         w_in, w_out = self._packed_weights()
         n, m, k, rc = self.in_features, self.out_features, self.components, self.component_rank
@@ -336,17 +337,17 @@ class GaudiLinear(StructuredLinear):
         for (t, comps), weight in zip(side_in.tiles, w_in):
             z = weight @ x_t[t * s_in : (t + 1) * s_in]
             y_t.index_add_(0, comps, z.view(-1, rc, n_tok))
-        out_t = []
+        out = []  # token-major tiles: joined by one copy, where feature-major ones needed a transpose too
         covered = iter(zip(side_out.tiles, w_out))
         nxt = next(covered, None)
         for t in range(tile_count(m)):
             if nxt is not None and nxt[0][0] == t:
                 (_, comps), weight = nxt
-                out_t.append(weight.T @ y_t[comps].view(-1, n_tok))
+                out.append(y_t[comps].view(-1, n_tok).T @ weight)
                 nxt = next(covered, None)
             else:
-                out_t.append(x.new_zeros(s_out, n_tok))
-        return torch.cat(out_t).T.contiguous()
+                out.append(x.new_zeros(n_tok, s_out))
+        return torch.cat(out, dim=1)
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.training and not self.bands_frozen:
