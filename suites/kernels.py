@@ -6,7 +6,8 @@ count MACs with fvcore next to the analytic formula, and record parameter bytes 
 peak memory of one call. ``speedup = dense / family`` (medians), ``ideal = dense MACs /
 family MACs``, ``efficiency = speedup / ideal``.
 
-Modes are separate rows, never mixed: ``eager`` (CPU: interleaved timed blocks; CUDA:
+Modes are separate rows, never mixed: ``eager`` (CPU: interleaved timed blocks, with glibc
+holding its heap so that no process faults its intermediates in afresh on every call; CUDA:
 CUDA events around each call), ``cuda-graph`` (calls replayed from a captured graph, no
 launch overhead), ``cold-l2`` (CUDA events with the L2 cache flushed before every call),
 ``compile`` (``torch.compile`` of both the family and the dense baseline) and ``triton``
