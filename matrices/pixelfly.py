@@ -49,6 +49,7 @@ def _check(out_features: int, in_features: int, tiles: int, butterfly: int, rank
 class PixelflyLinear(StructuredLinear):
     plot_order = 50
     plot_color = "#19d3f3"
+    layout_version = 2  # each tile-row's tiles in ascending column order (k <= 1 is then block-diagonal)
     exact_projection = False
     projection_tolerance = 0.05
     """Alternating projection (default 10 rounds) on a random member: the sparse and low-rank

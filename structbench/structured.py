@@ -74,6 +74,11 @@ class StructuredLinear(nn.Module, abc.ABC):
     """Forward implementations ``use_impl`` switches between: the PyTorch one, and for some
     families a fused one (``triton``, ``structbench.triton_kernels``; optional, GPU)."""
     impl: str = "torch"
+    layout_version: ClassVar[int] = 1
+    """Goes up when the family's parameters change meaning for the same ``hparams``, so that
+    factors stored in another layout (projection caches, saved models) are refused or
+    recomputed, never loaded wrong; per family, so one family's change leaves every other
+    family's stored factors valid."""
     rho_margin: ClassVar[float] = 0.05
     """How far below a target rho ``hparams_for`` may land (relative), on the shapes tests use.
 

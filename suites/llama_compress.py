@@ -171,14 +171,18 @@ def _calibration_key(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
 
 
 def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
-    """One file per everything that changes the projected factors. ``format`` goes up whenever
-    a family's ``hparams_for`` or state layout changes, so stale files are never loaded into
-    differently shaped layers (2: Gaudi's component count and its ``frozen`` buffer; 3: the
-    objective and, for the calibrated one, the calibration settings; 4: Pixelfly's tiles stored in
-    ascending column order)."""
+    """One file per everything that changes the projected factors, so stale files are never
+    loaded into differently shaped layers. ``format`` goes up when the key's meaning changes for
+    every family (2: Gaudi's component count and its ``frozen`` buffer, before families had
+    layout versions; 3: the objective and, for the calibrated one, the calibration settings);
+    a family's own ``layout_version`` is in the key from 2 on (absent at 1, so one family's new
+    layout leaves every other family's files valid)."""
     key = {"model": model_key(cfg["model"]), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
            "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
-           "dtype": ctx.dtype, "objective": case["objective"], "format": 4}
+           "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
+    layout = get_family(case["family"]).layout_version
+    if layout > 1:
+        key["layout"] = layout
     if case["objective"] == "calibrated":
         from structbench.weighted import REFINE_LR
 

@@ -206,14 +206,23 @@ def test_compress_caches_factors_and_save_load_roundtrips(tiny_llama: Path, tmp_
         torch.testing.assert_close(plain(ids).logits, reference)
 
 
-def test_a_pixelfly_model_saved_in_an_older_layout_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+def test_a_model_saved_in_an_older_layout_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
     model, _ = _load(tiny_llama)
     compress(model, "pixelfly", 0.5, layers=[1], projections=["o_proj"])
+    compress(model, "lowrank", 0.5, layers=[0], projections=["o_proj"])
     folder = save_compressed(model, tmp_path / "saved")
     load_compressed(folder)  # the current format loads
     spec = json.loads((folder / "structbench.json").read_text())
-    (folder / "structbench.json").write_text(json.dumps({**spec, "format": 1}))
-    with pytest.raises(StructbenchError, match="format 1.*Pixelfly"):
+    unrecorded = {name: {k: v for k, v in layer.items() if k != "layout"} for name, layer in spec["layers"].items()}
+    (folder / "structbench.json").write_text(json.dumps({"format": 2, "layers": unrecorded}))
+    load_compressed(folder)  # format 2 stored Pixelfly's current layout without recording it
+    (folder / "structbench.json").write_text(json.dumps({"format": 1, "layers": unrecorded}))
+    with pytest.raises(StructbenchError, match=r"layers\.1\.self_attn\.o_proj \(pixelfly\) was saved in layout 1"):
+        load_compressed(folder)
+    layers = {name: {**layer, "layout": 2 if layer["family"] == "lowrank" else layer["layout"]}
+              for name, layer in spec["layers"].items()}
+    (folder / "structbench.json").write_text(json.dumps({**spec, "layers": layers}))
+    with pytest.raises(StructbenchError, match=r"\(lowrank\) was saved in layout 2, this version reads layout 1"):
         load_compressed(folder)
 
 
@@ -412,3 +421,27 @@ def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compresse
             assert ours.picks == theirs.picks and ours.picks_norm == theirs.picks_norm, (name, compressed)
             for mine, ref in zip(ours.loglikelihoods, theirs.loglikelihoods):
                 assert mine == pytest.approx(ref, rel=1e-4, abs=1e-3)  # float32 sums, other batching
+
+
+def test_a_layout_change_moves_only_that_familys_projection_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from structbench.config import resolve
+    from structbench.suite import RunContext
+    from suites import SUITES
+    from suites.llama_compress import _cache_file
+
+    suite = SUITES.get("llama-compress")
+    cfg = resolve("llama-compress", yaml.safe_load(suite.config_path.read_text()), suite.validate, quick=True)
+    ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=True, run_dir=tmp_path,
+                     cache_dir=tmp_path, config=cfg, log=lambda message: None)
+
+    def files() -> dict[str, str]:
+        return {f: _cache_file(cfg, {"family": f, "rho": 0.5, "objective": "calibrated"}, ctx).name
+                for f in ("lowrank", "monarch", "pixelfly")}
+
+    before = files()
+    monkeypatch.setattr(get_family("monarch"), "layout_version", 2)
+    after = files()
+    assert after["monarch"] != before["monarch"]
+    assert after["lowrank"] == before["lowrank"] and after["pixelfly"] == before["pixelfly"]

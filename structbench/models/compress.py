@@ -32,8 +32,9 @@ LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 """The seven linear maps of a Llama decoder layer (attention q/k/v/o, MLP gate/up/down)."""
 
 STRUCTURE_FILE = "structbench.json"
-STRUCTURE_FORMAT = 2
-"""Goes up when a family's stored layout changes (2: Pixelfly's tiles in ascending column order)."""
+STRUCTURE_FORMAT = 3
+"""Goes up when ``structbench.json`` changes (3: each layer records its family's
+``layout_version``; 2 implied Pixelfly's layout 2, 1 every family's layout 1)."""
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -202,11 +203,19 @@ def save_compressed(model: nn.Module, folder: str | Path, tokenizer: Any = None)
     model.config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    structure = {name: {"family": m.family, "in_features": m.in_features, "out_features": m.out_features,
-                        "bias": m.bias is not None, "hparams": m.hparams} for name, m in _structured(model).items()}
+    structure = {name: {"family": m.family, "layout": m.layout_version, "in_features": m.in_features,
+                        "out_features": m.out_features, "bias": m.bias is not None, "hparams": m.hparams}
+                 for name, m in _structured(model).items()}
     (folder / STRUCTURE_FILE).write_text(json.dumps({"format": STRUCTURE_FORMAT, "layers": structure}, indent=1))
     save_model(model, str(folder / WEIGHTS_FILE))
     return folder
+
+
+def _saved_layout(spec: dict[str, Any], file_format: int | None) -> int:
+    """The layout a layer was saved in: recorded per layer since format 3, implied before."""
+    if "layout" in spec:
+        return int(spec["layout"])
+    return 2 if spec["family"] == "pixelfly" and file_format == 2 else 1
 
 
 def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -220,13 +229,15 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32) -> n
         raise StructbenchError(f"{folder} is not a compressed model folder (no {STRUCTURE_FILE}); see save_compressed")
     saved = json.loads((folder / STRUCTURE_FILE).read_text())
     layers = saved["layers"]
-    if saved.get("format") != STRUCTURE_FORMAT and any(spec["family"] == "pixelfly" for spec in layers.values()):
-        raise StructbenchError(f"{folder} was saved in format {saved.get('format')}, whose Pixelfly tiles are in another "
-                               f"order than format {STRUCTURE_FORMAT}'s; compress and save it again")
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     for name, spec in layers.items():
+        family = get_family(spec["family"])
+        layout = _saved_layout(spec, saved.get("format"))
+        if layout != family.layout_version:
+            raise StructbenchError(f"{folder}: layer {name} ({family.family}) was saved in layout {layout}, this "
+                                   f"version reads layout {family.layout_version}; compress and save it again")
         parent_name, _, child = name.rpartition(".")
-        layer = get_family(spec["family"])(spec["in_features"], spec["out_features"], bias=spec["bias"], **spec["hparams"])
+        layer = family(spec["in_features"], spec["out_features"], bias=spec["bias"], **spec["hparams"])
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     return model.to(dtype).eval()
