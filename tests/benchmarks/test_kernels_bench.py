@@ -4,7 +4,7 @@ commits (``--benchmark-autosave`` / ``--benchmark-compare``; see the README).
 Skipped by the default test run (``--benchmark-skip`` in pyproject's addopts); run with
 ``pytest tests/benchmarks --benchmark-only``. Cases come from ``suites/kernels.yaml``'s
 ``quick:`` section and the family registry, and are built by the suite's own
-``case_modules``, so both tools time the same modules. Each (shape, tokens) is one
+``case_modules``, so both tools time the same modules, with the heap held as the suite does. Each (shape, tokens) is one
 benchmark group holding every family and the ``nn.Linear`` baseline.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
+from structbench.measure.memory import held_heap
 from suites.kernels import CONFIG_PATH, case_modules, expand, validate
 
 THREADS = int(os.environ.get("STRUCTBENCH_THREADS", os.cpu_count() or 1))
@@ -46,7 +47,9 @@ def _bench(benchmark: Any, case: dict[str, Any], baseline: bool) -> None:
         if module.bias is not None:
             reference = reference + module.bias
         torch.testing.assert_close(module(x), reference, rtol=1e-4, atol=1e-4)
-        benchmark(module, x)
+        with held_heap() as held:  # as the suite times: no process faults its intermediates in afresh
+            benchmark.extra_info["heap_held"] = held
+            benchmark(module, x)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
