@@ -34,7 +34,6 @@ from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
 
-
 def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
     """MACs per token contracting ``B`` first (``X B^T``, then ``A``) and ``A`` first."""
     return rank * m2 * n1 * (n2 + m1), rank * m1 * n2 * (n1 + m2)

@@ -56,6 +56,14 @@ def _load_tile(ptr, rows, cols, s_row, s_col, n_rows, n_cols):
 
 
 @triton.jit
+def _store_tile(ptr, rows, cols, col_offsets, s_row, acc, n_rows, n_cols):
+    """``acc`` into the ``rows x cols`` tile at ``ptr`` (row stride ``s_row``, column ``c`` at
+    ``col_offsets[c]``), in ``ptr``'s dtype, skipping what lies outside the matrix."""
+    tl.store(ptr + rows[:, None] * s_row + col_offsets[None, :], acc.to(ptr.dtype.element_ty),
+             mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+
+
+@triton.jit
 def _mma(acc, a, b, FP32_DOT: tl.constexpr):
     """``acc + a @ b``: exact float32 products, or in ``b``'s (half) precision on tensor cores."""
     if FP32_DOT:
@@ -79,8 +87,7 @@ def _strided_bmm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, split,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + batch * sbias_b + rn * sbias_n, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     cols = (rn // split) * scn_hi + (rn % split) * scn_lo
-    tl.store(c_ptr + batch * scb + rm[:, None] * scm + cols[None, :], acc.to(c_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N))
+    _store_tile(c_ptr + batch * scb, rm, rn, cols, scm, acc, M, N)
 
 
 def strided_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, out_strides: tuple[int, int, int, int],
@@ -119,8 +126,7 @@ def _blast_coupled_kernel(y_ptr, s_ptr, u_ptr, c_ptr, bias_ptr, M, N, K, blocks,
         acc = _mma(acc, z, u, FP32_DOT)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + i * N + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(c_ptr + i * sci + rm[:, None] * scm + rn[None, :] * scn, acc.to(c_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N))
+    _store_tile(c_ptr + i * sci, rm, rn, rn * scn, scm, acc, M, N)
 
 
 def _monarch_rows(x: torch.Tensor, L: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

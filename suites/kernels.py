@@ -41,6 +41,7 @@ NOISY = 0.1  # IQR / median above this flags a row as noisy: a 10 % spread hides
 NOISY_SHARE = 1 / 3  # more noisy rows than this share marks the run unreliable
 CONTROL = (0.9, 1.1)  # the dense-vs-dense speedup a trustworthy run keeps
 MACS_TOLERANCE = 0.01  # fvcore's count may differ this much (relative) from the analytic macs()
+HOLD_HEAP = True  # CPU timings with glibc keeping freed pages (measure.memory.held_heap)
 ROUNDS = 10  # timed blocks per candidate: the rank test in ``compare`` needs at least 6
 
 
@@ -62,7 +63,7 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     if not isinstance(modes, list) or not modes or not set(modes) <= set(MODES):
         raise StructbenchError(f"kernels config: modes must be a non-empty list from {list(MODES)}, got {modes!r}")
     distinct(f"{where} config: modes", modes)
-    hold_heap = config.get("hold_heap", True)
+    hold_heap = config.get("hold_heap", HOLD_HEAP)
     if not isinstance(hold_heap, bool):
         raise StructbenchError(f"kernels config: hold_heap must be true or false, got {hold_heap!r}")
     return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes,
@@ -137,7 +138,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
             return [{**row, "status": "error", "reason": f"forward differs from to_dense: relative error {err:.3g}"}]
 
         fns = _callables(mode, module, dense, x)
-        hold = ctx.config.get("hold_heap", True) and not device.startswith("cuda")
+        hold = ctx.config.get("hold_heap", HOLD_HEAP) and not device.startswith("cuda")
         with held_heap() if hold else nullcontext(False) as held:
             for attempt in range(1, ctx.retry_noisy + 2):  # a noisy measurement is taken again, up to the budget
                 times = _times(fns, mode, device, case, ctx.threads)

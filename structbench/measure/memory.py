@@ -46,6 +46,13 @@ def _glibc(symbol: str) -> Any | None:
         return None
 
 
+def _trim_heap() -> None:
+    """Hand glibc's free heap pages back to the kernel (``malloc_trim(0)``); nothing elsewhere."""
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
+
+
 @contextmanager
 def held_heap() -> Iterator[bool]:
     """Inside the block, glibc serves every allocation from its heap and keeps the pages
@@ -70,17 +77,13 @@ def held_heap() -> Iterator[bool]:
     finally:
         for param, value in RELEASED.items():
             mallopt(param, value)
-        trim = _glibc("malloc_trim")
-        if trim is not None:
-            trim(0)
+        _trim_heap()
 
 
 def cpu_peak_bytes(fn: Callable[[], object]) -> int | None:
     """Growth of the resident-set high-water mark during ``fn()``, to page granularity;
     None where Linux's ``/proc`` interface is unavailable."""
-    trim = _glibc("malloc_trim")  # None elsewhere: the peak then omits memory the allocator holds
-    if trim is not None:
-        trim(0)
+    _trim_heap()  # elsewhere than glibc the peak then omits memory the allocator holds
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
