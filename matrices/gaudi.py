@@ -143,6 +143,15 @@ def _side(inside: torch.Tensor) -> _Side:
     return _Side(tile, comp, [(t, g) for t, g in enumerate(groups) if counts[t]])
 
 
+def _cache_key(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int, torch.dtype], ...] | None:
+    """Storage, version counter and dtype of each tensor, what the eval caches are keyed on;
+    None when one is an inference tensor (made under ``torch.inference_mode``): it has no
+    version counter, so an in-place edit would go unseen, and nothing is cached."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+
 @register_family("gaudi")
 class GaudiLinear(StructuredLinear):
     """Sum of ``components`` rank-``component_rank`` terms, each on a learnable band of rows
@@ -276,9 +285,8 @@ class GaudiLinear(StructuredLinear):
         ``data_ptr``), so an eval loop pays for them once. Keyed without reading the values:
         a device sync per call would cost more than the lists and break CUDA-graph capture;
         an edit through ``.data`` is refreshed by ``eval()``."""
-        band = (self.width_in, self.width_out, self.loc_in, self.loc_out)
-        key = tuple((p.data_ptr(), p._version) for p in band)
-        if self._plan_cache is not None and self._plan_cache[0] == key:
+        key = _cache_key((self.width_in, self.width_out, self.loc_in, self.loc_out))
+        if key is not None and self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1]
         with torch.inference_mode(False):  # a plan built under inference_mode must serve autograd too
             active = self._band_sizes()[2]
@@ -286,7 +294,7 @@ class GaudiLinear(StructuredLinear):
                 _side(tile_membership(self.width_in, self.loc_in, self.in_features) & active),
                 _side(tile_membership(self.width_out, self.loc_out, self.out_features) & active),
             )
-        self._plan_cache = (key, plan)
+        self._plan_cache = (key, plan) if key is not None else None
         return plan
 
     def _packed_weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -300,10 +308,8 @@ class GaudiLinear(StructuredLinear):
         cache."""
         side_in, side_out = self._plan()
         factors = (self.U, self.V)
-        key = (self._plan_cache[0] if self._plan_cache else None,) + tuple(
-            (p.data_ptr(), p._version, p.dtype) for p in factors
-        )
-        cacheable = not (torch.is_grad_enabled() and any(p.requires_grad for p in factors))
+        key = _cache_key((self.width_in, self.width_out, self.loc_in, self.loc_out, *factors))
+        cacheable = key is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in factors))
         if cacheable and self._packed_cache is not None and self._packed_cache[0] == key:
             return self._packed_cache[1]
         n, m, k, rc = self.in_features, self.out_features, self.components, self.component_rank

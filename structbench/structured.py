@@ -45,6 +45,11 @@ def divisors(k: int) -> list[int]:
     return [d for d in range(1, k + 1) if k % d == 0]
 
 
+def _ordinary(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor autograd may record: a copy when it was made under inference mode."""
+    return t.clone() if t.is_inference() else t
+
+
 class StructuredLinear(nn.Module, abc.ABC):
     """Base class of all families; see the module docstring for the contract."""
 
@@ -263,19 +268,23 @@ class StructuredLinear(nn.Module, abc.ABC):
             hparams = cls.hparams_for(m, n, rho).hparams
         # SVDs and solves have no half-precision kernels: fit in float32, store in the weight's dtype
         work = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=work)
         if progress is not None:
             options["progress"] = progress
-        with torch.no_grad():
-            if gram is None:
-                module._project(weight.detach().to(work), **options)
-            else:
-                g = weighted.check_gram(gram, n, cls.family).to(weight.device)
-                module._project_weighted(weight.detach().to(work), g, **options)
-            if bias is not None:
-                module.bias.copy_(bias.detach())
-        module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
-        return module.to(weight.dtype)
+        # Iterative projections run autograd, which inference mode forbids: called under it
+        # (serving code), the fit runs outside it on ordinary copies of the inputs.
+        with torch.inference_mode(False):
+            module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=work)
+            with torch.no_grad():
+                target = _ordinary(weight.detach().to(work))
+                if gram is None:
+                    module._project(target, **options)
+                else:
+                    g = _ordinary(weighted.check_gram(gram, n, cls.family).to(weight.device))
+                    module._project_weighted(target, g, **options)
+                if bias is not None:
+                    module.bias.copy_(bias.detach())
+            module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
+            return module.to(weight.dtype)
 
     @classmethod
     def projection_options(cls, weighted: bool = False) -> frozenset[str]:

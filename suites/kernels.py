@@ -4,7 +4,10 @@ Per case (family, shape, rho, tokens, mode): check the kernel against ``to_dense
 then time it interleaved with the ``nn.Linear`` of the same shape it replaces in the same process,
 count MACs with fvcore next to the analytic formula, and record parameter bytes and the
 peak memory of one call. ``speedup = dense / family`` (medians), ``ideal = dense MACs /
-family MACs``, ``efficiency = speedup / ideal``.
+family MACs``, ``efficiency = speedup / ideal``. On CPU (eager) the share of a call's op time
+spent in matrix products gives ``products_efficiency = efficiency / products_share``, the
+efficiency of those products alone: the ceiling of any forward made of the same BLAS calls
+(``measure.ops``).
 
 Modes are separate rows, never mixed: ``eager`` (CPU: interleaved timed blocks, with glibc
 holding its heap so that no process faults its intermediates in afresh on every call; CUDA:
@@ -27,6 +30,7 @@ from structbench.config import check_keys, distinct, number_list, positive_int
 from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import held_heap, module_bytes, peak_bytes
+from structbench.measure.ops import product_share
 from structbench.measure.timing import Timing, cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
 from structbench.families import build, get_family, hparams_for, resolve_families
 from structbench.structured import StructuredLinear
@@ -145,6 +149,9 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
                 fam_t, dense_t = times["family"], times["dense"]
                 if not _noisy(fam_t, dense_t):
                     break
+            # per-op clocks: CPU only (on CUDA an op returns before its kernel ends), and of
+            # the eager forward (a compiled one calls its kernels past the dispatcher)
+            products = product_share(fns["family"]) if mode == "eager" and device == "cpu" else None
         row["attempts"] = attempt
         row["heap_held"] = held
         peak = peak_bytes(fns["family"], device)
@@ -171,6 +178,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         intensity=2 * macs / (pbytes + io_bytes), param_bytes=pbytes, params=module.num_params(),
         peak_mem_bytes=peak, dense_peak_mem_bytes=dense_peak,
         noisy=_noisy(fam_t, dense_t),
+        products_share=products,
+        products_efficiency=speedup / ideal / products if products else None,
     )
     return [row]
 
@@ -240,6 +249,9 @@ SUITE = Suite(
         "speedup": Metric("x", True, "dense median / family median, same process"),
         "ideal_speedup": Metric("x", True, "dense MACs / family MACs"),
         "efficiency": Metric("", True, "speedup / ideal"),
+        "products_efficiency": Metric("", True, "efficiency of the forward's matrix products alone (CPU eager): "
+                                      "the ceiling of any forward made of the same BLAS calls"),
+        "products_share": Metric("", False, "share of the forward's op time in matrix products (CPU eager)"),
         "gflops": Metric("GFLOP/s", True, "2 x MACs / median"),
         "macs": Metric("MAC", False, "analytic multiply-adds"),
         "param_bytes": Metric("B", False, "bytes of parameters"),

@@ -102,6 +102,9 @@ def test_run_writes_every_file(kernels_run: tuple[Path, Path]) -> None:
     assert (out / "index.html").exists() and (out / PLOTLY_FILE).stat().st_size > 1_000_000
     rows = read_rows(run_dir)
     assert len(rows) == 12  # 2 shapes x 2 token counts x (dense control + 2 families)
+    for row in (r for r in rows if r["status"] == "ok"):  # CPU eager: the products' ceiling
+        assert 0 < row["products_share"] <= 1
+        assert row["products_efficiency"] == pytest.approx(row["efficiency"] / row["products_share"])
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert {(r["family"], r["shape"]) for r in skipped} == {("blockdiag", "odd")}
     assert all("no block count divides" in r["reason"] for r in skipped)
@@ -178,6 +181,7 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     start = time.perf_counter()
     (row,) = run_case(case, ctx)
     assert "status" not in row and row["runs"] == 6 and row["speedup"] > 0
+    assert row["products_share"] is None  # a compiled forward's kernels run past the dispatcher
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # the family and nn.Linear were compiled
     assert time.perf_counter() - start < 120
 

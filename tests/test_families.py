@@ -154,6 +154,22 @@ def test_an_empty_batch_gives_an_empty_output_like_nn_linear(family: str, train:
         assert got.shape == torch.nn.Linear(128, 64)(torch.randn(*shape)).shape
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_layer_made_under_inference_mode_projects_and_runs(family: str) -> None:
+    """Serving code builds and loads layers under ``torch.inference_mode``; their parameters
+    are then inference tensors (no version counters, no autograd): projection and forward
+    must not need either."""
+    cls = get_family(family)
+    with torch.inference_mode():
+        w, bias = torch.randn(64, 128, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+        x = torch.randn(300, 128, dtype=torch.float64)
+        gram = x.T @ x / len(x)
+        modules = [cls.from_dense(w, bias, rho=0.5), cls.from_dense(w, bias, rho=0.5, gram=gram)] if cls.compressible else [make(family, 64, 128, 0.5)]
+        for module in modules:
+            module.eval()
+            torch.testing.assert_close(module(x), x @ module.to_dense().T + module.bias, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("family", COMPRESSIBLE)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_are_fitted_in_float32_and_stored_in_their_dtype(family: str, dtype: torch.dtype) -> None:

@@ -116,3 +116,16 @@ def test_eval_caches_follow_every_parameter_change() -> None:
     layer.width_out.data.mul_(0.5)
     layer.eval()  # ...until the mode is set again
     assert agrees()
+
+
+def test_a_layer_made_under_inference_mode_runs_and_sees_in_place_edits() -> None:
+    """Inference tensors have no version counter, so the eval caches cannot be keyed on one:
+    a layer built (or loaded) under ``torch.inference_mode`` runs uncached, and an in-place
+    edit there shows in the next forward."""
+    with torch.inference_mode():
+        layer = build("gaudi", 64, 48, **hparams_for("gaudi", 0.5, out_features=48, in_features=64).hparams).double().eval()
+        x = torch.randn(5, 64, dtype=torch.float64)
+        assert torch.allclose(layer(x), x @ layer.to_dense().T + layer.bias)
+        layer.U.mul_(2.0)
+        layer.loc_in.add_(0.1)
+        assert torch.allclose(layer(x), x @ layer.to_dense().T + layer.bias)

@@ -10,6 +10,7 @@ import torch
 
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import cpu_peak_bytes, held_heap, module_bytes, peak_bytes
+from structbench.measure.ops import op_seconds, product_share
 from structbench.measure import timing
 from structbench.measure.timing import Timing, calls_per_block, interleaved
 from structbench.families import build, hparams_for
@@ -133,3 +134,19 @@ def test_held_heap_reuses_freed_pages_and_lets_go_after() -> None:
     assert inside[0] > pages // 2 and max(inside[-2:]) < pages // 10, inside
     assert _faults_of_fresh_blocks(64 * MB, times=1)[0] > pages // 2  # the held pages were handed back
 
+
+
+def test_product_share_tells_products_from_copies() -> None:
+    """Composite ops are seen as what they decompose into, even for tensors made under
+    inference mode: ``a @ b`` is all product, a transpose copy none, and a forward of both
+    lies between; op names come through as aten's."""
+    with torch.inference_mode():
+        a, b = torch.randn(256, 256), torch.randn(256, 256)
+        assert product_share(lambda: a @ b) == 1.0
+        assert product_share(lambda: a.t().contiguous()) == 0.0
+        assert product_share(lambda: None) is None
+        mixed = op_seconds(lambda: torch.matmul(a.t().contiguous(), b).reshape(-1))
+        assert "mm" in mixed and "matmul" not in mixed and {"contiguous", "clone", "copy_"} & set(mixed)
+        assert 0.0 < product_share(lambda: (a @ b).t().contiguous()) < 1.0
+    with pytest.raises(ValueError, match="calls"):
+        product_share(lambda: a @ b, calls=0)

@@ -13,7 +13,7 @@ from structbench.report.tables import geomean
 from structbench.results import RunData
 
 SUMMARY = ["family", "shape", "rho", "rho_actual", "tokens", "mode", "median_s", "iqr_s", "runs", "dense_median_s",
-           "speedup", "ideal_speedup", "efficiency", "gflops", "macs", "macs_fvcore", "macs_agree", "param_bytes", "peak_mem_bytes", "noisy"]
+           "speedup", "ideal_speedup", "efficiency", "products_efficiency", "products_share", "gflops", "macs", "macs_fvcore", "macs_agree", "param_bytes", "peak_mem_bytes", "noisy"]
 
 
 def _with_quartiles(ok: pd.DataFrame) -> pd.DataFrame:
