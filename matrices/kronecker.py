@@ -84,17 +84,18 @@ class KroneckerLinear(StructuredLinear):
         intermediate (copying it cost 2-3x the whole forward): the first product's output
         order ``(token, j1, k, i2)`` (or ``(token, i1, k, j2)``) already puts the second
         product's contracted pair ``(j1, k)`` (``(k, j2)``) side by side, so only the small
-        factor ``A`` (``B``) is rearranged to match."""
+        factor ``A`` (``B``) is rearranged to match. ``x`` is read in place when its rows are
+        contiguous; a transposed or broadcast input is copied once."""
         m1, n1, m2, n2, r = self._sizes()
         tokens = x.shape[0]
         if self._b_first():
-            t = F.linear(x.view(tokens * n1, n2), self.B.reshape(r * m2, n2))  # (N j1, (k, i2))
+            t = F.linear(x.reshape(tokens * n1, n2), self.B.reshape(r * m2, n2))  # (N j1, (k, i2))
             a = self.A.permute(1, 2, 0).reshape(m1, n1 * r).expand(tokens, m1, n1 * r)  # (N, i1, (j1, k))
             t = t.view(tokens, n1 * r, m2)
             y = torch.bmm(a, t) if bias is None else torch.baddbmm(bias.view(1, m1, m2), a, t)  # (N, i1, i2)
             return y.view(tokens, self.out_features)
         a = self.A.permute(1, 0, 2).reshape(m1 * r, n1).expand(tokens, m1 * r, n1)
-        t = torch.bmm(a, x.view(tokens, n1, n2))  # (N, (i1, k), j2)
+        t = torch.bmm(a, x.reshape(tokens, n1, n2))  # (N, (i1, k), j2)
         y = F.linear(t.view(tokens * m1, r * n2), self.B.permute(1, 0, 2).reshape(m2, r * n2))  # (N i1, i2)
         y = y.view(tokens, self.out_features)
         return y if bias is None else y + bias

@@ -46,6 +46,20 @@ def test_forward_matches_dense(family: str, shape: tuple[int, int], rho: float, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_takes_strided_inputs_like_nn_linear(family: str, train: bool) -> None:
+    """Inputs that are views, not fresh tensors: a column slice, a transpose, a permuted
+    batch and a broadcast row, in both modes (autograd on in training)."""
+    module = make(family, 64, 128, 0.5).train(train)
+    f64 = {"dtype": torch.float64}
+    inputs = [torch.randn(7, 256, **f64)[:, ::2], torch.randn(128, 7, **f64).T,
+              torch.randn(3, 128, 5, **f64).permute(0, 2, 1), torch.randn(1, 128, **f64).expand(6, 128)]
+    with torch.set_grad_enabled(train):
+        for x in inputs:
+            torch.testing.assert_close(module(x), x @ module.to_dense().T + module.bias, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_forward_never_builds_dense(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
     module = make(family, 64, 128, 0.5).eval()
     monkeypatch.setattr(type(module), "to_dense", lambda self: pytest.fail("forward called to_dense"))
