@@ -532,7 +532,7 @@ class GaudiLinear(StructuredLinear):
         self.loc_out.copy_(torch.rand(k, generator=gen, dtype=torch.float64))
         was_training = self.training
         target = weight.to(self.U.dtype)
-        norm2 = target.square().sum()
+        norm2 = target.square().sum().clamp_min(torch.finfo(target.dtype).tiny)  # a zero W: loss 0, not 0/0
         full = k * rc * (m + n)
         cap = float(self.budget_rank * (m + n))
         self.train()
