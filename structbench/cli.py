@@ -17,7 +17,6 @@ import torch
 from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
 from structbench.models.weights import cache_root
-from structbench.overrides import apply_overrides
 from structbench.merge import merge_shards
 from structbench.publish import publish, summary
 from structbench.families import get_family, list_families
@@ -132,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
             families = [f.strip() for f in args.families.split(",") if f.strip()]
             if not families:
                 raise StructbenchError(f"--families {args.families!r} names no family; give comma-separated names (see --list)")
-        config = resolve(suite.name, apply_overrides(load_config(args.config or suite.config_path), args.set),
-                         suite.validate, quick=args.quick, families=families)
+        config = resolve(suite.name, load_config(args.config or suite.config_path), suite.validate,
+                         quick=args.quick, families=families, sets=args.set)
         if args.retry_noisy < 0:
             raise StructbenchError(f"--retry-noisy must be >= 0, got {args.retry_noisy}")
         cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,

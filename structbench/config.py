@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
 from structbench.errors import StructbenchError
+from structbench.overrides import apply_overrides
 
 
 class Replace(dict):
@@ -72,13 +73,17 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
 
 
 def resolve(name: str, raw: dict[str, Any], validate: Callable[[dict[str, Any], str], dict[str, Any]], *,
-            quick: bool, families: list[str] | None = None) -> dict[str, Any]:
+            quick: bool, families: list[str] | None = None, sets: Sequence[str] = ()) -> dict[str, Any]:
     """The resolved config a run uses: ``raw`` without its ``quick:`` key, or with ``quick``
     that overlay merged in; ``families`` (``--families``) replaces the config's in both. Both
     the full and the quick config are validated (``validate(config, where)``, ``where`` naming
-it in messages: ``<suite>`` or ``<suite>.quick``), so a typo in either stops every run."""
+    it in messages: ``<suite>`` or ``<suite>.quick``), so a typo in either stops every run.
+    ``sets`` (``--set`` assignments) go in before the overlay is split off, so that
+    ``quick.key=...`` edits the overlay, and the others again after it is merged: what a user
+    sets wins over the quick overlay too."""
     if not isinstance(raw, dict):
         raise StructbenchError(f"{name} config must be a mapping")
+    raw = apply_overrides(raw, sets)
     overlay = raw.get("quick") or {}
     if not isinstance(overlay, dict):
         raise StructbenchError(f"{name} config: quick must be a mapping of overrides (deep-merged over the config), "
@@ -86,7 +91,8 @@ it in messages: ``<suite>`` or ``<suite>.quick``), so a typo in either stops eve
     base = {k: v for k, v in raw.items() if k != "quick"}
     chosen = {"families": families} if families is not None else {}
     full = validate(deep_merge(base, chosen), name)
-    fast = validate(deep_merge(deep_merge(base, overlay), chosen), f"{name}.quick")
+    plain = [a for a in sets if not a.strip().startswith("quick.")]
+    fast = validate(deep_merge(apply_overrides(deep_merge(base, overlay), plain), chosen), f"{name}.quick")
     return fast if quick else full
 
 

@@ -39,3 +39,15 @@ def test_a_typo_in_the_config_not_run_still_stops_the_run() -> None:
     raw = {**load_config(kernels.config_path), "quick": {"rhos": [2.0]}}
     with pytest.raises(StructbenchError, match="rhos must be"):
         resolve("kernels", raw, kernels.validate, quick=False)
+
+
+def test_a_set_value_wins_over_the_quick_overlay_and_quick_keys_edit_it() -> None:
+    """``--quick --set shapes=...`` runs the shapes set, not quick's; ``--set quick.rhos=...``
+    edits the overlay; the full config sees the plain sets only."""
+    kernels = SUITES.get("kernels")
+    raw = load_config(kernels.config_path)
+    sets = ["shapes={tiny: [8, 8]}", "quick.rhos=[0.25]"]
+    quick = resolve("kernels", raw, kernels.validate, quick=True, sets=sets)
+    assert quick["shapes"] == {"tiny": [8, 8]} and quick["rhos"] == [0.25]
+    full = resolve("kernels", raw, kernels.validate, quick=False, sets=sets)
+    assert full["shapes"] == {"tiny": [8, 8]} and full["rhos"] == raw["rhos"]
