@@ -53,10 +53,10 @@ def product_share(fn: Callable[[], object], calls: int = 5) -> float | None:
     """Median over ``calls`` calls of the share of ``fn``'s time in aten ops that is spent in
     matrix products; None when it runs no op. A share of op time, not of the call's wall
     time: the clocks around each op cost a few microseconds that the call's own median
-    (taken without them) does not include."""
+    (taken without them) does not include. ``fn`` should be warm (first-call allocations and
+    lazy caches are not the products' cost)."""
     if calls < 1:
         raise ValueError(f"calls must be >= 1, got {calls}")
-    fn()  # warm-up: first-call allocations and lazy caches are not the products' cost
     shares = []
     for _ in range(calls):
         seconds = op_seconds(fn)
