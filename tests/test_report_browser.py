@@ -161,13 +161,14 @@ def test_run_report_renders_offline_without_errors(kernels_run: tuple[Path, Path
     plots = browser.evaluate("""[...document.querySelectorAll('.plotly-graph-div')].map(d => ({
         title: d._fullLayout.title.text || '', traces: d.data.length, width: d.getBoundingClientRect().width,
         drawn: d.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm, .hm image').length}))""")
-    # summary heatmap, 3 per (shape, rho) with a structured family (tiny, odd), roofline
-    assert len(plots) == 1 + 3 * 2 + 1
+    # summary heatmaps (efficiency, its ceiling), 3 per (shape, rho) with a structured family (tiny, odd), roofline
+    assert len(plots) == 2 + 3 * 2 + 1
     for plot in plots:
         assert plot["traces"] > 0 and plot["drawn"] > 0, plot
         assert plot["width"] > 300, plot  # laid out in its grid column, not collapsed
     titles = " | ".join(p["title"] for p in plots)
     assert "forward latency" in titles and "speedup" in titles and "efficiency" in titles and "GFLOP/s" in titles
+    assert "ceiling" in titles
     browser.screenshot(out / "report.png")
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert browser.console_errors() == []

@@ -48,21 +48,32 @@ def family_table(ok: pd.DataFrame) -> pd.DataFrame:
     for col in ("speedup", "ideal_speedup", "efficiency"):
         table[f"geomean_{col}"] = groups[col].apply(geomean).to_numpy()
     table["min_efficiency"] = groups["efficiency"].min().to_numpy()
+    if "products_efficiency" in ok:  # CPU eager rows only; a mean over the rows that have it
+        table["geomean_products_efficiency"] = groups["products_efficiency"].apply(lambda v: geomean(v.dropna())).to_numpy()
     table["noisy_cases"] = groups["noisy"].sum().to_numpy()
     return table.sort_values(["mode", "rho", "family"], key=lambda c: c.map(_family_rank) if c.name == "family" else c)
 
 
-def _summary(ok: pd.DataFrame) -> Section:
-    table = family_table(ok)
+def _efficiency_map(ok: pd.DataFrame, column: str, title: str) -> go.Figure:
     cells = ok.assign(row=ok["family"] + " rho=" + ok["rho"].astype(str) + (" " + ok["mode"] if ok["mode"].nunique() > 1 else ""))
-    cells = cells.groupby(["row", "shape"], sort=False)["efficiency"].apply(geomean).reset_index()
-    figure = _log_colors(heatmap(cells, "row", "shape", "efficiency", row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
-                                 title="efficiency by family and shape (geometric mean over tokens; 1 = ideal)"))
+    cells = cells.groupby(["row", "shape"], sort=False)[column].apply(geomean).reset_index()
+    return _log_colors(heatmap(cells, "row", "shape", column, row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
+                               title=title))
+
+
+def _summary(ok: pd.DataFrame) -> Section:
+    figures = [_efficiency_map(ok, "efficiency", "efficiency by family and shape (geometric mean over tokens; 1 = ideal)")]
+    profiled = ok[ok["products_efficiency"].notna()] if "products_efficiency" in ok else ok.iloc[0:0]
+    if not profiled.empty:
+        figures.append(_efficiency_map(profiled, "products_efficiency",
+                                       "ceiling: efficiency of the matrix products alone (CPU eager; geometric mean over tokens)"))
     return Section(
         "Summary",
         "Speedup = dense nn.Linear median / family median, timed interleaved in one process; ideal = dense MACs / "
-        "family MACs; efficiency = speedup / ideal. Means over shapes and tokens are geometric.",
-        figures=[figure], tables=[table],
+        "family MACs; efficiency = speedup / ideal. Means over shapes and tokens are geometric. The ceiling "
+        "(products_efficiency = efficiency / products_share) is what the same forward would reach if everything but "
+        "its matrix products cost nothing: where it is low too, the products' shapes are the limit, not the copies.",
+        figures=figures, tables=[family_table(ok)],
     )
 
 
