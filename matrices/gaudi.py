@@ -308,7 +308,8 @@ class GaudiLinear(StructuredLinear):
         cache."""
         side_in, side_out = self._plan()
         factors = (self.U, self.V)
-        key = _cache_key((self.width_in, self.width_out, self.loc_in, self.loc_out, *factors))
+        plan_key, factors_key = self._plan_cache and self._plan_cache[0], _cache_key(factors)  # the plan was just keyed
+        key = (plan_key, factors_key) if plan_key is not None and factors_key is not None else None
         cacheable = key is not None and not (torch.is_grad_enabled() and any(p.requires_grad for p in factors))
         if cacheable and self._packed_cache is not None and self._packed_cache[0] == key:
             return self._packed_cache[1]

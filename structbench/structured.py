@@ -256,10 +256,12 @@ class StructuredLinear(nn.Module, abc.ABC):
         if not bool(torch.isfinite(weight).all()):
             raise StructbenchError(f"{cls.family}: from_dense needs a finite weight; this one has NaN or Inf entries")
         m, n = weight.shape
-        if bias is not None and (bias.shape != (m,) or not bias.is_floating_point() or not bool(torch.isfinite(bias).all())):
-            raise StructbenchError(f"{cls.family}: from_dense needs a finite floating-point bias of shape ({m},) for a "
-                                   f"{m}x{n} weight, got {bias.dtype} of shape {tuple(bias.shape)}"
-                                   f"{'' if bool(torch.isfinite(bias).all()) else ' with NaN or Inf entries'}")
+        if bias is not None:
+            finite = bool(torch.isfinite(bias).all())
+            if bias.shape != (m,) or not bias.is_floating_point() or not finite:
+                raise StructbenchError(f"{cls.family}: from_dense needs a finite floating-point bias of shape ({m},) for "
+                                       f"a {m}x{n} weight, got {bias.dtype} of shape {tuple(bias.shape)}"
+                                       f"{'' if finite else ' with NaN or Inf entries'}")
         hp_names = cls.hparam_names()
         hparams = {k: v for k, v in hparams_and_options.items() if k in hp_names}
         options = {k: v for k, v in hparams_and_options.items() if k not in hp_names}

@@ -153,8 +153,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
             # per-op clocks: CPU only (on CUDA an op returns before its kernel ends), and of
             # the eager forward (a compiled one calls its kernels past the dispatcher); the
             # timing has warmed it up; up to 5 calls within about PROFILE_SECONDS
-            calls = max(1, min(5, int(PROFILE_SECONDS / fam_t.median)))
-            products = product_share(fns["family"], calls) if mode == "eager" and device == "cpu" else None
+            products = (product_share(fns["family"], max(1, min(5, int(PROFILE_SECONDS / fam_t.median))))
+                        if mode == "eager" and device == "cpu" else None)
         row["attempts"] = attempt
         row["heap_held"] = held
         peak = peak_bytes(fns["family"], device)
