@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ import torch
 from structbench.errors import StructbenchError
 from structbench.families import build, get_family, hparams_for
 from structbench.linalg import CHUNK_FLOATS
-
-ROOT = Path(__file__).resolve().parent.parent
+from structbench.results import PROJECT_ROOT
 
 
 @pytest.mark.parametrize(("m", "n", "blocks"), [(16, 16, 4), (36, 36, 6), (32, 64, 4)])
@@ -122,8 +120,9 @@ def test_a_chunked_forward_equals_the_whole_one(family: str, monkeypatch: pytest
 def test_a_chunked_forward_holds_one_chunk_of_intermediate_at_a_time(family: str) -> None:
     """At 1024x1024 and 256 tokens an unchunked Kronecker call peaks at 258 MiB (BTT's at 16
     MiB, already under the bound: for BTT this guards only against growth); in chunks, a
-    call's peak stays near one chunk's budget (4 MiB) plus input and output. Holding every chunk's output for a ``cat`` let glibc keep every chunk's freed
-    intermediate instead (Kronecker: 68 MB).
+    call's peak stays near one chunk's budget (4 MiB) plus input and output. Holding every
+    chunk's output for a ``cat`` let glibc keep every chunk's freed intermediate instead
+    (Kronecker: 68 MB).
 
     The high-water mark is the whole process's, and how many fresh pages a call touches
     depends on the heap that earlier work left (after the rest of the test suite the same
@@ -138,6 +137,6 @@ def test_a_chunked_forward_holds_one_chunk_of_intermediate_at_a_time(family: str
         "    module(x)\n"
         "    print(peak_bytes(lambda: module(x), 'cpu'))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     peak = int(proc.stdout.split()[-1])
     assert peak < 4 * 4 * CHUNK_FLOATS + 2 * 256 * 1024 * 4, peak

@@ -14,11 +14,9 @@ import torch
 
 from structbench.cli import main
 from structbench.report.html import PLOTLY_FILE
-from structbench.results import load_run, read_rows
+from structbench.results import PROJECT_ROOT, load_run, read_rows
 from structbench.suite import RunContext
 from suites import SUITES
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_error_line(err: str) -> str:
@@ -40,7 +38,7 @@ def test_bad_input_subprocess(tmp_path: Path, args: list[str], expected: str) ->
         args = [a.replace("MALFORMED", str(tmp_path / "bad.yaml")) for a in args]
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    proc = subprocess.run([sys.executable, "bench.py", *args, "--out", str(tmp_path / "out")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "bench.py", *args, "--out", str(tmp_path / "out")], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert expected in one_error_line(proc.stderr)
