@@ -17,7 +17,7 @@ from torch import nn
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
-from structbench.structured import ProgressFn, StructuredLinear, check_positive_int, divisors
+from structbench.structured import ProgressFn, Promises, StructuredLinear, check_positive_int, divisors
 from structbench.linalg import block_matmul, solve_right
 from structbench.measure.flops import elementwise_fma
 
@@ -228,8 +228,7 @@ class BlastLinear(StructuredLinear):
     synthetic_kind = True
     mac_handles = {"aten::addcmul": elementwise_fma, "aten::addcmul_": elementwise_fma}  # the coupling
     impls = ("torch", "triton")
-    exact_projection = False
-    projection_tolerance = 0.25
+    promises = Promises(exact_projection=False, projection_tolerance=0.25)
     """Bound for PrecGD (300 steps) on a random member *of the same rank*: that problem is
     non-convex and small test shapes put each block near full rank (64x64, b=4, r=14 of 16);
     measured 0.13-0.18. With rank above the target's (the regime the paper recommends) the

@@ -12,7 +12,7 @@ from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import block_matmul, solve_right
 from structbench.registry import register_family
-from structbench.structured import StructuredLinear, check_positive_int, divisors
+from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
 
 
 @register_family("blockdiag")
@@ -20,7 +20,7 @@ class BlockDiagLinear(StructuredLinear):
     plot_order = 20
     plot_color = "#00cc96"
     synthetic_kind = True
-    rho_margin = 0.5  # 1/b jumps between divisors of gcd(m, n)
+    promises = Promises(rho_margin=0.5)  # 1/b jumps between divisors of gcd(m, n)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:
         super().__init__(in_features, out_features, bias)

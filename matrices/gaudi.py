@@ -41,7 +41,7 @@ from structbench.errors import StructbenchError
 from structbench.linalg import relative_error, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
-from structbench.structured import ProgressFn, StructuredLinear, check_positive_int
+from structbench.structured import ProgressFn, Promises, StructuredLinear, check_positive_int
 
 TRAIN_SIGMA = (16.0, 32.0)
 """Soft-mask sharpness at construction and at the end of width learning (``after_optimizer_step``)."""
@@ -168,8 +168,7 @@ class GaudiLinear(StructuredLinear):
     plot_order = 60
     plot_color = "#ff6692"
 
-    exact_projection = False
-    projection_tolerance = 0.6
+    promises = Promises(exact_projection=False, projection_tolerance=0.6)
     """Bound for the projection on a random member of the family (random locations, equal
     widths). The target's bands are not searched globally: Adam moves locations only locally
     from where the shrinking bands settle, so it finds a different band layout that fits

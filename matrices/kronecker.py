@@ -31,7 +31,7 @@ from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, svd_factors
 from structbench.registry import register_family
-from structbench.structured import StructuredLinear, check_positive_int, divisors
+from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
 
 
 def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
@@ -46,7 +46,7 @@ class KroneckerLinear(StructuredLinear):
     plot_order = 80
     plot_color = "#ff97ff"
     synthetic_kind = True
-    input_scaling = False
+    promises = Promises(input_scaling=False)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, out_factor: int, in_factor: int,
                  rank: int) -> None:
@@ -106,7 +106,7 @@ class KroneckerLinear(StructuredLinear):
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
         """``W diag(d)`` is again a Kronecker sum of the same shape exactly when ``diag(d)`` is a
-        Kronecker product, ``d = d1 (x) d2``; any other ``d`` is refused (``input_scaling``)."""
+        Kronecker product, ``d = d1 (x) d2``; any other ``d`` is refused (``promises.input_scaling``)."""
         _, n1, _, n2, _ = self._sizes()
         grid = d.view(n1, n2).to(self.A.dtype)
         d1, d2 = svd_factors(grid, 1)

@@ -18,7 +18,7 @@ from structbench.errors import StructbenchError
 from structbench.linalg import interleave_blocks, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
-from structbench.structured import StructuredLinear, check_positive_int, divisors
+from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
 
 
 def _check(out_features: int, in_features: int, blocks: int) -> None:
@@ -45,7 +45,7 @@ class MonarchLinear(StructuredLinear):
     plot_order = 30
     plot_color = "#ab63fa"
     synthetic_kind = True
-    rho_margin = 0.5  # rho = 2/b for square shapes: jumps between valid block counts
+    promises = Promises(rho_margin=0.5)  # rho = 2/b for square shapes: jumps between valid block counts
     impls = ("torch", "triton")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, blocks: int) -> None:

@@ -22,7 +22,7 @@ from structbench.errors import StructbenchError
 from structbench.linalg import svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
-from structbench.structured import StructuredLinear, check_positive_int
+from structbench.structured import Promises, StructuredLinear, check_positive_int
 
 
 def butterfly_columns(tiles: int, butterfly: int) -> torch.Tensor:
@@ -50,8 +50,7 @@ class PixelflyLinear(StructuredLinear):
     plot_order = 50
     plot_color = "#19d3f3"
     layout_version = 2  # each tile-row's tiles in ascending column order (k <= 1 is then block-diagonal)
-    exact_projection = False
-    projection_tolerance = 0.05
+    promises = Promises(exact_projection=False, projection_tolerance=0.05)
     """Alternating projection (default 10 rounds) on a random member: the sparse and low-rank
     parts overlap on the butterfly tiles, so alternation converges slowly; measured ~1e-2."""
 

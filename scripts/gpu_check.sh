@@ -28,7 +28,7 @@ sys.exit(1 if bad or not rows else 0)
 PY
 }
 for dtype in float32 bfloat16; do
-  $PY bench.py --suite kernels --device cuda --dtype $dtype --config suites/kernels-gpu-check.yaml --out "$OUT"
+  $PY bench.py --suite kernels --device cuda --dtype $dtype --config suites/kernels/gpu-check.yaml --out "$OUT"
   all_ok kernels
 done
 $PY bench.py --suite approx --quick --device cuda --out "$OUT" && all_ok approx
@@ -37,7 +37,7 @@ $PY bench.py --suite train-vision --quick --device cuda --out "$OUT" && all_ok t
 $PY bench.py --suite train-lm --quick --device cuda --out "$OUT" && all_ok train-lm
 # 3. the figures: Llama-7B shapes, bfloat16, rho 0.5 / 0.2, 1-4096 tokens, eager and the Triton kernels
 if [ "${FIGURES:-1}" = 1 ]; then
-  $PY bench.py --suite kernels --device cuda --dtype bfloat16 --config suites/kernels-llama7b-gpu.yaml --out "$OUT"
+  $PY bench.py --suite kernels --device cuda --dtype bfloat16 --config suites/kernels/llama7b-gpu.yaml --out "$OUT"
   all_ok kernels
 fi
 echo "gpu_check: every CUDA path ran with ok rows; results in $OUT/"

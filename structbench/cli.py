@@ -16,7 +16,7 @@ import torch
 
 from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
-from structbench.models.weights import cache_root
+from structbench.cache import cache_root
 from structbench.merge import merge_shards
 from structbench.publish import publish, summary
 from structbench.families import get_family, list_families

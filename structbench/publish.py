@@ -2,43 +2,24 @@
 and the results root's ``index.html`` lists every run.
 
 It reads only what a run folder holds (``structbench.results``), so a report can be rebuilt
-anywhere, and finds a run's report by the suite name stored in it among the modules of
-``structbench/report/`` (each maps the suites it renders in ``REPORTS``), never by importing
-a suite: running and reporting meet only in the stored run.
+anywhere, and finds a run's report by the suite name stored in it among the suites'
+``report.py`` modules (each maps the suites it renders in ``REPORTS``), never by importing
+a suite's code: running and reporting meet only in the stored run.
 """
 from __future__ import annotations
 
-import functools
 import html
-import importlib
-import pkgutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import pandas as pd
 
-from structbench import report
 from structbench.errors import StructbenchError
 from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
 from structbench.report.tables import markdown, write_tables
 from structbench.results import RunData, list_runs, load_run, shown_status
-
-ReportFn = Callable[[RunData], list[Section]]
-
-
-@functools.cache
-def _declared(name: str) -> dict[str, Callable[[RunData], Any]]:
-    """Suite name -> function, from the ``name`` mapping (``REPORTS`` or ``SUMMARIES``) of
-    every ``structbench/report/*.py``."""
-    found: dict[str, Callable[[RunData], Any]] = {}
-    for info in pkgutil.iter_modules(report.__path__):
-        found.update(getattr(importlib.import_module(f"{report.__name__}.{info.name}"), name, {}))
-    return found
-
-
-def reports() -> dict[str, ReportFn]:
-    return _declared("REPORTS")
+from suites import reports, summaries
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -106,7 +87,7 @@ def summary(run: RunData) -> str:
     bad = frame[frame["status"] != "ok"]
     for (status, reason), group in bad.groupby(["status", bad["reason"].fillna("(no reason)")], sort=False):
         lines.append(f"  {status} x{len(group)}: {reason}")
-    table = _declared("SUMMARIES").get(run.suite)
+    table = summaries().get(run.suite)
     headline = table(run) if table is not None else pd.DataFrame()
     if not headline.empty:
         lines.append("\n" + markdown(headline.head(40)))

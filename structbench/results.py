@@ -102,15 +102,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def torch_save_atomic(path: Path, obj: Any) -> None:
-    """``torch.save`` to a temporary sibling (named per process, so concurrent writers never
-    share one), then renamed: an interrupted save never looks like a finished file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 @dataclass
 class RunData:
     """A stored run: ``meta`` is run.json (without the rows schema 1 copied into it)."""
@@ -271,6 +262,7 @@ class RunWriter:
             "n_cases": None,
             "n_done": 0,
             "metrics": {k: vars(v) for k, v in suite.metrics.items()},
+            "about": suite.about(config) if suite.about is not None else {},
         }
         return cls(run_dir, meta)
 

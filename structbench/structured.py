@@ -50,14 +50,30 @@ def _ordinary(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.is_inference() else t
 
 
+class Promises(NamedTuple):
+    """A family's guarantees, declared once in its file and checked for every family by the
+    registry-driven tests (``tests/test_families.py``, ``tests/test_weighted.py``)."""
+
+    exact_projection: bool = True
+    """Whether ``from_dense`` recovers any member of the family exactly (else iterative)."""
+    projection_tolerance: float = 1e-5
+    """Relative error ``from_dense`` must reach on a random member of its own family."""
+    rho_margin: float = 0.05
+    """How far below a target rho ``hparams_for`` may land (relative) on the tests' shapes:
+    rank-based families land within a rank step; families with a discrete block count (which
+    must divide the shape) can fall a whole divisor step short."""
+    input_scaling: bool = True
+    """Whether ``scale_input_`` takes any positive ``d`` (the structure is closed under every
+    diagonal input scaling); a family for which only some ``d`` keep it (a Kronecker sum)
+    says False and overrides ``_project_weighted``."""
+
+
 class StructuredLinear(nn.Module, abc.ABC):
     """Base class of all families; see the module docstring for the contract."""
 
     family: ClassVar[str] = "?"  # set by ``register_family``
-    exact_projection: ClassVar[bool] = True
-    """Whether ``from_dense`` recovers any member of the family exactly (else iterative)."""
-    projection_tolerance: ClassVar[float] = 1e-5
-    """Relative error ``from_dense`` must reach on a random member of its own family."""
+    promises: ClassVar[Promises] = Promises()
+    """What the family's math guarantees, which the registry-driven tests hold it to."""
     compressible: ClassVar[bool] = True
     """False only for the dense baseline, whose ``hparams_for`` ignores ``rho``."""
     plot_order: ClassVar[int] = 100
@@ -66,10 +82,6 @@ class StructuredLinear(nn.Module, abc.ABC):
     plot_color: ClassVar[str | None] = None
     """The family's colour in every figure; without one it gets a palette colour no
     registered family claims."""
-    input_scaling: ClassVar[bool] = True
-    """Whether ``scale_input_`` takes any positive ``d`` (the structure is closed under every
-    diagonal input scaling); a family for which only some ``d`` keep it (a Kronecker sum)
-    sets False and overrides ``_project_weighted``."""
     synthetic_kind: ClassVar[bool] = False
     """Whether the approx suite draws random members of this family as a synthetic kind."""
     mac_handles: ClassVar[dict[str, Callable[[list[Any], list[Any]], int]]] = {}
@@ -84,12 +96,7 @@ class StructuredLinear(nn.Module, abc.ABC):
     factors stored in another layout (projection caches, saved models) are refused or
     recomputed, never loaded wrong; per family, so one family's change leaves every other
     family's stored factors valid."""
-    rho_margin: ClassVar[float] = 0.05
-    """How far below a target rho ``hparams_for`` may land (relative), on the shapes tests use.
 
-    Rank-based families land within a rank step; families with a discrete block count
-    (which must divide the shape) can fall a whole divisor step short.
-    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()

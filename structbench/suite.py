@@ -5,8 +5,8 @@ already applied by ``structbench.config.resolve`` -> resolved config, or a
 ``StructbenchError`` naming the bad key), ``expand`` (resolved config -> cases) and
 ``run_case`` (one case -> result rows), and a ``Schema`` saying what its rows hold. The
 generic layers (runner, tables, compare, publish) read the schema and name no suite
-column. Suites never render; reports (``structbench/report/``) never measure, and find
-what they need in the stored run, not in the suite.
+column. Suites never render; reports (``suites/<name>/report.py``) never measure, and find
+what they need in the stored run (its rows, and ``about``), not in the suite.
 """
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ class Suite:
     exclusive: bool = False
     """Whether a case times the hardware and so must own it: on Ray, every CPU of a node (or its
     GPU), never shared with another case."""
+    about: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Resolved config -> facts its report needs that no row holds (a real model's provenance,
+    what a synthetic kind is), stored in ``run.json`` as ``about`` so that reports read only
+    the stored run."""
     assess: Callable[[Sequence[dict[str, Any]]], list[str]] | None = None
     """The run's rows -> why its numbers cannot be trusted (empty: no reason), checked when the
     run ends; a non-empty answer marks the run ``unreliable`` (kernels: its dense-vs-dense

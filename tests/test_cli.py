@@ -167,7 +167,7 @@ def test_resume_continues_without_redoing_cases(kernels_run: tuple[Path, Path], 
 
 def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     """torch.compile on CPU for one family: a separate 'compile' row next to 'eager'."""
-    from suites.kernels import run_case
+    from suites.kernels.suite import run_case
 
     case = {"family": "lowrank", "shape": "t", "out_features": 32, "in_features": 32, "rho": 0.5, "tokens": 4,
             "mode": "compile", "min_run_time": 0.01, "rounds": 6}
@@ -187,7 +187,7 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
 def test_report_lists_the_cases_where_compile_loses() -> None:
     import pandas as pd
 
-    from structbench.report.kernels import _compile_section, compile_vs_eager
+    from suites.kernels.report import _compile_section, compile_vs_eager
 
     def row(family: str, tokens: int, mode: str, median: float, dense: float) -> dict[str, Any]:
         return {"family": family, "shape": "s", "rho": 0.5, "tokens": tokens, "mode": mode, "median_s": median,

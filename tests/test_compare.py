@@ -14,7 +14,7 @@ from structbench.results import RunWriter, load_run
 from suites import SUITES
 
 KERNELS = SUITES.get("kernels")
-SUITE = SimpleNamespace(name="kernels", version="1", description="synthetic", metrics=KERNELS.metrics, schema=KERNELS.schema)
+SUITE = SimpleNamespace(name="kernels", version="1", description="synthetic", metrics=KERNELS.metrics, schema=KERNELS.schema, about=None)
 
 
 def test_mann_whitney_p_on_known_values() -> None:

@@ -41,7 +41,7 @@ def test_backward_runs_on_the_gpu(family: str) -> None:
 @pytest.mark.parametrize("family", ["lowrank", "monarch", "blast"])
 def test_every_kernels_mode_gives_an_ok_row(tmp_path: Path, mode: str, family: str) -> None:
     from structbench.errors import StructbenchError
-    from suites.kernels import run_case
+    from suites.kernels.suite import run_case
 
     if mode == "triton":
         pytest.importorskip("triton")

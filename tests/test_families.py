@@ -107,7 +107,7 @@ def test_hparams_for_stays_within_rho(family: str, shape: tuple[int, int], rho: 
         pytest.skip(f"infeasible for this family: {err}")
     assert 0 < fit.rho <= rho + 1e-12
     if shape in REAL_SHAPES:  # small test shapes are too coarse-grained for a tight margin
-        assert fit.rho >= rho * (1 - cls.rho_margin), f"{family} {shape}: rho {fit.rho:.4f} for target {rho}"
+        assert fit.rho >= rho * (1 - cls.promises.rho_margin), f"{family} {shape}: rho {fit.rho:.4f} for target {rho}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,7 +118,7 @@ def test_projection_recovers_own_family(family: str, shape: tuple[int, int]) -> 
     weight = target.to_dense().detach()
     projected = cls.from_dense(weight, **target.hparams).eval()
     err = relative_error(weight, projected.to_dense().detach())
-    assert err < cls.projection_tolerance, f"{family} {shape}: relative error {err:.3g}"
+    assert err < cls.promises.projection_tolerance, f"{family} {shape}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -149,7 +149,7 @@ def test_train_quick_trains_the_new_family(new_family: str, tmp_path: Path, monk
     monkeypatch.setattr(wikitext, "wiki_text", lambda split: text[split])
     data.wiki_bytes.cache_clear()
     try:
-        run_dir = _run(tmp_path, "train-lm", {"include": str(Path(__file__).parents[1] / "suites" / "train_lm.yaml")})
+        run_dir = _run(tmp_path, "train-lm", {"include": str(Path(__file__).parents[1] / "suites" / "train_lm" / "default.yaml")})
     finally:
         data.wiki_bytes.cache_clear()
     [row] = _rows(run_dir, new_family)

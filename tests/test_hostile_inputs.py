@@ -150,7 +150,7 @@ def test_the_summary_shows_counts_and_the_headline_table(finished: Path, tmp_pat
 
 def test_train_vision_without_its_data_stops_before_any_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "tv.json"
-    config.write_text(json.dumps({"include": str(Path(__file__).parents[1] / "suites" / "train_vision.yaml"),
+    config.write_text(json.dumps({"include": str(Path(__file__).parents[1] / "suites" / "train_vision" / "default.yaml"),
                                   "data": {"root": str(tmp_path / "nowhere")}}))
     out = tmp_path / "results"
     assert main(["--suite", "train-vision", "--quick", "--config", str(config), "--out", str(out)]) == 2

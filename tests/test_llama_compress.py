@@ -318,7 +318,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     monkeypatch.setattr(cli, "cache_root", lambda: cache)
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "include: " + str(Path(__file__).parents[1] / "suites" / "llama_compress.yaml") + "\n"
+        "include: " + str(Path(__file__).parents[1] / "suites" / "llama_compress" / "default.yaml") + "\n"
         "perplexity: {window: 32, stride: 16, windows: 3, batch_size: 2}\n"
         "tasks: {items: 6, batch_size: 8}\n"
         "retrain: {lr: 1.0e-3, batch_size: 2, seq_len: 32, tokens: 2000}\n"
@@ -429,7 +429,7 @@ def test_a_layout_change_moves_only_that_familys_projection_cache(tmp_path: Path
     from structbench.config import resolve
     from structbench.suite import RunContext
     from suites import SUITES
-    from suites.llama_compress import _cache_file
+    from suites.llama_compress.suite import _cache_file
 
     suite = SUITES.get("llama-compress")
     cfg = resolve("llama-compress", yaml.safe_load(suite.config_path.read_text()), suite.validate, quick=True)

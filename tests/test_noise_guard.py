@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import suites.kernels as kernels
+import suites.kernels.suite as kernels
 from structbench.cli import main
 from structbench.measure.timing import Timing
 from structbench.results import load_run

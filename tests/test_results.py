@@ -51,7 +51,7 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
 
 
 def _stub_suite(name: str = "stub") -> SimpleNamespace:
-    return SimpleNamespace(name=name, version="0", description="test", metrics={}, schema=Schema(("k",)))
+    return SimpleNamespace(name=name, version="0", description="test", metrics={}, schema=Schema(("k",)), about=None)
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def _config(tmp_path: Path) -> str:
 
 
 def _stub() -> SimpleNamespace:
-    return SimpleNamespace(name="stub", version="0", description="", metrics={}, schema=Schema(("k",)))
+    return SimpleNamespace(name="stub", version="0", description="", metrics={}, schema=Schema(("k",)), about=None)
 
 
 def test_a_second_writer_of_a_live_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,7 +35,7 @@ def _weight(m: int, n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(m, n, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).input_scaling])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).promises.input_scaling])
 def test_scale_input_multiplies_the_matrix_by_a_diagonal(family: str) -> None:
     cls = get_family(family)
     module = cls(128, 64, **cls.hparams_for(64, 128, 0.5).hparams).double().eval()
@@ -88,7 +88,7 @@ def test_closed_forms_are_optimal_and_the_whitened_svd_loss_is_the_dropped_spect
         assert weighted_error(w, nudged, gram) > best
 
 
-@pytest.mark.parametrize("family", [f for f in COMPRESSIBLE if get_family(f).exact_projection])
+@pytest.mark.parametrize("family", [f for f in COMPRESSIBLE if get_family(f).promises.exact_projection])
 def test_exact_families_stay_exact_under_a_full_gram(family: str) -> None:
     cls = get_family(family)
     member = cls(128, 64, **cls.hparams_for(64, 128, 0.5).hparams).double()

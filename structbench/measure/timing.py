@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from structbench.stats import quartiles
+
 
 @dataclass
 class Timing:
@@ -29,10 +31,7 @@ class Timing:
     @property
     def quartiles(self) -> tuple[float, float]:
         """First and third quartiles (both the sample itself when there is one)."""
-        if len(self.samples) < 2:
-            return self.samples[0], self.samples[0]
-        q = statistics.quantiles(self.samples, n=4, method="inclusive")
-        return q[0], q[2]
+        return quartiles(self.samples)
 
     @property
     def iqr(self) -> float:

@@ -29,7 +29,7 @@ from torch import nn
 
 from structbench.config import check_keys, number_list
 from structbench.errors import StructbenchError
-from structbench.results import torch_save_atomic
+from structbench.cache import torch_save_atomic
 
 MODES = ("dense", "sequential")
 OBJECTIVES = ("frobenius", "calibrated")

@@ -24,7 +24,7 @@ from torch import nn
 from structbench.errors import StructbenchError
 from structbench.models.calibration import OBJECTIVES, Calibration, collect_grams, sequential_grams
 from structbench.families import get_family
-from structbench.results import torch_save_atomic
+from structbench.cache import torch_save_atomic
 from structbench.structured import StructuredLinear
 from structbench.swap import SwapRecord, swap_linears
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from structbench.errors import StructbenchError
-from structbench.models.weights import cache_root
+from structbench.cache import cache_root
 
 BIGBENCH = "bigbench"
 SDIST = "bigbench-1.0.0.tar.gz"

@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from structbench.cache import cache_root
 from structbench.errors import StructbenchError
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -105,12 +106,6 @@ class LinearWeight(NamedTuple):
 def layer_types(model_name: str) -> list[str]:
     """Short layer-type names of a model, in the order ``linear_weights`` yields them."""
     return list(_spec(model_name).types.values())
-
-
-def cache_root() -> Path:
-    """Where converted weights live: ``$STRUCTBENCH_CACHE`` or ``~/.cache/structbench``."""
-    env = os.environ.get("STRUCTBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "structbench"
 
 
 def package_dir(model_name: str) -> Path:

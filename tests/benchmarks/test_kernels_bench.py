@@ -2,7 +2,7 @@
 commits (``--benchmark-autosave`` / ``--benchmark-compare``; see the README).
 
 Skipped by the default test run (``--benchmark-skip`` in pyproject's addopts); run with
-``pytest tests/benchmarks --benchmark-only``. Cases come from ``suites/kernels.yaml``'s
+``pytest tests/benchmarks --benchmark-only``. Cases come from ``suites/kernels/default.yaml``'s
 ``quick:`` section and the family registry, and are built by the suite's own
 ``case_modules``, so both tools time the same modules, with the heap held as the suite does. Each (shape, tokens) is one
 benchmark group holding every family and the ``nn.Linear`` baseline.
@@ -18,7 +18,7 @@ import torch
 from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError
 from structbench.measure.memory import held_heap
-from suites.kernels import CONFIG_PATH, case_modules, expand, validate
+from suites.kernels.suite import CONFIG_PATH, case_modules, expand, validate
 
 THREADS = int(os.environ.get("STRUCTBENCH_THREADS", os.cpu_count() or 1))
 CASES = [c for c in expand(resolve("kernels", load_config(CONFIG_PATH), validate, quick=True)) if c["mode"] == "eager"]

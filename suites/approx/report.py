@@ -10,16 +10,21 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from structbench.models.weights import MODELS
 from structbench.report.html import Section
 from structbench.report.plots import PALETTE, family_rank, heatmap, lines_by_family, sorted_families
 from structbench.results import RunData
-from structbench.synthetic import kinds
 
 TABLE_RHOS = (0.2, 0.5)  # the real-weights tables and heat maps; every rho is in the curves
 LOG_FLOOR = 1e-8  # float32 round-off of an exact projection; drawn at this floor on log axes
 METHOD_COLORS = {"precgd": PALETTE[0], "gd": PALETTE[1]}
 DIVERGED = 10.0  # where a diverged run is drawn on a log error axis
+
+
+def _about(run: RunData, what: str) -> dict:
+    """The run's stored facts of its sources (``about`` in run.json); empty for a run stored
+    without them, whose report then names kinds and models without describing them."""
+    about = run.meta.get("about")
+    return (about.get(what) or {}) if isinstance(about, dict) else {}
 
 
 def approx_report(run: RunData) -> list[Section]:
@@ -31,8 +36,8 @@ def approx_report(run: RunData) -> list[Section]:
     synthetic = proj[proj["source"] == "synthetic"]
     real = proj[proj["source"] != "synthetic"]
     sections = [_notes(run, frame)]
-    sections += _synthetic_sections(synthetic)
-    sections += _real_sections(real)
+    sections += _synthetic_sections(synthetic, _about(run, "kinds"))
+    sections += _real_sections(real, _about(run, "models"))
     sections += _convergence_sections(ok)
     sections += _cost_sections(proj)  # ends with the long table of every projection group
     bad = frame[frame["status"] != "ok"]
@@ -111,8 +116,9 @@ def _notes(run: RunData, frame: pd.DataFrame) -> Section:
     lines = ["Relative Frobenius error ||W - What||_F / ||W||_F of each family's from_dense at a target rho; "
              "rho_actual (the fraction of the dense parameters the chosen structure keeps, always <= rho) is "
              "shown beside every error, and curves are drawn against it."]
-    models = [m for m in MODELS if "source" in frame and (frame["source"] == m).any()]
-    lines += [f"{m}: {MODELS[m].note}." for m in models]
+    notes = _about(run, "models")
+    models = [m for m in notes if "source" in frame and (frame["source"] == m).any()]
+    lines += [f"{m}: {notes[m]}." for m in models]
     options: dict[str, list[str]] = {}
     if "options" in frame:  # a run of the convergence experiment alone has no projection rows
         proj = frame[frame["experiment"] == "projection"]
@@ -126,13 +132,12 @@ def _notes(run: RunData, frame: pd.DataFrame) -> Section:
     return Section("About this run", " ".join(lines))
 
 
-def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
+def _synthetic_sections(frame: pd.DataFrame, known: dict[str, dict]) -> list[Section]:
     if frame.empty:
         return []
-    known = kinds()
     present = list(dict.fromkeys(frame["matrix"]))
     order = [k for k in known if k in present] + [k for k in present if k not in known]  # a kind unknown here: last
-    homes = ", ".join(f"{k} -> {known[k].family}" for k in order if k in known and known[k].family)
+    homes = ", ".join(f"{k} -> {known[k]['family']}" for k in order if known.get(k, {}).get("family"))
     maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=sorted_families(frame["family"]),
                     col_order=order, title=f"mean relative error at rho {rho}: families x synthetic kinds")
             .update_yaxes(autorange="reversed") for rho in _present(frame["rho"])]
@@ -149,20 +154,20 @@ def _synthetic_sections(frame: pd.DataFrame) -> list[Section]:
         "Error vs rho per synthetic kind",
         f"One line per family (mean over sizes and seeds, band: min..max); log scale, errors below "
         f"{LOG_FLOOR:g} drawn at {LOG_FLOOR:g}.",
-        figures=[_error_curves(frame[frame["matrix"] == k], f"{k}: {known[k].description if k in known else k}", log_y=True)
+        figures=[_error_curves(frame[frame["matrix"] == k], f"{k}: {known.get(k, {}).get('description', k)}", log_y=True)
                  for k in order],
     )
     return [who, curves]
 
 
-def _real_sections(frame: pd.DataFrame) -> list[Section]:
+def _real_sections(frame: pd.DataFrame, notes: dict[str, str]) -> list[Section]:
     sections = []
     objective = frame["objective"].fillna("frobenius") if "objective" in frame else pd.Series("frobenius", frame.index)
     for model, part in frame[objective == "frobenius"].groupby("source", sort=False):
         types = list(dict.fromkeys(part["matrix"]))
         layers = sorted(part["layer"].dropna().astype(int).unique())
         shapes = part.drop_duplicates("matrix").set_index("matrix")["shape"]
-        note = MODELS[model].note if model in MODELS else ""
+        note = notes.get(model, "")
         tables = [_error_table(part, "matrix", rho, f"layer type (rho {rho})") for rho in _present(part["rho"])]
         figures = [_error_curves(part[part["matrix"] == t], f"{model} {t} ({shapes[t]}, {len(layers)} layers)",
                                  log_y=False) for t in types]

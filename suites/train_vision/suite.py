@@ -22,7 +22,7 @@ from structbench.train.data import fashion_mnist, normalise, require_fashion_mni
 from structbench.train.loop import Batch
 from structbench.train.vit import ViT, ViTConfig
 
-CONFIG_PATH = Path(__file__).with_name("train_vision.yaml")
+CONFIG_PATH = Path(__file__).with_name("default.yaml")
 EVAL_BATCH = 1000
 
 

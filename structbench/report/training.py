@@ -1,4 +1,4 @@
-"""Report sections of the train-vision and train-lm suites, from stored rows only.
+"""Report sections shared by the training suites (train-vision, train-lm), from stored rows only.
 
 Score against relative FLOPs with each family's Pareto front and the dense model as the
 reference line, the same against parameters, training curves (one figure per recorded
@@ -106,6 +106,3 @@ def summary(run: RunData) -> pd.DataFrame:
     headline = run.schema.get("headline") or []
     return budget_table(ok, headline[0]) if headline and not ok.empty else pd.DataFrame()
 
-
-REPORTS = {"train-vision": train_report, "train-lm": train_report}
-SUMMARIES = {"train-vision": summary, "train-lm": summary}

@@ -36,7 +36,7 @@ from structbench.families import get_family, resolve_families
 from structbench.suite import Metric, RunContext, Schema, Suite
 from structbench.synthetic import kinds, make_matrix
 
-CONFIG_PATH = Path(__file__).with_name("approx.yaml")
+CONFIG_PATH = Path(__file__).with_name("default.yaml")
 _TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "objectives",
              "calibration"}
 CALIBRATED_MODELS = (model_weights.SMOLLM2,)
@@ -384,6 +384,15 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     return _run_blast_fit(case, ctx)
 
 
+def about(config: dict[str, Any]) -> dict[str, Any]:
+    """What the report says of this run's sources, stored with it so that the report reads
+    only the run: each real model's provenance note and each synthetic kind's structure."""
+    return {
+        "models": {m: model_weights.MODELS[m].note for m in config.get("real") or {} if m in model_weights.MODELS},
+        "kinds": {name: {"family": kind.family, "description": kind.description} for name, kind in kinds().items()},
+    }
+
+
 SUITE = Suite(
     name="approx",
     version="3",
@@ -394,6 +403,7 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
+    about=about,
     schema=Schema(case_keys=("experiment", "source", "matrix", "layer", "family", "rho", "objective", "method"),
                   headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors"),
                   shard_keys=("source", "matrix", "layer")),  # a GD sweep stays with the cases reading it

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from structbench.measure.timing import Timing
 from structbench.report.html import Section
 from structbench.report.plots import family_rank, heatmap, lines_by_family, scatter_by_family
 from structbench.report.tables import geomean
 from structbench.results import RunData
+from structbench.stats import quartiles
 
 SUMMARY = ["family", "shape", "rho", "rho_actual", "tokens", "mode", "median_s", "iqr_s", "runs", "dense_median_s",
            "speedup", "ideal_speedup", "efficiency", "products_efficiency", "products_share", "gflops", "macs", "macs_fvcore", "macs_agree", "param_bytes", "peak_mem_bytes", "noisy"]
@@ -18,8 +18,8 @@ SUMMARY = ["family", "shape", "rho", "rho_actual", "tokens", "mode", "median_s",
 
 def _with_quartiles(ok: pd.DataFrame) -> pd.DataFrame:
     """Latency quartiles from the raw samples: the band drawn around each median."""
-    quartiles = [Timing(list(s)).quartiles for s in ok["samples_s"]]
-    return ok.assign(q1_s=[q[0] for q in quartiles], q3_s=[q[1] for q in quartiles])
+    bands = [quartiles(list(s)) for s in ok["samples_s"]]
+    return ok.assign(q1_s=[q[0] for q in bands], q3_s=[q[1] for q in bands])
 
 
 def _tick_tokens(fig: go.Figure, tokens: list[int]) -> go.Figure:

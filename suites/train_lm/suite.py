@@ -24,7 +24,7 @@ from structbench.train.data import fixed_windows, random_windows, wiki_bytes
 from structbench.train.gpt import GPT, GPTConfig
 from structbench.train.loop import Batch
 
-CONFIG_PATH = Path(__file__).with_name("train_lm.yaml")
+CONFIG_PATH = Path(__file__).with_name("default.yaml")
 EVAL_BATCH = 64
 
 

@@ -42,7 +42,7 @@ from structbench.models.tasks import TASKS
 from structbench.families import get_family, resolve_families
 from structbench.suite import Metric, RunContext, Schema, Suite
 
-CONFIG_PATH = Path(__file__).with_name("llama_compress.yaml")
+CONFIG_PATH = Path(__file__).with_name("default.yaml")
 SCORERS = ("structbench", "lm-eval")
 """Who scores the zero-shot tasks: this project's batched scorer, or lm-evaluation-harness
 itself on the same items (``structbench.models.harness``; slower, the reference)."""

@@ -36,7 +36,7 @@ from structbench.families import build, get_family, hparams_for, resolve_familie
 from structbench.structured import StructuredLinear
 from structbench.suite import Metric, RunContext, Schema, Suite
 
-CONFIG_PATH = Path(__file__).with_name("kernels.yaml")
+CONFIG_PATH = Path(__file__).with_name("default.yaml")
 KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "hold_heap", "quick"}
 MODES = ("eager", "cuda-graph", "cold-l2", "compile", "triton")
 CUDA_ONLY = ("cuda-graph", "cold-l2", "triton")

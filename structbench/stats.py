@@ -1,0 +1,14 @@
+"""Summary statistics of stored samples, shared by the measurements that take them and the
+reports that draw them (which must not import measurement code)."""
+from __future__ import annotations
+
+import statistics
+from typing import Sequence
+
+
+def quartiles(samples: Sequence[float]) -> tuple[float, float]:
+    """First and third quartiles (both the sample itself when there is one)."""
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[0], q[2]

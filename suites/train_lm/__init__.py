@@ -1,0 +1,2 @@
+"""The train-lm suite: its definition (``suite.py``), default config (``default.yaml``) and other
+configs beside it, and its report (``report.py``)."""
