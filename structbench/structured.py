@@ -4,7 +4,7 @@ A family is an ``nn.Module`` that replaces ``nn.Linear(in_features, out_features
 ``y = x W^T + bias`` with ``W`` (``m x n`` = out x in) held in factored form. Subclasses
 implement the weight pieces (``_forward``, ``to_dense``, ``weight_params``,
 ``_hparams_for``, ``_project``); this base adds leading batch dims, validation
-and the bookkeeping every suite relies on (``num_params``, ``macs``, ``rho``).
+and the bookkeeping every suite relies on (``num_params``, ``macs``, ``rho_actual``, ``macs_ratio``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Fit(NamedTuple):
     """Hyperparameters chosen for a target ``rho`` and the fraction they actually keep."""
 
     hparams: dict[str, Any]
-    rho: float
+    rho_actual: float
 
 
 def check_rho(rho: float) -> float:
@@ -220,10 +220,16 @@ class StructuredLinear(nn.Module, abc.ABC):
         return int(tokens) * self.macs_per_token()
 
     @property
-    def rho(self) -> float:
-        """Kept fraction of the dense weight's (effective) parameters; the MACs' fraction is
-        ``macs_per_token() / (m n)``, the same number for every family but the Kronecker sum."""
+    def rho_actual(self) -> float:
+        """Kept fraction of the dense weight's (effective) parameters: what a target ``rho``
+        budgets, at most ``rho``."""
         return self.kept_params() / (self.out_features * self.in_features)
+
+    @property
+    def macs_ratio(self) -> float:
+        """Multiply-adds per token over the dense layer's: ``rho_actual`` for every family but
+        the Kronecker sum, which costs more MACs than it stores (above 1 at some budgets)."""
+        return self.macs_per_token() / (self.out_features * self.in_features)
 
     @classmethod
     def hparams_for(cls, out_features: int, in_features: int, rho: float) -> Fit:

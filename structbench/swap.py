@@ -24,10 +24,45 @@ class SwapRecord:
     name: str
     shape: tuple[int, int]
     hparams: dict[str, Any]
-    rho: float
+    rho_actual: float
     rel_error: float | None
     weighted_error: float | None = None
     """``||(W - What) G^{1/2}||_F / ||W G^{1/2}||_F`` on the calibration Gram, when one was given."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a set of linears costs against the dense ones they replace: the two quantities a
+    budget can hold fixed, which differ for a family whose MACs exceed its parameters."""
+
+    params: int
+    """Weight parameters the structures use (``kept_params``; bias excluded)."""
+    dense_params: int
+    macs: int
+    """Multiply-adds of one token through them."""
+    dense_macs: int
+
+    @property
+    def rho_actual(self) -> float:
+        """The achieved kept fraction of the dense parameters (what a target ``rho`` budgets)."""
+        return self.params / self.dense_params
+
+    @property
+    def macs_ratio(self) -> float:
+        """MACs per token relative to the dense linears' (above 1: costs more compute than dense)."""
+        return self.macs / self.dense_macs
+
+
+def budget(layers: list[nn.Module]) -> Budget:
+    """The ``Budget`` of ``layers``, each a ``StructuredLinear`` or a plain ``nn.Linear`` (kept whole)."""
+    params = macs = dense = 0
+    for layer in layers:
+        size = layer.in_features * layer.out_features
+        structured = isinstance(layer, StructuredLinear)
+        params += layer.kept_params() if structured else size
+        macs += layer.macs_per_token() if structured else size
+        dense += size
+    return Budget(params, dense, macs, dense)
 
 
 def _matcher(include: str | LayerFilter | None) -> LayerFilter:
@@ -101,5 +136,5 @@ def swap_linears(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        records.append(SwapRecord(name, (layer.out_features, layer.in_features), new.hparams, new.rho, err, werr))
+        records.append(SwapRecord(name, (layer.out_features, layer.in_features), new.hparams, new.rho_actual, err, werr))
     return records

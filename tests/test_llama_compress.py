@@ -181,7 +181,7 @@ def test_compress_caches_factors_and_save_load_roundtrips(tiny_llama: Path, tmp_
     records = compress(model, "lowrank", 0.5, layers=[1], cache_file=tmp_path / "c.pt")
     assert len(records) == 7 and all(r.name.startswith("model.layers.1.") for r in records)
     swapped = [m for m in model.modules() if isinstance(m, StructuredLinear)]
-    assert len(swapped) == 7 and all(m.rho <= 0.5 for m in swapped)
+    assert len(swapped) == 7 and all(m.rho_actual <= 0.5 for m in swapped)
     with torch.no_grad():
         want = model(ids).logits
 

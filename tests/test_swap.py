@@ -36,7 +36,7 @@ def test_lowrank_swap_reports_rho_and_error() -> None:
     model = Block().double()
     records = swap_linears(model, "lowrank", 0.25, include=lambda name, layer: name == "up_proj")
     (rec,) = records
-    assert rec.rho <= 0.25 and 0 < rec.rel_error < 1
+    assert rec.rho_actual <= 0.25 and 0 < rec.rel_error < 1
     assert model.up_proj.bias is None
 
 

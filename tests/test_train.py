@@ -23,7 +23,7 @@ from structbench.train import data
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.gpt import GPT, GPTConfig
 from structbench.train.loop import Recipe, train
-from structbench.train.structure import linear_rho, model_macs, structure_
+from structbench.train.structure import model_macs, structure_, structured_budget
 from structbench.train.vit import ViT, ViTConfig
 from matrices.gaudi import FREEZE_AT, GaudiLinear
 
@@ -125,7 +125,7 @@ def test_whole_model_macs_differ_only_by_the_swapped_linears(family: str) -> Non
     structure = structure_(structured, family, 0.5, BLOCK_LINEARS)
     assert structure.layers == 4 * cfg.depth
     linears = [m for n, m in dense.named_modules() if isinstance(m, torch.nn.Linear) and n != "head"]
-    saved = 16 * sum(m.in_features * m.out_features for m in linears) * (1 - linear_rho(structured))
+    saved = 16 * sum(m.in_features * m.out_features for m in linears) * (1 - structured_budget(structured).macs_ratio)
     assert model_macs(dense, example) - model_macs(structured, example) == pytest.approx(saved, abs=0.5)
 
 
@@ -228,8 +228,9 @@ def _check_run(run_dir: Path, score: str) -> None:
             assert len(row["curves"]["step"]) == len(row["curves"][score]) == 2
             # whole-model FLOPs fall exactly when the replaced linears' MACs do (not for dense,
             # nor for a Kronecker sum, which stores less than dense but multiplies more)
-            assert (row["relative_flops"] < 1) == (row["linear_rho"] < 1)
-    assert rows["dense"]["relative_flops"] == 1.0
+            assert (row["model_macs_ratio"] < 1) == (row["macs_ratio"] < 1)
+            assert 0 < row["rho_actual"] <= 1
+    assert rows["dense"]["model_macs_ratio"] == 1.0
     assert "Pareto" in (run_dir / "report.html").read_text()
     # Resume: every case is done, nothing runs again.
     assert main(["--suite", run.suite, "--resume", str(run_dir), "--out", str(run_dir.parent.parent)]) == 0

@@ -90,7 +90,7 @@ def compress(
             raise StructbenchError(f"{cache} holds other layers than this model's {family} layers; delete it")
         for name, state in saved["state"].items():
             modules[name].load_state_dict(state)
-        return [SwapRecord(**{**r, "shape": tuple(r["shape"])}) for r in saved["records"]]
+        return [_record(r) for r in saved["records"]]
     calibrated = objective == "calibrated"
     if calibrated and calibration is None:
         raise StructbenchError("the calibrated objective needs calibration text or Grams")
@@ -209,6 +209,13 @@ def save_compressed(model: nn.Module, folder: str | Path, tokenizer: Any = None)
     (folder / STRUCTURE_FILE).write_text(json.dumps({"format": STRUCTURE_FORMAT, "layers": structure}, indent=1))
     save_model(model, str(folder / WEIGHTS_FILE))
     return folder
+
+
+def _record(saved: dict[str, Any]) -> SwapRecord:
+    """A cached layer's record; caches written before the achieved fraction was named
+    ``rho_actual`` store it as ``rho``."""
+    fields = {("rho_actual" if k == "rho" else k): v for k, v in saved.items()}
+    return SwapRecord(**{**fields, "shape": tuple(fields["shape"])})
 
 
 def _saved_layout(spec: dict[str, Any], file_format: int | None) -> int:

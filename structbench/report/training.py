@@ -1,6 +1,6 @@
 """Report sections shared by the training suites (train-vision, train-lm), from stored rows only.
 
-Score against relative FLOPs with each family's Pareto front and the dense model as the
+Score against the whole model's MACs relative to dense (``model_macs_ratio``) with each family's Pareto front and the dense model as the
 reference line, the same against parameters, training curves (one figure per recorded
 metric: every (family, rho) run, coloured by family), and the tables.
 """
@@ -14,7 +14,7 @@ from structbench.report.html import Section
 from structbench.report.plots import family_color, scatter_by_family
 from structbench.results import RunData
 
-SUMMARY = ["family", "rho", "linear_rho", "relative_flops", "macs", "params", "train_seconds", "steps", "hparams"]
+SUMMARY = ["family", "rho", "rho_actual", "macs_ratio", "model_macs_ratio", "macs", "params", "train_seconds", "steps", "hparams"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 
 
@@ -42,17 +42,17 @@ def curves_figure(ok: pd.DataFrame, metric: str, title: str) -> go.Figure:
 
 
 def budget_table(ok: pd.DataFrame, score: str) -> pd.DataFrame:
-    """Family x rho: the score and the relative FLOPs of each run, side by side."""
-    wide = ok.pivot_table(index="family", columns="rho", values=[score, "relative_flops"], aggfunc="first")
-    columns = [(metric, rho) for rho in sorted(ok["rho"].unique()) for metric in (score, "relative_flops")
+    """Family x rho: the score and the whole model's MACs ratio of each run, side by side."""
+    wide = ok.pivot_table(index="family", columns="rho", values=[score, "model_macs_ratio"], aggfunc="first")
+    columns = [(metric, rho) for rho in sorted(ok["rho"].unique()) for metric in (score, "model_macs_ratio")
                if (metric, rho) in wide.columns]
     wide = wide[columns]
-    wide.columns = [f"{'flops' if metric == 'relative_flops' else metric} @{rho:g}" for metric, rho in columns]
+    wide.columns = [f"{'MACs ratio' if metric == 'model_macs_ratio' else metric} @{rho:g}" for metric, rho in columns]
     return wide.reset_index()
 
 
 def train_report(run: RunData) -> list[Section]:
-    """The run's first headline metric is the score plotted against relative FLOPs; every
+    """The run's first headline metric is the score plotted against the MACs ratio; every
     headline metric gets its training curve."""
     curve_metrics = run.schema.get("headline") or []
     if not curve_metrics:
@@ -69,14 +69,15 @@ def train_report(run: RunData) -> list[Section]:
         better = "higher" if higher_is_better else "lower"
         ok["label"] = ok["family"] + " rho=" + ok["rho"].astype(str)
         sections.append(Section(
-            f"{score} against relative FLOPs",
-            f"Relative FLOPs: fvcore multiply-adds of one forward of the whole model (attention matmuls, "
+            f"{score} against the whole model's MACs",
+            f"model_macs_ratio: fvcore multiply-adds of one forward of the whole model (attention matmuls, "
             f"embeddings, norms and head included) over the dense model's. Dashed: each family's Pareto "
-            f"front (no cheaper run is {better}); dotted: the dense reference. rho is the budget of the "
-            f"replaced block linears; linear_rho what they kept after training.",
-            figures=[_with_reference(scatter_by_family(ok, "relative_flops", score, text="label", pareto=True,
+            f"front (no cheaper run is {better}); dotted: the dense reference. rho budgets the replaced "
+            f"block linears' parameters (rho_actual: what they kept after training); macs_ratio is their "
+            f"MACs over dense's, above 1 where a family costs more compute than dense at that parameter budget.",
+            figures=[_with_reference(scatter_by_family(ok, "model_macs_ratio", score, text="label", pareto=True,
                                                        higher_is_better=higher_is_better,
-                                                       title=f"{score} vs relative FLOPs"), dense, score),
+                                                       title=f"{score} vs whole-model MACs / dense"), dense, score),
                      _with_reference(scatter_by_family(ok, "params", score, text="label", log_x=True,
                                                        title=f"{score} vs trainable parameters"), dense, score)],
         ))
@@ -88,7 +89,7 @@ def train_report(run: RunData) -> list[Section]:
         columns = [c for c in ["family", "rho", score, *SUMMARY[2:]] if c in ok.columns]
         table = ok.sort_values(["family", "rho"])[columns]
         sections.append(Section(
-            f"{score} and relative FLOPs by family and budget",
+            f"{score} and MACs ratio by family and budget",
             "One row per family, one column pair per budget rho (dense: its single run at rho 1).",
             tables=[budget_table(ok, score)]))
         sections.append(Section("All runs", tables=[table]))
@@ -100,7 +101,7 @@ def train_report(run: RunData) -> list[Section]:
 
 
 def summary(run: RunData) -> pd.DataFrame:
-    """The terminal's headline: the score and relative FLOPs per family and budget."""
+    """The terminal's headline: the score and the MACs ratio per family and budget."""
     frame = run.frame()
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     headline = run.schema.get("headline") or []

@@ -12,15 +12,16 @@ from torch import nn
 
 from structbench.measure.flops import mac_handles
 from structbench.structured import StructuredLinear
-from structbench.swap import swap_linears
+from structbench.swap import Budget, budget, swap_linears
 
 
 @dataclass
 class Structure:
-    """What ``structure_`` did: the layers swapped and the kept fraction of their MACs."""
+    """What ``structure_`` did: the layers swapped, what they cost against dense, and the
+    hyperparameters chosen per layer."""
 
     layers: int
-    linear_rho: float
+    budget: Budget
     hparams: dict[str, dict[str, Any]]
 
 
@@ -28,14 +29,13 @@ def structure_(model: nn.Module, family: str, rho: float, include: str) -> Struc
     """Replace the linears matching ``include`` by ``family`` at ``rho``, each with the
     family's own from-scratch initialisation (no projection: nothing is pretrained)."""
     records = swap_linears(model, family, rho, include=include, project=False, measure_error=False)
-    return Structure(len(records), linear_rho(model), {r.name: r.hparams for r in records})
+    return Structure(len(records), structured_budget(model), {r.name: r.hparams for r in records})
 
 
-def linear_rho(model: nn.Module) -> float:
-    """Kept fraction of the structured linears' MACs as the model now stands (Gaudi's
-    depends on its current widths)."""
-    layers = [m for m in model.modules() if isinstance(m, StructuredLinear)]
-    return sum(m.macs_per_token() for m in layers) / sum(m.in_features * m.out_features for m in layers)
+def structured_budget(model: nn.Module) -> Budget:
+    """The structured linears' ``Budget`` as the model now stands (Gaudi's depends on its
+    current widths)."""
+    return budget([m for m in model.modules() if isinstance(m, StructuredLinear)])
 
 
 def _attention_macs(inputs: list[Any], outputs: list[Any]) -> int:

@@ -20,7 +20,7 @@ from structbench.errors import StructbenchError
 from structbench.families import resolve_families
 from structbench.suite import Metric, RunContext, Schema, Suite
 from structbench.train.loop import Batch, Recipe, train
-from structbench.train.structure import linear_rho, model_macs, structure_
+from structbench.train.structure import model_macs, structure_, structured_budget
 
 Checker = Callable[[str, Any], Any]
 
@@ -116,19 +116,22 @@ def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str
     prepared = task.prepare(cfg, ctx)
     gen = torch.Generator().manual_seed(ctx.seed)  # data order and augmentation: seed only
     ctx.log(f"{task.name}: {case['family']} rho={case['rho']}: {structure.layers} layers at "
-            f"linear rho {structure.linear_rho:.3f}, {prepared.recipe.steps} steps")
+            f"rho_actual {structure.budget.rho_actual:.3f}, macs_ratio {structure.budget.macs_ratio:.3f}, "
+            f"{prepared.recipe.steps} steps")
     history = train(model.to(ctx.device), prepared.recipe, prepared.batches(gen), task.loss, prepared.evaluate,
                     log=ctx.log)
     model = model.cpu()
     macs = model_macs(model, task.example(cfg))
+    trained = structured_budget(model)  # after training: Gaudi's widths have moved and been snapped
     curves = {"step": history.step, "train_loss": history.train_loss, "train_seconds": history.train_seconds,
               **history.metrics}
     return [{
         **{key: values[-1] for key, values in history.metrics.items()},
         "macs": macs,
         "dense_macs": dense_macs,
-        "relative_flops": macs / dense_macs,
-        "linear_rho": linear_rho(model),  # after training: Gaudi's widths have moved and been snapped
+        "model_macs_ratio": macs / dense_macs,
+        "rho_actual": trained.rho_actual,
+        "macs_ratio": trained.macs_ratio,
         "params": sum(p.numel() for p in model.parameters()),
         "dense_params": sum(p.numel() for p in dense_model.parameters()),
         "train_seconds": history.train_seconds[-1],
@@ -149,7 +152,7 @@ def recipe_from(rec: dict[str, Any], steps: int) -> Recipe:
 def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[str, Metric],
                headline: tuple[str, ...]) -> Suite:
     """The ``Suite`` of a task: ``metrics`` holds the score's and the suite's own metrics;
-    ``headline[0]`` is the score the report plots against relative FLOPs, and every headline
+    ``headline[0]`` is the score the report plots against the whole model's MACs ratio, and every headline
     metric gets a training curve."""
     return Suite(
         name=task.name,
@@ -167,10 +170,13 @@ def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[
 def shared_metrics() -> dict[str, Metric]:
     """Metric metadata both suites declare."""
     return {
-        "relative_flops": Metric("", higher_is_better=False, description="fvcore MACs of the whole model (attention "
-                                 "included) over the dense model's, one forward"),
+        "model_macs_ratio": Metric("", higher_is_better=False, description="fvcore MACs of one forward of the whole "
+                                   "model (attention included) over the dense model's"),
         "macs": Metric("MAC", higher_is_better=False, description="fvcore multiply-adds of one forward"),
-        "linear_rho": Metric("", higher_is_better=None, description="kept fraction of the replaced linears' MACs, after training"),
+        "rho_actual": Metric("", higher_is_better=None, description="kept fraction of the replaced linears' parameters, "
+                             "after training"),
+        "macs_ratio": Metric("", higher_is_better=False, description="the replaced linears' MACs per token over the "
+                             "dense linears', after training (above 1 for a Kronecker sum)"),
         "params": Metric("", higher_is_better=None, description="trainable parameters of the whole model (Gaudi stores dense-sized factors)"),
         "train_seconds": Metric("s", higher_is_better=False, description="training wall time, evaluation excluded"),
     }

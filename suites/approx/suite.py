@@ -239,7 +239,7 @@ def _dtype(ctx: RunContext) -> torch.dtype:
 
 def _skipped(case: dict[str, Any], reason: str, **extra: Any) -> list[dict[str, Any]]:
     return [{**case, **extra, "status": "skipped", "reason": reason, "rel_error": None, "seconds": None,
-             "rho_actual": None, "hparams": None}]
+             "rho_actual": None, "macs_ratio": None, "hparams": None}]
 
 
 def _source_matrix(case: dict[str, Any], ctx: RunContext) -> torch.Tensor:
@@ -324,7 +324,7 @@ def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any
         return _skipped(case, str(exc), **shape)
     return [{**case, **shape, "status": "ok", "reason": None, "rel_error": _error(w, module, ctx),
              "weighted_error": None if gram is None else _error(w, module, ctx, gram), "seconds": seconds,
-             "rho_actual": module.rho, "hparams": json.dumps(module.hparams, sort_keys=True),
+             "rho_actual": module.rho_actual, "macs_ratio": module.macs_ratio, "hparams": json.dumps(module.hparams, sort_keys=True),
              "params": module.num_params() - (m if module.bias is not None else 0)}]
 
 
@@ -346,7 +346,7 @@ def _run_blast_fit(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]
     ))
     error = _error(target, module, ctx)
     row = {**case, "lr_used": lr, "status": "ok", "reason": None, "rel_error": error, "seconds": seconds,
-           "rho_actual": module.rho, "hparams": json.dumps(module.hparams, sort_keys=True),
+           "rho_actual": module.rho_actual, "macs_ratio": module.macs_ratio, "hparams": json.dumps(module.hparams, sort_keys=True),
            "diverged": not (math.isfinite(error) and all(math.isfinite(e) for e in errors))}
     if case["experiment"] == "convergence":
         # Only the convergence curves are plotted; the sweeps keep their rows small.

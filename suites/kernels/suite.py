@@ -131,7 +131,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         if importlib.util.find_spec("triton") is None:
             raise StructbenchError("mode triton needs Triton: pip install -e .[triton]")
         module.use_impl("triton")  # a family without a fused forward: a skipped row saying so
-    row: dict[str, Any] = {"hparams": hparams, "rho_actual": module.rho, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
+    row: dict[str, Any] = {"hparams": hparams, "rho_actual": module.rho_actual, "macs_ratio": module.macs_ratio, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
 
     with torch.inference_mode(), (torch.cuda.device(device) if device.startswith("cuda") else nullcontext()):
         got = module(x)

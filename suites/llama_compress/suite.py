@@ -219,18 +219,14 @@ def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict
     return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense"), collect)
 
 
-def _linear_params(model: Any, cfg: dict[str, Any]) -> int:
-    """Weight parameters of the targeted projections (compressed or not), bias excluded."""
+def _targeted_budget(model: Any, cfg: dict[str, Any]) -> Any:
+    """The ``Budget`` of the targeted projections (compressed or not), bias excluded."""
     from structbench.models.compress import decoder_filter
-    from structbench.structured import StructuredLinear
+    from structbench.swap import budget
 
     layers = None if cfg["layers"] == "all" else cfg["layers"]
     match = decoder_filter(layers, cfg["projections"])
-    total = 0
-    for name, module in model.named_modules():
-        if match(name, module):
-            total += module.kept_params() if isinstance(module, StructuredLinear) else module.weight.numel()
-    return total
+    return budget([module for name, module in model.named_modules() if match(name, module)])
 
 
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
@@ -246,7 +242,6 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     ensure_tasks(cfg["tasks"]["names"], cache=ctx.cache_dir, log=ctx.log)
     model, tokenizer = load_model(cfg["model"], torch.float32)
     evaluation.use_eager_attention(model)
-    dense_linear = _linear_params(model, cfg)
     row: dict[str, Any] = {"model": cfg["model"]}
 
     if case["family"] != "dense":
@@ -328,9 +323,9 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     vocab = model.config.vocab_size
     macs, unsupported = evaluation.macs_per_token(model, speed["macs_tokens"], vocab)
     fast = evaluation.throughput(model, vocab, speed["prompt"], speed["generate"], speed["repeats"])
-    linear = _linear_params(model, cfg)
-    row.update({**evaluation.model_size(model), "linear_params": linear, "rho_actual": linear / dense_linear,
-                "cr": 1 - linear / dense_linear, "macs_per_token": macs, "unsupported_ops": unsupported,
+    targeted = _targeted_budget(model, cfg)
+    row.update({**evaluation.model_size(model), "linear_params": targeted.params, "rho_actual": targeted.rho_actual,
+                "cr": 1 - targeted.rho_actual, "macs_ratio": targeted.macs_ratio, "macs_per_token": macs, "unsupported_ops": unsupported,
                 "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s})
     return [row]
 
@@ -364,6 +359,8 @@ SUITE = Suite(
         **_TASK_METRICS,
         "rho_actual": Metric("", higher_is_better=None, description="kept fraction of the targeted projections' weights"),
         "cr": Metric("", higher_is_better=None, description="compression ratio of the targeted projections: 1 - rho_actual"),
+        "macs_ratio": Metric("", higher_is_better=False, description="the targeted projections' MACs per token over "
+                             "the dense projections'"),
         "params": Metric("", higher_is_better=False, description="all parameters of the model (tied once)"),
         "bytes": Metric("B", higher_is_better=False, description="parameter bytes"),
         "macs_per_token": Metric("", higher_is_better=False, description="fvcore MACs of a forward / tokens, attention and LM head included"),

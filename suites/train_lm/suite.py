@@ -1,6 +1,6 @@
 """Suite ``train-lm``: a small byte-level GPT trained from scratch on the Wikipedia text with its
-block linears replaced by each family at several FLOP budgets; validation perplexity (per
-byte) against relative FLOPs.
+block linears replaced by each family at several parameter budgets; validation perplexity (per
+byte) against the whole model's MACs relative to dense.
 
 Training windows are drawn at random from the ``train`` split; validation is a fixed prefix
 of the ``valid`` split cut into consecutive windows, the same bytes for every model (the
@@ -80,7 +80,7 @@ TASK = common.Task(
 SUITE = common.make_suite(
     TASK,
     description="A small byte-level GPT trained from scratch on Wikipedia text with structured block linears: "
-    "validation perplexity per byte vs relative FLOPs (fvcore, whole model) per family and budget",
+    "validation perplexity per byte vs whole-model MACs relative to dense (fvcore) per family and parameter budget",
     config_path=CONFIG_PATH,
     metrics={
         "val_ppl": Metric("", higher_is_better=False, description="validation perplexity per byte"),

@@ -1,5 +1,6 @@
 """Suite ``train-vision``: a small ViT trained from scratch on Fashion-MNIST with its block
-linears replaced by each family at several FLOP budgets; test accuracy against relative FLOPs.
+linears replaced by each family at several parameter budgets; test accuracy against the whole
+model's MACs relative to dense.
 
 One recipe (AdamW, warmup + cosine, epochs, shift-and-flip augmentation, seed) for every
 family; one case = one (family, rho) training run (``structbench.train.task``).
@@ -102,7 +103,7 @@ TASK = common.Task(
 SUITE = common.make_suite(
     TASK,
     description="A small ViT trained from scratch on Fashion-MNIST with structured block linears: "
-    "test accuracy vs relative FLOPs (fvcore, whole model) per family and budget",
+    "test accuracy vs whole-model MACs relative to dense (fvcore) per family and parameter budget",
     config_path=CONFIG_PATH,
     metrics={
         "test_acc": Metric("", higher_is_better=True, description="top-1 accuracy on the test images"),
