@@ -43,8 +43,7 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execut
     except BaseException:
         writer.finish("failed")
         raise
-    for reason in writer.judge(suite):
-        _log(f"unreliable: {reason}")
+    writer.judge(suite)  # reasons go to run.json; the CLI prints them once, after the summary
     writer.finish("complete")
     return writer.run_dir
 

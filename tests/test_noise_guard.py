@@ -67,6 +67,7 @@ def test_a_run_whose_control_is_off_is_marked_everywhere(tmp_path: Path, monkeyp
     assert main(["--suite", "kernels", "--config", _config(tmp_path), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "warning: this run is marked unreliable: dense-vs-dense control at tiny, 4 tokens, eager" in err
+    assert err.count("dense-vs-dense control at tiny, 4 tokens, eager") == 1  # said once, not per reason and again
     (run_dir,) = (out / "kernels").iterdir()
     run = load_run(run_dir)
     assert run.meta["reliability"]["unreliable"] and len(run.meta["reliability"]["reasons"]) == 1
