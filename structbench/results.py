@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from structbench.errors import StructbenchError
+from structbench.provenance import changed_code, input_digests, versions
 from structbench.suite import Suite
 
 SCHEMA_VERSION = 2
@@ -92,6 +93,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "mkl": torch.backends.mkl.is_available(),
         "interop_threads": torch.get_num_interop_threads(),
+        "versions": versions(),
         "collect_env": collect_env(),
     }
 
@@ -226,7 +228,20 @@ class RunWriter:
                                    "(or stop it) before resuming") from None
         _cut_partial_line(run_dir, warn or (lambda message: None))
         self.rows = read_rows(run_dir)
+        self._note_commit(git_info())
         self._flush_meta()
+
+    def _note_commit(self, git: dict[str, Any]) -> None:
+        """Every commit this run's rows were made at, in order (``commits``); a resume at another
+        commit records the result-producing files changed since the last one."""
+        self.commit = f"{git['commit']}+dirty" if git["commit"] and git["dirty"] else git["commit"]
+        commits = self.meta.setdefault("commits", [])
+        if commits and (commits[-1]["commit"], commits[-1]["dirty"]) == (git["commit"], git["dirty"]):
+            return
+        entry = {**git, "at": now()}
+        if commits and commits[-1]["commit"] and git["commit"]:
+            entry["changed"] = changed_code(commits[-1]["commit"], git["commit"], PROJECT_ROOT)
+        commits.append(entry)
 
     def close(self) -> None:
         """Release the folder's lock (also released when the process ends)."""
@@ -283,6 +298,8 @@ class RunWriter:
         return {row["case_key"] for row in self.rows if "case_key" in row}
 
     def append(self, rows: list[dict[str, Any]]) -> None:
+        """Store finished rows, each stamped with the commit it was made at."""
+        rows = [{**row, "commit": row.get("commit", self.commit)} for row in rows]
         with (self.run_dir / "rows.jsonl").open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=str) + "\n")
@@ -299,6 +316,15 @@ class RunWriter:
         reasons = suite.assess(self.rows)
         self.meta["reliability"] = {"unreliable": bool(reasons), "reasons": reasons}
         return reasons
+
+    def note_inputs(self, suite: Suite) -> None:
+        """Store the SHA-256 of every input file the suite's config reads (``inputs``)."""
+        if suite.inputs is None:
+            return
+        try:
+            self.meta["inputs"] = input_digests(suite.inputs(self.meta["config"]))
+        except StructbenchError as err:  # an input that was never installed: say so, keep the rows
+            self.meta["inputs"] = {"error": str(err)}
 
     def finish(self, status: str) -> None:
         self.meta["status"] = status

@@ -37,12 +37,14 @@ def run_suite(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execut
     try:
         _run_cases(suite, writer, ctx, executor)
     except KeyboardInterrupt:
+        writer.note_inputs(suite)
         writer.finish("interrupted")
         _log(f"interrupted: {writer.meta['n_done']}/{writer.meta['n_cases']} cases kept; resume with --resume {writer.run_dir}")
         raise
     except BaseException:
         writer.finish("failed")
         raise
+    writer.note_inputs(suite)
     writer.judge(suite)  # reasons go to run.json; the CLI prints them once, after the summary
     writer.finish("complete")
     return writer.run_dir

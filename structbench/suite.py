@@ -93,6 +93,9 @@ class Suite:
     """The run's rows -> why its numbers cannot be trusted (empty: no reason), checked when the
     run ends; a non-empty answer marks the run ``unreliable`` (kernels: its dense-vs-dense
     control and its share of noisy rows)."""
+    inputs: Callable[[dict[str, Any]], dict[str, Path]] | None = None
+    """Resolved config -> the input files it reads (model weights, text, task files), by name:
+    their SHA-256 is stored in ``run.json`` when the run stops, so a figure names its data."""
 
 
 def case_key(case: dict[str, Any]) -> str:

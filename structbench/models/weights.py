@@ -120,6 +120,19 @@ def package_dir(model_name: str) -> Path:
     return Path(list(found.submodule_search_locations)[0])
 
 
+def source_files(model_name: str) -> dict[str, Path]:
+    """The files a model's weights and tokenizer are read from, by name, for provenance: the
+    shipped file of a built-in model (before any conversion), or the weight, config and
+    tokenizer files of a Hugging Face folder."""
+    if model_name == SMOLLM2:
+        return {f"{SMOLLM2} weights": smollm2_gguf()}
+    if model_name in MODELS:
+        return {f"{model_name} weights": weights_file(model_name)}
+    folder = Path(model_name)
+    patterns = ("*.safetensors", "*.bin", "*.gguf", "config.json", "tokenizer.json", "tokenizer.model")
+    return {f"model {path.name}": path for pattern in patterns for path in sorted(folder.glob(pattern))}
+
+
 def smollm2_gguf() -> Path:
     path = package_dir(SMOLLM2) / _SMOLLM2_GGUF
     if not path.is_file():

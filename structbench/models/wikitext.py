@@ -21,7 +21,8 @@ SPLITS = {"train": (0, 90), "valid": (90, 95), "test": (95, 100)}
 """Percent buckets of ``sha1(title) mod 100`` per split."""
 
 
-def _data_file() -> Path:
+def data_file() -> Path:
+    """The JSON file of Wikipedia lead sections every split is cut from."""
     try:
         found = importlib.util.find_spec(PACKAGE)
     except (ImportError, ValueError):
@@ -36,7 +37,7 @@ def _data_file() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _articles() -> tuple[tuple[str, str], ...]:
-    data = json.loads(_data_file().read_text(encoding="utf-8"))
+    data = json.loads(data_file().read_text(encoding="utf-8"))
     return tuple(sorted((title, entry["extract"].strip()) for title, entry in data.items() if entry.get("extract")))
 
 

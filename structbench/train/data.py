@@ -49,6 +49,11 @@ def require_fashion_mnist(root: str | Path) -> None:
             _find(Path(root), name)
 
 
+def fashion_mnist_files(root: str | Path = FASHION_MNIST_DIR) -> dict[str, Path]:
+    """The four IDX files under ``root``, by name, for provenance."""
+    return {name: _find(Path(root), name) for names in _FILES.values() for name in names}
+
+
 @functools.lru_cache(maxsize=4)
 def fashion_mnist(split: str, root: str | Path = FASHION_MNIST_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 28, 28), labels int64 (N,))`` of the ``train`` or ``test`` split."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -48,6 +49,7 @@ class Task:
     require: Callable[[dict[str, Any]], None] = lambda config: None
     """A run-level precondition (a data set on disk), checked with the config so a missing one
     stops the run before any case, with one line saying how to get it."""
+    inputs: Callable[[dict[str, Any]], dict[str, Path]] | None = None  # resolved config -> data files read
 
 
 @dataclass
@@ -164,6 +166,7 @@ def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[
         run_case=lambda case, ctx: run_case(task, case, ctx),
         schema=Schema(case_keys=("family", "rho"), headline=headline, hidden=("curves",)),
         metrics={**shared_metrics(), **metrics},
+        inputs=task.inputs,
     )
 
 

@@ -393,6 +393,16 @@ def about(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def inputs(config: dict[str, Any]) -> dict[str, Path]:
+    """The real models' shipped weights, and the calibration text when an objective uses it."""
+    from structbench.models.wikitext import data_file
+
+    found = {name: path for model in config.get("real") or {} for name, path in model_weights.source_files(model).items()}
+    if "calibrated" in config.get("objectives", []):
+        found["wikipedia"] = data_file()
+    return found
+
+
 SUITE = Suite(
     name="approx",
     version="3",
@@ -404,6 +414,7 @@ SUITE = Suite(
     expand=expand,
     run_case=run_case,
     about=about,
+    inputs=inputs,
     schema=Schema(case_keys=("experiment", "source", "matrix", "layer", "family", "rho", "objective", "method"),
                   headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors"),
                   shard_keys=("source", "matrix", "layer")),  # a GD sweep stays with the cases reading it

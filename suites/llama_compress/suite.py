@@ -340,6 +340,16 @@ _TASK_METRICS = {
     for name, spec in TASKS.items() for kind in ("acc", "acc_norm")
 }
 
+def inputs(config: dict[str, Any]) -> dict[str, Path]:
+    """The model's weight and tokenizer files, the Wikipedia text (perplexity, calibration,
+    re-training) and every task file scored."""
+    from structbench.models.tasks import task_file
+    from structbench.models.wikitext import data_file
+
+    return {**model_weights.source_files(config["model"]), "wikipedia": data_file(),
+            **{f"task {name}": task_file(name) for name in config["tasks"]["names"]}}
+
+
 SUITE = Suite(
     name="llama-compress",
     version="2",
@@ -371,4 +381,5 @@ SUITE = Suite(
                                       "||(W - What) X||_F / ||W X||_F of the projected matrices on the dense model's "
                                       "calibration inputs"),
     },
+    inputs=inputs,
 )

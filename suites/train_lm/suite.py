@@ -21,6 +21,7 @@ from structbench.suite import Metric, RunContext
 from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fixed_windows, random_windows, wiki_bytes
+from structbench.models.wikitext import data_file
 from structbench.train.gpt import GPT, GPTConfig
 from structbench.train.loop import Batch
 
@@ -74,6 +75,7 @@ TASK = common.Task(
     example=_example,
     prepare=_prepare,
     loss=_loss,
+    inputs=lambda cfg: {"wikipedia": data_file()},
 )
 
 

@@ -19,7 +19,7 @@ from structbench.errors import StructbenchError
 from structbench.suite import Metric, RunContext
 from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
-from structbench.train.data import fashion_mnist, normalise, require_fashion_mnist, shift_and_flip
+from structbench.train.data import fashion_mnist, fashion_mnist_files, normalise, require_fashion_mnist, shift_and_flip
 from structbench.train.loop import Batch
 from structbench.train.vit import ViT, ViTConfig
 
@@ -97,6 +97,7 @@ TASK = common.Task(
     prepare=_prepare,
     loss=F.cross_entropy,
     require=lambda cfg: require_fashion_mnist(cfg["data"]["root"]),
+    inputs=lambda cfg: fashion_mnist_files(cfg["data"]["root"]),
 )
 
 
