@@ -2,7 +2,8 @@
 any other ``*.yaml`` beside it) its configs, ``report.py`` what its stored runs render as.
 
 ``SUITES`` finds every folder here whose ``suite.py`` defines a ``SUITE``; ``REPORTS`` and
-``SUMMARIES`` gather the ``report.py`` mappings (suite name -> function of a stored run),
+``SUMMARIES`` gather the ``report.py`` mappings (suite name -> function of a stored run; ``TABLES``: suite name ->
+table name -> function),
 imported without the suite's own module, so a report can be rebuilt where the suite could
 not run. Discovery lives in this package, which no suite imports, so finding suites never
 loops back into them; suite modules keep heavy optional imports (transformers, ...) inside
@@ -49,6 +50,12 @@ def _report_mapping(name: str) -> dict[str, Callable[..., Any]]:
 def reports() -> dict[str, Callable[..., Any]]:
     """Suite name -> ``report(run) -> list[Section]``."""
     return _report_mapping("REPORTS")
+
+
+def tables() -> dict[str, dict[str, Callable[..., Any]]]:
+    """Suite name -> published table name -> ``table(run) -> DataFrame``: the tables the docs
+    quote between ``results:`` markers (``structbench.regenerate``)."""
+    return _report_mapping("TABLES")
 
 
 def summaries() -> dict[str, Callable[..., Any]]:

@@ -170,7 +170,7 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     from suites.kernels.suite import run_case
 
     case = {"family": "lowrank", "shape": "t", "out_features": 32, "in_features": 32, "rho": 0.5, "tokens": 4,
-            "mode": "compile", "min_run_time": 0.01, "rounds": 6}
+            "mode": "compile", "min_run_time": 0.01, "rounds": 6, "precision": 0.05, "max_time": 0.1}
     ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=True, run_dir=tmp_path,
                      cache_dir=tmp_path, config={})
     from torch._dynamo.utils import counters
@@ -178,7 +178,7 @@ def test_compile_mode_is_its_own_row(tmp_path: Path) -> None:
     graphs = counters["stats"]["unique_graphs"]
     start = time.perf_counter()
     (row,) = run_case(case, ctx)
-    assert "status" not in row and row["runs"] == 6 and row["speedup"] > 0
+    assert "status" not in row and row["runs"] >= 6 and row["speedup_low"] <= row["speedup"] <= row["speedup_high"] and row["speedup"] > 0
     assert row["products_share"] is None  # a compiled forward's kernels run past the dispatcher
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # the family and nn.Linear were compiled
     assert time.perf_counter() - start < 120

@@ -46,7 +46,7 @@ def test_every_kernels_mode_gives_an_ok_row(tmp_path: Path, mode: str, family: s
     if mode == "triton":
         pytest.importorskip("triton")
     case = {"family": family, "shape": "t", "out_features": 1024, "in_features": 1024, "rho": 0.5, "tokens": 64,
-            "mode": mode, "min_run_time": 0.05, "rounds": 6}
+            "mode": mode, "min_run_time": 0.05, "rounds": 6, "precision": 0.05, "max_time": 0.5}
     ctx = RunContext(device="cuda", dtype="bfloat16", threads=1, seed=0, quick=True, run_dir=tmp_path,
                      cache_dir=tmp_path, config={})
     if mode == "triton" and family == "lowrank":

@@ -48,13 +48,14 @@ def _config(tmp_path: Path) -> str:
 
 def _fake_times(medians: list[tuple[float, float]]):  # noqa: ANN202 - a stand-in for interleaved()
     """``interleaved`` returning (family, dense) medians from ``medians`` in turn; a pair with a
-    negative family median is a noisy measurement."""
+    negative family median is a noisy measurement (the family's blocks spread, dense's do not,
+    so the paired ratios spread too)."""
     calls = iter(medians)
 
-    def times(fns, threads, min_run_time, rounds):  # noqa: ANN001
+    def times(fns, threads, min_run_time, rounds, **policy):  # noqa: ANN001, ANN003
         fam, dense = next(calls)
-        spread = [0.5, 1.0, 1.5] if fam < 0 else [0.99, 1.0, 1.01]
-        return {"family": Timing([abs(fam) * s for s in spread]), "dense": Timing([dense * s for s in spread])}
+        spread = [0.5, 1.0, 1.5] if fam < 0 else [0.99, 1.0, 1.01]  # the family's own noise, not shared drift
+        return {"family": Timing([abs(fam) * s for s in spread]), "dense": Timing([dense * s for s in [0.99, 1.0, 1.01]])}
 
     return times
 
@@ -101,3 +102,31 @@ def test_retry_noisy_measures_a_noisy_case_again(tmp_path: Path, monkeypatch: py
     run = load_run(once)
     assert all(r["noisy"] and r["attempts"] == 1 for r in run.rows)
     assert "4 of 4 rows noisy" in run.meta["reliability"]["reasons"][0]
+
+
+def test_rounds_go_on_until_the_speedup_interval_is_tight_or_the_time_cap_is_hit() -> None:
+    from itertools import count
+
+    from structbench.measure.timing import interleaved
+
+    ticks = count()
+    fns = {"family": lambda: next(ticks), "dense": lambda: next(ticks)}
+    # enough once 20 samples of each are in: stops right there, well before the cap
+    done = interleaved(fns, threads=1, min_run_time=1e-4, rounds=6, until=lambda s: len(s["dense"]) >= 20,
+                       max_seconds=60.0)
+    assert done["family"].runs == done["dense"].runs == 20
+    # never enough: the cap ends it, after the minimum rounds and an even number more
+    capped = interleaved(fns, threads=1, min_run_time=1e-4, rounds=6, until=lambda s: False, max_seconds=0.05)
+    assert capped["family"].runs > 6 and (capped["family"].runs - 6) % 2 == 0
+    # no policy: exactly the minimum
+    assert interleaved(fns, threads=1, min_run_time=1e-4, rounds=6)["dense"].runs == 6
+
+
+def test_the_speedup_is_the_median_paired_ratio_with_an_interval_and_noisy_means_too_wide() -> None:
+    dense = Timing([2.0, 2.2, 1.8, 2.0, 2.1, 1.9, 2.0, 2.0, 2.0, 2.0])
+    tight = Timing([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.0, 1.0, 1.0])  # drifts with dense: ratio 2
+    speedup, low, high = kernels.speedup_interval(dense, tight)
+    assert speedup == pytest.approx(2.0) and low <= 2.0 <= high and kernels._precise(speedup, low, high, 0.05)
+    loose = Timing([1.0, 0.5, 1.5, 0.8, 1.2, 0.6, 1.4, 1.0, 0.7, 1.3])
+    speedup, low, high = kernels.speedup_interval(dense, loose)
+    assert not kernels._precise(speedup, low, high, 0.05) and low < speedup < high

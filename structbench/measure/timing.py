@@ -87,9 +87,15 @@ def interleaved(
     rounds: int = 10,
     warmup: int = 3,
     device: str = "cpu",
+    until: Callable[[dict[str, list[float]]], bool] | None = None,
+    max_seconds: float = 0.0,
 ) -> dict[str, Timing]:
     """Time every callable in ``rounds`` rounds of one block each, alternating the order
     every round, each block lasting about ``min_run_time / rounds`` (at least one call).
+
+    With ``until``, more rounds follow, two at a time (one in each order, so neither candidate
+    always goes first), until ``until(samples)`` is true or ``max_seconds`` of timing have
+    passed: the measurement stops when it is precise enough, not after a fixed count.
 
     The block size is calibrated once per candidate, unlike ``Timer.blocked_autorange``,
     which re-estimates it on every call and so makes fine-grained interleaving costly.
@@ -103,9 +109,12 @@ def interleaved(
         target = min_run_time / rounds
         numbers = {name: calls_per_block(fn, target, device) for name, fn in fns.items()}
         samples: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(rounds):
-            for name in order if r % 2 == 0 else order[::-1]:
-                samples[name].append(block_seconds(fns[name], numbers[name], device))
+        start, r = time.perf_counter(), 0
+        while r < rounds or (until is not None and not until(samples) and time.perf_counter() - start < max_seconds):
+            for _ in range(1 if r < rounds else 2):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    samples[name].append(block_seconds(fns[name], numbers[name], device))
+                r += 1
     return {name: Timing(s) for name, s in samples.items()}
 
 

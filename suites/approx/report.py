@@ -348,3 +348,4 @@ def summary(run: RunData) -> pd.DataFrame:
 
 REPORTS = {"approx": approx_report}
 SUMMARIES = {"approx": summary}
+TABLES = {"approx": {"headline": summary}}

@@ -175,3 +175,4 @@ def summary(run: RunData) -> pd.DataFrame:
 
 REPORTS = {"kernels": kernels_report}
 SUMMARIES = {"kernels": summary}
+TABLES = {"kernels": {"headline": summary}}

@@ -20,6 +20,7 @@ families without one are skipped rows).
 from __future__ import annotations
 
 import importlib.util
+import statistics
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -31,17 +32,21 @@ from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import held_heap, module_bytes, peak_bytes
 from structbench.measure.ops import product_share
+from structbench.stats import median_interval
 from structbench.measure.timing import Timing, cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
 from structbench.families import build, get_family, hparams_for, resolve_families
 from structbench.structured import StructuredLinear
 from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("default.yaml")
-KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes", "hold_heap", "quick"}
+KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "precision", "max_time", "modes", "hold_heap",
+        "quick"}
 MODES = ("eager", "cuda-graph", "cold-l2", "compile", "triton")
 CUDA_ONLY = ("cuda-graph", "cold-l2", "triton")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
-NOISY = 0.1  # IQR / median above this flags a row as noisy: a 10 % spread hides the effects compare looks for
+PRECISION = 0.05  # rounds go on until the 95 % interval of the speedup is within +-5 % of it ...
+MAX_TIME = 5.0  # ... or this many seconds of timing have passed: then the row is noisy
+CONFIDENCE = 0.95
 NOISY_SHARE = 1 / 3  # more noisy rows than this share marks the run unreliable
 CONTROL = (0.9, 1.1)  # the dense-vs-dense speedup a trustworthy run keeps
 MACS_TOLERANCE = 0.01  # fvcore's count may differ this much (relative) from the analytic macs()
@@ -64,6 +69,8 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     number_list("kernels config: tokens", config.get("tokens"), integer=True)
     min_run_time = number_list("kernels config: min_run_time", [config.get("min_run_time", 1.0)])[0]
     rounds = positive_int("kernels config: rounds", config.get("rounds", ROUNDS))
+    precision = number_list("kernels config: precision", [config.get("precision", PRECISION)], high=1.0)[0]
+    max_time = number_list("kernels config: max_time", [config.get("max_time", MAX_TIME)])[0]
     modes = config.get("modes", ["eager"])
     if not isinstance(modes, list) or not modes or not set(modes) <= set(MODES):
         raise StructbenchError(f"kernels config: modes must be a non-empty list from {list(MODES)}, got {modes!r}")
@@ -71,8 +78,8 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
     hold_heap = config.get("hold_heap", HOLD_HEAP)
     if not isinstance(hold_heap, bool):
         raise StructbenchError(f"kernels config: hold_heap must be true or false, got {hold_heap!r}")
-    return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "modes": modes,
-            "hold_heap": hold_heap}
+    return {**config, "families": families, "min_run_time": min_run_time, "rounds": rounds, "precision": precision,
+            "max_time": max_time, "modes": modes, "hold_heap": hold_heap}
 
 
 def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,7 +96,8 @@ def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
                         cases.append(
                             {"family": family, "shape": shape_name, "out_features": out_f, "in_features": in_f,
                              "rho": rho, "tokens": tokens, "mode": mode,
-                             "min_run_time": config["min_run_time"], "rounds": config["rounds"]}
+                             "min_run_time": config["min_run_time"], "rounds": config["rounds"],
+                             "precision": config["precision"], "max_time": config["max_time"]}
                         )
     return cases
 
@@ -148,7 +156,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
             for attempt in range(1, ctx.retry_noisy + 2):  # a noisy measurement is taken again, up to the budget
                 times = _times(fns, mode, device, case, ctx.threads)
                 fam_t, dense_t = times["family"], times["dense"]
-                if not _noisy(fam_t, dense_t):
+                speedup, low, high = speedup_interval(dense_t, fam_t)
+                if _precise(speedup, low, high, case["precision"]):
                     break
             # per-op clocks: CPU only (on CUDA an op returns before its kernel ends), and of
             # the eager forward (a compiled one calls its kernels past the dispatcher); the
@@ -169,18 +178,17 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     dense_macs = tokens * out_f * in_f
     pbytes = module_bytes(module)
     io_bytes = (x.numel() + tokens * out_f) * x.element_size()
-    speedup = dense_t.median / fam_t.median
     ideal = dense_macs / macs if macs else float("inf")
     row.update(
         median_s=fam_t.median, iqr_s=fam_t.iqr, runs=fam_t.runs, samples_s=fam_t.samples,
         dense_median_s=dense_t.median, dense_iqr_s=dense_t.iqr, dense_samples_s=dense_t.samples,
-        speedup=speedup, ideal_speedup=ideal, efficiency=speedup / ideal,
+        speedup=speedup, speedup_low=low, speedup_high=high, ideal_speedup=ideal, efficiency=speedup / ideal,
         macs=macs, macs_fvcore=counted.total, macs_ratio=counted.total / macs if macs else None, macs_agree=macs_agree,
         unsupported_ops=counted.unsupported_ops, dense_macs=dense_macs,
         gflops=2 * macs / fam_t.median / 1e9, dense_gflops=2 * dense_macs / dense_t.median / 1e9,
         intensity=2 * macs / (pbytes + io_bytes), param_bytes=pbytes, params=module.num_params(),
         peak_mem_bytes=peak, dense_peak_mem_bytes=dense_peak,
-        noisy=_noisy(fam_t, dense_t),
+        noisy=not _precise(speedup, low, high, case["precision"]),
         products_share=products,
         products_efficiency=speedup / ideal / products if products else None,
     )
@@ -206,11 +214,25 @@ def _times(fns: dict[str, Callable[[], object]], mode: str, device: str, case: d
         return cuda_event_times(fns, flush=l2_flush_buffer(device))
     if device.startswith("cuda"):
         return cuda_event_times(fns)
-    return interleaved(fns, threads=threads, min_run_time=case["min_run_time"], rounds=case["rounds"])
+    precise = lambda samples: _precise(*speedup_interval(Timing(samples["dense"]), Timing(samples["family"])),
+                                       case["precision"])
+    return interleaved(fns, threads=threads, min_run_time=case["min_run_time"], rounds=case["rounds"],
+                       until=precise, max_seconds=case["max_time"])
 
 
-def _noisy(family: Timing, dense: Timing) -> bool:
-    return bool(family.iqr / family.median > NOISY or dense.iqr / dense.median > NOISY)
+def speedup_interval(dense: Timing, family: Timing) -> tuple[float, float, float]:
+    """The speedup and its 95 % interval: the median of the per-round ratios dense / family
+    (each round times both back to back, so a ratio is paired against the machine's drift)
+    with the distribution-free interval of that median. Samples from event or graph timing
+    pair the same way, call by call."""
+    ratios = [d / f for d, f in zip(dense.samples, family.samples)]
+    low, high = median_interval(ratios, CONFIDENCE)
+    return statistics.median(ratios), low, high
+
+
+def _precise(speedup: float, low: float, high: float, precision: float) -> bool:
+    """Whether both ends of the interval lie within ``precision`` of the speedup."""
+    return max(high / speedup - 1, 1 - low / speedup) <= precision
 
 
 def assess(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -225,7 +247,8 @@ def assess(rows: Sequence[dict[str, Any]]) -> list[str]:
                for r in ok if r["family"] == "dense" and not CONTROL[0] <= r["speedup"] <= CONTROL[1]]
     noisy = sum(bool(r.get("noisy")) for r in ok)
     if ok and noisy > NOISY_SHARE * len(ok):
-        reasons.append(f"{noisy} of {len(ok)} rows noisy (IQR / median above {NOISY} for the family or dense)")
+        reasons.append(f"{noisy} of {len(ok)} rows noisy (the speedup's {CONFIDENCE:.0%} interval still wider than "
+                       f"+-{ok[0].get('precision', PRECISION):.0%} when its time cap was hit)")
     return reasons
 
 
@@ -242,14 +265,16 @@ SUITE = Suite(
     schema=Schema(
         case_keys=("family", "shape", "rho", "tokens", "mode"),
         headline=("median_s",),
-        hidden=("samples_s", "dense_samples_s", "unsupported_ops", "min_run_time", "rounds"),
+        hidden=("samples_s", "dense_samples_s", "unsupported_ops", "min_run_time", "rounds", "precision", "max_time"),
         samples={"median_s": "samples_s"},
         compare_on=("family", "shape", "out_features", "in_features", "rho", "tokens", "mode", "dtype"),
     ),
     metrics={
         "median_s": Metric("s", False, "median forward latency"),
         "iqr_s": Metric("s", False, "interquartile range of the latency"),
-        "speedup": Metric("x", True, "dense median / family median, same process"),
+        "speedup": Metric("x", True, "median of the per-round ratios dense / family, interleaved in one process"),
+        "speedup_low": Metric("x", True, "lower end of the speedup's 95 % interval (distribution-free, of the median)"),
+        "speedup_high": Metric("x", True, "upper end of the speedup's 95 % interval"),
         "ideal_speedup": Metric("x", True, "dense MACs / family MACs"),
         "efficiency": Metric("", True, "speedup / ideal"),
         "products_efficiency": Metric("", True, "efficiency of the forward's matrix products alone (CPU eager): "

@@ -128,3 +128,4 @@ def summary(run: RunData) -> pd.DataFrame:
 
 REPORTS = {"llama-compress": llama_compress_report}
 SUMMARIES = {"llama-compress": summary}
+TABLES = {"llama-compress": {"headline": summary}}

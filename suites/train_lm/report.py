@@ -3,3 +3,4 @@ from structbench.report.training import summary, train_report
 
 REPORTS = {"train-lm": train_report}
 SUMMARIES = {"train-lm": summary}
+TABLES = {"train-lm": {"headline": summary}}

@@ -3,3 +3,4 @@ from structbench.report.training import summary, train_report
 
 REPORTS = {"train-vision": train_report}
 SUMMARIES = {"train-vision": summary}
+TABLES = {"train-vision": {"headline": summary}}
