@@ -1,5 +1,5 @@
 """The kernels suite's quick cases as pytest-benchmark tests, for regression tracking across
-commits (``--benchmark-autosave`` / ``--benchmark-compare``; see the README).
+commits (``--benchmark-autosave`` / ``--benchmark-compare``; see docs/tests.md).
 
 Skipped by the default test run (``--benchmark-skip`` in pyproject's addopts); run with
 ``pytest tests/benchmarks --benchmark-only``. Cases come from ``suites/kernels/default.yaml``'s
