@@ -93,6 +93,10 @@ class Suite:
     """The run's rows -> why its numbers cannot be trusted (empty: no reason), checked when the
     run ends; a non-empty answer marks the run ``unreliable`` (kernels: its dense-vs-dense
     control and its share of noisy rows)."""
+    requires: tuple[str, ...] = ()
+    """Modules beyond the core install that every run needs (the ``models`` extra's
+    ``transformers``...), by import name: the CLI checks them before reading the config, whose
+    validation may already import them, and names the set-up command for a missing one."""
 
 
 def case_key(case: dict[str, Any]) -> str:
