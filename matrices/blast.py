@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, Promises, StructuredLinear, check_positive_int, divisors
@@ -282,7 +282,7 @@ class BlastLinear(StructuredLinear):
         rank = int(rho * out_features * in_features // (out_features + in_features + blocks * blocks))
         rank = min(rank, min(out_features, in_features))
         if rank < 1:
-            raise StructbenchError(f"blast: rho={rho} leaves no rank-1 factor for shape {out_features}x{in_features}")
+            raise NotApplicable(f"blast: rho={rho} leaves no rank-1 factor for shape {out_features}x{in_features}")
         return {"blocks": blocks, "rank": rank}
 
     def _project(

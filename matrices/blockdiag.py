@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from structbench import weighted
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import block_matmul, solve_right
 from structbench.registry import register_family
@@ -57,7 +57,7 @@ class BlockDiagLinear(StructuredLinear):
     def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
         valid = [b for b in divisors(math.gcd(out_features, in_features)) if b * rho >= 1 - 1e-12]
         if not valid:
-            raise StructbenchError(
+            raise NotApplicable(
                 f"blockdiag: no block count divides shape {out_features}x{in_features} with rho <= {rho}"
             )
         return {"blocks": valid[0]}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, interleave_blocks, svd_factors
 from structbench.registry import register_family
@@ -129,7 +129,7 @@ class BTTLinear(StructuredLinear):
                 if best is None or score > best[0]:
                     best = (score, {"in_blocks": n1, "out_blocks": m2, "rank": rank})
         if best is None:
-            raise StructbenchError(f"btt: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
+            raise NotApplicable(f"btt: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
         return best[1]
 
     def _project(self, weight: torch.Tensor) -> None:

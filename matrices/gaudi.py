@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
@@ -407,7 +407,7 @@ class GaudiLinear(StructuredLinear):
         times as many as that low-rank's rank (at most a full SVD's count)."""
         budget_rank = int(rho * out_features * in_features // (out_features + in_features))
         if budget_rank < 1:
-            raise StructbenchError(
+            raise NotApplicable(
                 f"gaudi: rho={rho} leaves less than rank-1 MACs for shape {out_features}x{in_features}"
             )
         components = min(out_features, in_features, math.ceil(COMPONENTS_PER_BUDGET * budget_rank))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structbench import weighted
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, svd_factors
 from structbench.registry import register_family
@@ -160,7 +160,7 @@ class KroneckerLinear(StructuredLinear):
                 if best is None or score > best[0]:
                     best = (score, {"out_factor": m1, "in_factor": n1, "rank": rank})
         if best is None:
-            raise StructbenchError(f"kronecker: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
+            raise NotApplicable(f"kronecker: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
         return best[1]
 
     def _project(self, weight: torch.Tensor) -> None:

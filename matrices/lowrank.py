@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structbench import weighted
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
@@ -56,7 +56,7 @@ class LowRankLinear(StructuredLinear):
     def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
         rank = min(int(rho * out_features * in_features // (out_features + in_features)), min(out_features, in_features))
         if rank < 1:
-            raise StructbenchError(
+            raise NotApplicable(
                 f"lowrank: rho={rho} leaves no rank-1 factor for shape {out_features}x{in_features}"
             )
         return {"rank": rank}

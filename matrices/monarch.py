@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import interleave_blocks, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
@@ -95,7 +95,7 @@ class MonarchLinear(StructuredLinear):
         for b in divisors(math.gcd(out_features, in_features)):
             if min(out_features, in_features) % (b * b) == 0 and cls.weight_params(out_features, in_features, b) <= budget:
                 return {"blocks": b}
-        raise StructbenchError(f"monarch: no valid block count gives rho <= {rho} for shape {out_features}x{in_features}")
+        raise NotApplicable(f"monarch: no valid block count gives rho <= {rho} for shape {out_features}x{in_features}")
 
     def _project(self, weight: torch.Tensor) -> None:
         b, r = self.blocks, self._rank

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
@@ -137,12 +137,12 @@ class PixelflyLinear(StructuredLinear):
             if (1 << k) <= b and (k + 1) / b <= rho / 2
         ]
         if not options:
-            raise StructbenchError(f"pixelfly: no tile grid divides shape {out_features}x{in_features} with rho <= {rho}")
+            raise NotApplicable(f"pixelfly: no tile grid divides shape {out_features}x{in_features} with rho <= {rho}")
         frac, tiles, butterfly = max(options, key=lambda o: (o[0], min(o[2], 1), -o[1]))
         rank = int((rho - frac) * out_features * in_features // (out_features + in_features))
         rank = min(rank, min(out_features, in_features))
         if rank < 1:
-            raise StructbenchError(f"pixelfly: rho={rho} leaves no rank-1 term for shape {out_features}x{in_features}")
+            raise NotApplicable(f"pixelfly: rho={rho} leaves no rank-1 term for shape {out_features}x{in_features}")
         return {"tiles": tiles, "butterfly": butterfly, "rank": rank}
 
     def _project(self, weight: torch.Tensor, *, rounds: int = 10) -> None:

@@ -1,7 +1,9 @@
 """Running one case into the rows a run stores, the same in the driver and on a Ray worker.
 
-A case that raises ``StructbenchError`` is a ``skipped`` row with its reason, any other
-exception an ``error`` row with its traceback logged, so one bad case never stops a sweep.
+A case that raises ``NotApplicable`` is a ``skipped`` row with its reason; any other exception
+(``StructbenchError`` included: a model that cannot load, a missing package or data file) is an
+``error`` row with its traceback logged, so one bad case never stops a sweep and never passes
+for a gap.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 import traceback
 from typing import Any
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable
 from structbench.suite import RunContext, Suite, case_key
 
 
@@ -21,7 +23,7 @@ def run_one(suite: Suite, case: dict[str, Any], ctx: RunContext) -> list[dict[st
     start, load = time.perf_counter(), os.getloadavg()[0]
     try:
         rows = suite.run_case(case, ctx)
-    except StructbenchError as err:
+    except NotApplicable as err:
         rows = [{"status": "skipped", "reason": str(err)}]
     except Exception as err:  # noqa: BLE001 - recorded with its traceback, the run goes on
         rows = [{"status": "error", "reason": f"{type(err).__name__}: {err}"}]

@@ -1,44 +1,50 @@
-"""The command line: run a suite, list what exists, rebuild reports, compare two runs.
+"""The command line: parse and check the arguments, then hand over: a suite run to
+``structbench.launch``, ``report`` to the publish step, ``merge`` and ``compare`` to theirs.
 
-Every user error ends as one ``error: ...`` line on stderr and exit status 2; results
-already written stay on disk.
+Every user error ends as one ``error: ...`` line on stderr and exit status 2, found before a
+run folder is made; results already written stay on disk.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import torch
 
+from structbench import launch
 from structbench.config import load_config, resolve
-from structbench.errors import StructbenchError
-from structbench.cache import cache_root
+from structbench.errors import StructbenchError, writable
+from structbench.families import get_family, list_families
 from structbench.merge import merge_shards
 from structbench.publish import publish, summary
-from structbench.families import get_family, list_families
-from structbench.results import RunWriter, list_runs, load_run
-from structbench.suite import RunContext, Suite
+from structbench.results import list_runs, load_run
+from structbench.suite import Suite
 from suites import SUITES
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_OUT = Path("results")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (the run is marked ``interrupted`` and published), exit 143."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+MAX_THREADS = 1024
+"""``--threads`` above this is a typo, not a machine: refused rather than spawning the threads."""
+MAX_SEED = 2**63 - 1
+"""Seeds are 0 .. 2**63 - 1: what ``torch.manual_seed`` and ``torch.Generator`` take without
+wrapping (a negative seed would alias a large one)."""
+SETUP_MODELS = "bash scripts/setup.sh --models"
 
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise StructbenchError(f"{message} (see --help)")
+
+
+def _folder(text: str) -> Path:
+    """An ``--out`` folder; an empty one would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path; give a folder, e.g. results")
+    return Path(text)
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -54,9 +60,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config replacing the suite's default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (dotted for nested keys, value in YAML); repeatable")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default results/)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; with --resume, the run's own)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=_folder, default=DEFAULT_OUT, help="results root (default results/)")
+    p.add_argument("--threads", type=int, help=f"CPU threads, 1..{MAX_THREADS} (default: all cores; with --resume, "
+                   "the run's own)")
+    p.add_argument("--seed", type=int, default=0, help="0..2**63-1 (default 0)")
     p.add_argument("--executor", choices=("serial", "ray"), default="serial",
                    help="where cases run: here, one after another (default), or on Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (e.g. auto); default: start a local one")
@@ -70,7 +77,7 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_device(device: str) -> str:
+def check_device(device: str) -> str:
     if device == "cpu":
         return device
     if device == "cuda" or device.startswith("cuda:"):
@@ -81,6 +88,22 @@ def _check_device(device: str) -> str:
             raise StructbenchError(f"--device {device}: no such GPU; accepted: cuda, cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         return device
     raise StructbenchError(f"--device {device!r} not understood; accepted: cpu, cuda, cuda:N")
+
+
+def check_requires(suite: Suite) -> None:
+    """One line naming the set-up command unless every module ``suite.requires`` is installed;
+    checked before the config, whose validation may already need them."""
+    missing = [name for name in suite.requires if not _installed(name)]
+    if missing:
+        raise StructbenchError(f"the {suite.name} suite needs {', '.join(missing)}, not installed for "
+                               f"{sys.executable}; install them with: {SETUP_MODELS}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
 
 
 def _list() -> int:
@@ -94,109 +117,53 @@ def _list() -> int:
     return 0
 
 
-def _find_resumable(out: Path, suite: str) -> Path:
-    for run in list_runs(out, warn=lambda msg: print(msg, file=sys.stderr)):
-        if run.suite == suite and run.meta.get("status") != "complete":
-            return run.run_dir
-    raise StructbenchError(f"--resume: no unfinished {suite} run under {out}")
-
-
 def _run(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise StructbenchError(f"--workers must be >= 1, got {args.workers}")
+    placement = launch.Placement(args.executor, args.ray_address, args.workers)
     if args.resume:
-        suite, writer = _reopen(args)
-        config, cli = writer.meta["config"], writer.meta["cli"]
-        if "quick" in config:  # a schema 1 run stored the config with its overlay unapplied
-            config = writer.meta["config"] = resolve(suite.name, config, suite.validate, quick=cli["quick"])
-        _check_device(cli["device"])
-        if args.threads is not None and args.threads != cli["threads"]:
-            # Threads change speed, not results: a run resumed on a busier machine may need
-            # fewer. The change is recorded and said, since timings differ across it.
-            _check_threads(args.threads)
-            print(f"resuming with --threads {args.threads} (the run started with {cli['threads']}; "
-                  "timings before and after are not comparable)", file=sys.stderr)
-            writer.meta.setdefault("threads_changed", []).append(
-                {"at": writer.meta["resumed"][-1], "from": cli["threads"], "to": args.threads})
-            cli["threads"] = args.threads
-    else:
-        if not args.suite:
-            raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
-        suite = SUITES.get(args.suite)
-        device = _check_device(args.device or "cpu")
-        args.dtype = args.dtype or "float32"
-        if args.dtype not in DTYPES:
-            raise StructbenchError(f"--dtype {args.dtype!r} not supported; accepted: {', '.join(DTYPES)}")
-        args.threads = (os.cpu_count() or 1) if args.threads is None else _check_threads(args.threads)
-        families = None
-        if args.families is not None:
-            families = [f.strip() for f in args.families.split(",") if f.strip()]
-            if not families:
-                raise StructbenchError(f"--families {args.families!r} names no family; give comma-separated names (see --list)")
-        config = resolve(suite.name, load_config(args.config or suite.config_path), suite.validate,
-                         quick=args.quick, families=families, sets=args.set)
-        if args.retry_noisy < 0:
-            raise StructbenchError(f"--retry-noisy must be >= 0, got {args.retry_noisy}")
-        cli = {"device": device, "dtype": args.dtype, "threads": args.threads, "quick": args.quick,
-               "retry_noisy": args.retry_noisy, **({"shard": _check_shard(args.shard)} if args.shard else {}),
-               "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None, "set": args.set}
-        writer = _writable(lambda: RunWriter.create(args.out, suite, config, cli, args.seed), args.out)
-    torch.set_num_threads(cli["threads"])
-    ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
-                     quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
-                     retry_noisy=cli.get("retry_noisy", 0))
-    from structbench.runner import run_suite
-
-    executor = None
-    if args.executor == "ray":
-        from structbench.ray_executor import RayExecutor
-
-        if args.workers is not None and args.workers < 1:
-            raise StructbenchError(f"--workers must be >= 1, got {args.workers}")
-        executor = RayExecutor(args.ray_address, args.workers)
-
-    root = writer.run_dir.parent.parent
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        run_suite(suite, writer, ctx, executor)
-    finally:  # an interrupted or failed run still gets tables and a report of what it finished
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the publishing
-        try:
-            _publish_uninterrupted(writer.run_dir, root)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            writer.close()
-    run = load_run(writer.run_dir)
-    print(summary(run))
-    if (run.meta.get("reliability") or {}).get("unreliable"):
-        print("warning: this run is marked unreliable: " + "; ".join(run.meta["reliability"]["reasons"]), file=sys.stderr)
-    print(f"results: {writer.run_dir}  (table.md, table.csv, report.html; index: {root / 'index.html'})")
-    if not any(row.get("status") == "ok" for row in run.rows):
-        print("error: no case finished ok (see the reasons above)", file=sys.stderr)
-        return 1
-    return 0
+        return _resume(args, placement)
+    if not args.suite:
+        raise StructbenchError("give --suite NAME (see --list), or a subcommand: report, compare")
+    suite = SUITES.get(args.suite)
+    check_requires(suite)
+    device = check_device(args.device or "cpu")
+    dtype = args.dtype or "float32"
+    if dtype not in DTYPES:
+        raise StructbenchError(f"--dtype {dtype!r} not supported; accepted: {', '.join(DTYPES)}")
+    threads = (os.cpu_count() or 1) if args.threads is None else _check_threads(args.threads)
+    if not 0 <= args.seed <= MAX_SEED:
+        raise StructbenchError(f"--seed must be an integer in 0..{MAX_SEED} (2**63 - 1), got {args.seed}")
+    if args.retry_noisy < 0:
+        raise StructbenchError(f"--retry-noisy must be >= 0, got {args.retry_noisy}")
+    shard = _check_shard(args.shard) if args.shard else None
+    families = None
+    if args.families is not None:
+        families = [f.strip() for f in args.families.split(",") if f.strip()]
+        if not families:
+            raise StructbenchError(f"--families {args.families!r} names no family; give comma-separated names (see --list)")
+    config = resolve(suite.name, load_config(args.config or suite.config_path), suite.validate,
+                     quick=args.quick, families=families, sets=args.set)
+    options = {"device": device, "dtype": dtype, "threads": threads, "quick": args.quick,
+               "retry_noisy": args.retry_noisy, **({"shard": shard} if shard else {}),
+               "seed": args.seed, "families": args.families, "config": str(args.config) if args.config else None,
+               "set": args.set}
+    return launch.start(suite, config, options, args.out, placement)
 
 
-def _writable(make: Callable[[], RunWriter], out: Path) -> RunWriter:
-    """The run folder, or one line naming the path that cannot be written."""
-    try:
-        return make()
-    except OSError as err:
-        where = err.filename or out
-        raise StructbenchError(f"--out {out}: cannot write {where} ({err.strerror or err}); "
-                               "give a writable folder") from None
-
-
-def _publish_uninterrupted(run_dir: Path, root: Path) -> None:
-    """Tables, report and index, with Ctrl-C held off: a second Ctrl-C while the first one's
-    report is written must not leave the run without one."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        publish([run_dir], root)
-    except OSError as err:
-        raise StructbenchError(f"cannot write the tables or report of {run_dir} ({err.filename or ''}: "
-                               f"{err.strerror or err}); its rows are kept in rows.jsonl: rebuild them with "
-                               "'bench.py report' once there is room") from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _resume(args: argparse.Namespace, placement: launch.Placement) -> int:
+    """``--resume``: the stored run, its stored options checked here as given ones would be."""
+    given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
+                                      ("--set", args.set), ("--device", args.device), ("--dtype", args.dtype),
+                                      ("--shard", args.shard))
+             if value]
+    if given:
+        raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
+    run = launch.find_run(args.resume, SUITES.get(args.suite) if args.suite else None, args.out)
+    check_requires(SUITES.get(run.suite))
+    check_device(run.meta["cli"]["device"])
+    threads = None if args.threads is None else _check_threads(args.threads)
+    return launch.resume(run, threads, placement)
 
 
 def _check_shard(text: str) -> list[int]:
@@ -207,53 +174,46 @@ def _check_shard(text: str) -> list[int]:
 
 
 def _check_threads(threads: int) -> int:
-    if threads < 1:
-        raise StructbenchError(f"--threads must be >= 1, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:
+        raise StructbenchError(f"--threads must be in 1..{MAX_THREADS}, got {threads}")
     return threads
 
 
-def _reopen(args: argparse.Namespace) -> tuple[Suite, RunWriter]:
-    """The run ``--resume`` names (or the newest unfinished one of ``--suite``), reopened."""
-    given = [flag for flag, value in (("--config", args.config), ("--families", args.families), ("--quick", args.quick),
-                                      ("--set", args.set), ("--device", args.device), ("--dtype", args.dtype),
-                                      ("--shard", args.shard))
-             if value]
-    if given:
-        raise StructbenchError(f"--resume continues with the run's stored options; drop {', '.join(given)}")
-    if args.resume == "latest":
-        if not args.suite:
-            raise StructbenchError("--resume without a run folder needs --suite NAME")
-        run = load_run(_find_resumable(args.out, SUITES.get(args.suite).name))
-    else:
-        run = load_run(args.resume)
-        if args.suite and run.suite != args.suite:
-            raise StructbenchError(f"--resume {args.resume} is a {run.suite} run, not {args.suite}")
-    suite = SUITES.get(run.suite)
-    return suite, _writable(lambda: RunWriter.reopen(run.run_dir, suite, warn=lambda msg: print(msg, file=sys.stderr)),
-                            run.run_dir)
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _report(argv: Sequence[str]) -> int:
     p = OneLineParser(prog="bench.py report", description="Rebuild HTML reports from stored results.")
     p.add_argument("runs", nargs="*", type=Path, help="run folders (default: every run under --out)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=_folder, help="results root whose index.html to rebuild (default: with run folders, "
+                   "the root each one lives in; without, results/)")
     args = p.parse_args(argv)
-    runs = [load_run(r).run_dir for r in args.runs] if args.runs else \
-        [r.run_dir for r in list_runs(args.out, warn=lambda msg: print(msg, file=sys.stderr))]
-    publish(runs, args.out)
-    print(f"rebuilt {len(runs)} report(s); index: {args.out / 'index.html'}")
+    roots: dict[Path, list[Path]] = {}  # results root -> its runs to publish
+    if args.runs:
+        for run_dir in (load_run(r).run_dir for r in args.runs):
+            roots.setdefault(args.out or run_dir.parent.parent, []).append(run_dir)
+    else:
+        out = args.out or DEFAULT_OUT
+        roots[out] = [r.run_dir for r in list_runs(out, warn=_warn)]
+    for root, runs in roots.items():
+        with writable("--out" if args.out else "report into", root):
+            publish(runs, root)
+    print(f"rebuilt {sum(map(len, roots.values()))} report(s); index: "
+          + ", ".join(str(root / "index.html") for root in roots))
     return 0
 
 
 def _merge(argv: Sequence[str]) -> int:
     p = OneLineParser(prog="bench.py merge", description="Merge the folders of one run's shards into one run.")
     p.add_argument("runs", nargs="+", type=Path, help="the shard run folders")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=_folder, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     shards = [load_run(r) for r in args.runs]
     suite = SUITES.get(shards[0].suite)
-    writer = _writable(lambda: merge_shards(shards, suite, args.out), args.out)
-    publish([writer.run_dir], args.out)
+    with writable("--out", args.out):
+        writer = merge_shards(shards, suite, args.out)
+        publish([writer.run_dir], args.out)
     run = load_run(writer.run_dir)
     print(summary(run))
     count = (shards[0].meta.get("cli", {}).get("shard") or [0, 1])[1]
@@ -290,21 +250,31 @@ def _compare(argv: Sequence[str]) -> int:
     return 0
 
 
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        return _report(argv[1:])
+    if argv and argv[0] == "compare":
+        return _compare(argv[1:])
+    if argv and argv[0] == "merge":
+        return _merge(argv[1:])
+    args = _run_parser().parse_args(argv)
+    if args.list:
+        return _list()
+    return _run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "report":
-            return _report(argv[1:])
-        if argv and argv[0] == "compare":
-            return _compare(argv[1:])
-        if argv and argv[0] == "merge":
-            return _merge(argv[1:])
-        args = _run_parser().parse_args(argv)
-        if args.list:
-            return _list()
-        return _run(args)
+        status = _dispatch(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a reader that has gone (``--list | head -1``) shows here, not at exit
+        return status
     except StructbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        return 143 if isinstance(stop, Terminated) else 130
+        return 143 if isinstance(stop, launch.Terminated) else 130
+    except BrokenPipeError:
+        # Stop quietly, as a tool killed by SIGPIPE does (128 + 13); stdout goes to /dev/null
+        # so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

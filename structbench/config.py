@@ -49,6 +49,8 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     path = Path(path).resolve()
     if path in _seen:
         raise StructbenchError(f"config include cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
+    if path.is_dir():
+        raise StructbenchError(f"config {path} is a folder; give a YAML file (a suite's are in suites/<name>/*.yaml)")
     if not path.is_file():
         raise StructbenchError(f"config file not found: {path}")
     try:

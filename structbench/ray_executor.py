@@ -79,8 +79,9 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
         finally:
-            if self.started:
-                ray.shutdown()
+            self.close()
 
-
-
+    def close(self) -> None:
+        """Stop the local instance this executor started (a cluster it joined keeps running)."""
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()

@@ -96,6 +96,10 @@ class Suite:
     inputs: Callable[[dict[str, Any]], dict[str, Path]] | None = None
     """Resolved config -> the input files it reads (model weights, text, task files), by name:
     their SHA-256 is stored in ``run.json`` when the run stops, so a figure names its data."""
+    requires: tuple[str, ...] = ()
+    """Modules beyond the core install that every run needs (the ``models`` extra's
+    ``transformers``...), by import name: the CLI checks them before reading the config, whose
+    validation may already import them, and names the set-up command for a missing one."""
 
 
 def case_key(case: dict[str, Any]) -> str:

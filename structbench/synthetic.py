@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.families import build, family_order, get_family, list_families
 
 Maker = Callable[[int, int, torch.Generator, dict[str, Any]], torch.Tensor]
@@ -88,7 +88,7 @@ def _lowrank_noise(m: int, n: int, gen: torch.Generator, params: dict[str, Any])
 def _block_lowrank(m: int, n: int, gen: torch.Generator, params: dict[str, Any]) -> torch.Tensor:
     blocks = params["blocks"]
     if m % blocks or n % blocks:
-        raise StructbenchError(f"block-lowrank: blocks={blocks} must divide both dimensions of shape {m}x{n}")
+        raise NotApplicable(f"block-lowrank: blocks={blocks} must divide both dimensions of shape {m}x{n}")
     p, q = m // blocks, n // blocks
     rank = max(1, round(params["rank_fraction"] * min(p, q)))
     # Independent bases per block: unlike BLAST, nothing is shared along rows or columns.

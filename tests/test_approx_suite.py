@@ -249,11 +249,11 @@ TINY = {
 @NEEDS_MODELS
 def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from structbench import cli
+    from structbench import launch
     from structbench.cli import main
     from structbench.results import load_run
 
-    monkeypatch.setattr(cli, "cache_root", lambda: tmp_path / "cache")  # this test's calibration Grams
+    monkeypatch.setattr(launch, "cache_root", lambda: tmp_path / "cache")  # this test's calibration Grams
 
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(TINY))

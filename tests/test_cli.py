@@ -68,7 +68,7 @@ def test_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (["--suite", "kernels", "--families", "dense,blats"], "did you mean 'blast'"),
     (["--suite", "kernels", "--dtype", "f32"], "accepted: float32"),
     (["--suite", "kernels", "--threads", "two"], "invalid int value"),
-    (["--suite", "kernels", "--threads", "0"], "--threads must be >= 1"),
+    (["--suite", "kernels", "--threads", "0"], "--threads must be in 1..1024"),
     (["--suite", "kernels", "--device", "tpu"], "accepted: cpu, cuda"),
     (["--suite", "kernels", "--resume", "--quick"], "drop --quick"),
     (["--suite", "kernels", "--set", "rhos"], "expected key=value"),
@@ -220,3 +220,23 @@ def test_runner_shows_progress_and_records_a_crashing_case(stub_run: Any, capsys
     run = load_run(writer.run_dir)
     assert [r["status"] for r in run.rows] == ["ok", "error", "ok"] and run.meta["status"] == "complete"
     assert run.rows[1]["reason"] == "RuntimeError: kernel exploded"
+
+
+def test_only_not_applicable_is_skipped_a_structbench_error_in_a_case_is_an_error(
+        stub_run: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A case that does not apply is a gap with its reason; a set-up that cannot work (here a
+    missing weights file, raised as a user-facing error) is a fault with its traceback logged."""
+    from structbench.errors import NotApplicable, StructbenchError
+    from structbench.runner import run_suite
+
+    def run_case(case: dict, ctx: RunContext) -> list[dict]:
+        if case["i"] == 0:
+            raise NotApplicable("no structure at this rho")
+        raise StructbenchError("model.safetensors is missing")
+
+    suite, writer, ctx = stub_run(run_case, 2)
+    run_suite(suite, writer, ctx)
+    rows = load_run(writer.run_dir).rows
+    assert [(r["status"], r["reason"]) for r in rows] == [
+        ("skipped", "no structure at this rho"), ("error", "StructbenchError: model.safetensors is missing")]
+    assert "Traceback" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from structbench import cli
+from structbench import launch
 from structbench.cli import main
 from structbench.results import load_run
 
@@ -111,7 +111,7 @@ def test_a_truncated_plotly_is_rewritten(finished: Path) -> None:
 
 
 def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cli.publish
+    real = launch.publish
     hits: list[str] = []
 
     def interrupted_publish(run_dirs, root) -> None:  # noqa: ANN001 - the CLI's own callable
@@ -119,7 +119,7 @@ def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, 
         hits.append("published")
         real(run_dirs, root)
 
-    monkeypatch.setattr(cli, "publish", interrupted_publish)
+    monkeypatch.setattr(launch, "publish", interrupted_publish)
     out = tmp_path / "results"
     assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(out)]) == 0
     (run_dir,) = (out / "kernels").iterdir()
@@ -156,3 +156,55 @@ def test_train_vision_without_its_data_stops_before_any_case(tmp_path: Path, cap
     assert main(["--suite", "train-vision", "--quick", "--config", str(config), "--out", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "not found under" in line and "apt-get install" in line and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "/proc/structbench-results"])
+def test_report_into_an_unwritable_out_is_one_line(where: str, finished: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir,) = (finished / "kernels").iterdir()
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" if where == "file" else Path(where)
+    capsys.readouterr()
+    assert main(["report", str(run_dir), "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot write" in line and str(out) in line
+
+
+@pytest.mark.parametrize("command", [["--suite", "kernels"], ["report"], ["merge", "RUN"]])
+def test_an_empty_out_is_refused_not_the_current_folder(command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [*command, "--out", ""] + (["--config", _config(tmp_path, TINY)] if command[0] == "--suite" else [])
+    assert main([str(tmp_path) if a == "RUN" else a for a in args]) == 2
+    assert "argument --out: empty path" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["c.yaml"] if command[0] == "--suite" else [])
+
+
+def test_report_of_a_run_folder_indexes_where_the_run_lives(finished: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    (run_dir,) = (finished / "kernels").iterdir()
+    (finished / "index.html").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", str(run_dir)]) == 0
+    assert (finished / "index.html").is_file() and not list(elsewhere.iterdir())  # no stray ./results
+
+
+def test_a_config_that_is_a_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "kernels", "--config", str(tmp_path), "--out", str(tmp_path / "results")]) == 2
+    assert f"config {tmp_path} is a folder; give a YAML file" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--executor", "ray", "--workers", "0"], "--workers must be >= 1"),
+    (["--seed", str(2**70)], "--seed must be an integer in 0..9223372036854775807"),
+    (["--seed", "-1"], "--seed must be an integer in 0..9223372036854775807"),
+    (["--threads", "100000"], "--threads must be in 1..1024"),
+])
+def test_a_refused_start_leaves_no_run_folder(args: list[str], expected: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(out), *args]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

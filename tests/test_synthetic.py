@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error
 from structbench.families import get_family, list_families
 from structbench.synthetic import kinds, make_matrix
@@ -48,7 +48,7 @@ def test_block_lowrank_blocks_have_the_stated_rank() -> None:
              for i in range(4) for j in range(4)}
     assert ranks == {4}
     assert torch.linalg.matrix_rank(w).item() == 64  # independent blocks: full rank overall
-    with pytest.raises(StructbenchError, match="must divide"):
+    with pytest.raises(NotApplicable, match="must divide"):
         make_matrix("block-lowrank", 66, 128, blocks=4)
 
 

@@ -35,6 +35,12 @@ def data_file() -> Path:
     return path
 
 
+def require_text() -> None:
+    """Raise one line with the install command unless the text is installed: a run checks it
+    with its config, before any case."""
+    _data_file()
+
+
 @functools.lru_cache(maxsize=None)
 def _articles() -> tuple[tuple[str, str], ...]:
     data = json.loads(data_file().read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from structbench.config import betas, check_keys, fraction, positive_int, positive_number, section
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.families import resolve_families
 from structbench.suite import Metric, RunContext, Schema, Suite
 from structbench.train.loop import Batch, Recipe, train
@@ -106,7 +106,7 @@ def _layer_hparams(hparams: dict[str, dict[str, Any]]) -> str:
 def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     """Build, structure, train and score one (family, rho) model; one result row."""
     if ctx.dtype != "float32":
-        raise StructbenchError(f"{task.name} trains in float32, got --dtype {ctx.dtype}")
+        raise NotApplicable(f"{task.name} trains in float32 only, not --dtype {ctx.dtype}")
     cfg = ctx.config
     include = task.layers[cfg["layers"]]
     torch.manual_seed(ctx.seed)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from structbench.config import check_keys, number_list
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error
 from structbench.weighted import weighted_error
 from structbench.measure.timing import synchronize
@@ -304,11 +304,9 @@ def _gram(case: dict[str, Any], ctx: RunContext) -> torch.Tensor | None:
 
 def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     family = get_family(case["family"])
-    try:
+    try:  # a real model that cannot load raises on: a broken set-up is an error row, not a gap in a plot
         w = _source_matrix(case, ctx)
-    except StructbenchError as exc:
-        if case["source"] != "synthetic":
-            raise  # a real model that cannot load is a broken setup, not a gap in a plot
+    except NotApplicable as exc:  # a synthetic kind with no matrix of this shape
         return _skipped(case, str(exc))
     m, n = w.shape
     shape = {"out_features": m, "in_features": n}
@@ -319,9 +317,9 @@ def _run_projection(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any
         options.update(gram=gram, damp=calib["damp"], refine_steps=calib["refine_steps"])
     try:
         fit = family.hparams_for(m, n, case["rho"])
-        module, seconds = _seconds(ctx, lambda: family.from_dense(w, **fit.hparams, **options))
-    except StructbenchError as exc:
+    except NotApplicable as exc:
         return _skipped(case, str(exc), **shape)
+    module, seconds = _seconds(ctx, lambda: family.from_dense(w, **fit.hparams, **options))
     return [{**case, **shape, "status": "ok", "reason": None, "rel_error": _error(w, module, ctx),
              "weighted_error": None if gram is None else _error(w, module, ctx, gram), "seconds": seconds,
              "rho_actual": module.rho_actual, "macs_ratio": module.macs_ratio, "hparams": json.dumps(module.hparams, sort_keys=True),
@@ -372,9 +370,12 @@ def _swept_gd_lr(case: dict[str, Any], ctx: RunContext) -> float:
         runs = [row for row in swept if row["lr"] == lr]
         if {row["seed"] for row in runs} == seeds and not any(row["diverged"] for row in runs):
             worst[lr] = max(row["rel_error"] for row in runs)
+    if not swept:  # the sweep's cases failed: nothing to choose from is a fault, not a finding
+        raise StructbenchError(f"convergence lr 'auto' for gd at rank {case['rank']}: the gd_lr_sweep has no "
+                               "finished row for this target (see its error rows)")
     if not worst:
-        raise StructbenchError(f"convergence lr 'auto' for gd at rank {case['rank']}: no step of this run's "
-                               "gd_lr_sweep stayed finite on every seed; widen convergence.gd_lr_sweep or give a number")
+        raise NotApplicable(f"convergence lr 'auto' for gd at rank {case['rank']}: no step of this run's "
+                            "gd_lr_sweep stayed finite on every seed; widen convergence.gd_lr_sweep or give a number")
     return min(worst, key=lambda lr: (worst[lr], -lr))
 
 

