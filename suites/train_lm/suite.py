@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from structbench.config import optional_positive_int, positive_int
-from structbench.models.wikitext import require_text
+from structbench.models.wikitext import data_file, require_text
 from structbench.suite import Metric, RunContext
 from structbench.train import task as common
 from structbench.train.blocks import BLOCK_LINEARS
 from structbench.train.data import fixed_windows, random_windows, wiki_bytes
-from structbench.models.wikitext import data_file
 from structbench.train.gpt import GPT, GPTConfig
 from structbench.train.loop import Batch
 
