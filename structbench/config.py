@@ -18,13 +18,14 @@ import yaml
 
 from structbench.errors import StructbenchError
 from structbench.overrides import apply_overrides
+from structbench.yaml_loader import StrictLoader
 
 
 class Replace(dict):
     """A mapping that ``deep_merge`` puts in place of the base value instead of merging."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(StrictLoader):
     pass
 
 

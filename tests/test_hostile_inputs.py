@@ -53,6 +53,25 @@ def test_bad_config_values_are_one_line(text: str | bytes, expected: str, tmp_pa
     assert not out.exists()  # nothing written
 
 
+@pytest.mark.parametrize(("text", "key", "line"), [
+    (TINY + "tokens: [8]\n", "tokens", 7),
+    (TINY.replace("{tiny: [32, 32]}", "{tiny: [32, 32], tiny: [64, 64]}"), "tiny", 2),
+])
+def test_a_key_given_twice_in_a_config_is_one_line(text: str, key: str, line: int, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, text)
+    assert main(["--suite", "kernels", "--config", path, "--out", str(tmp_path / "results")]) == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert f"key {key!r} given twice" in error and path in error and f"line {line}" in error
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_key_given_twice_in_a_set_value_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(tmp_path / "results"),
+                 "--set", "shapes={a: [32, 32], a: [64, 64]}"]) == 2
+    assert "key 'a' given twice" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--families", ","], "names no family"),
     (["--families", " , "], "names no family"),
