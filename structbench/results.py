@@ -369,7 +369,7 @@ class RunWriter:
         return cls(run_dir, meta, warn)
 
     def done_keys(self) -> set[str]:
-        return {row["case_key"] for row in self.rows}
+        return {row["case_key"] for row in self.rows if "case_key" in row}
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         with (self.run_dir / ROWS_FILE).open("a") as fh:
