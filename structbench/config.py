@@ -18,13 +18,14 @@ import yaml
 
 from structbench.errors import StructbenchError
 from structbench.overrides import apply_overrides
+from structbench.yaml_loader import StrictLoader
 
 
 class Replace(dict):
     """A mapping that ``deep_merge`` puts in place of the base value instead of merging."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(StrictLoader):
     pass
 
 
@@ -116,16 +117,23 @@ def section(where: str, value: Any, keys: Iterable[str]) -> dict[str, Any]:
     return value
 
 
+INT_MAX = 2**63 - 1
+"""The largest integer a config may give (a count, a size, a seed): torch takes them as 64-bit
+integers, so a larger one fails every case with an overflow."""
+
+
 def number_list(where: str, value: Any, *, integer: bool = False, low: float = 0.0, high: float = float("inf"),
                 unique: bool = True) -> list:
     """A non-empty list of finite numbers in ``(low, high]``, distinct when ``unique`` (a list
-    of values to sweep: a repeated one would measure the same case twice)."""
+    of values to sweep: a repeated one would measure the same case twice); integers are
+    at most ``INT_MAX``."""
     kinds = (int,) if integer else (int, float)
+    high = min(high, INT_MAX) if integer else high
     if not isinstance(value, list) or not value or not all(
         isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v) and low < v <= high for v in value
     ):
         what = "integers" if integer else "numbers"
-        span = f"({low}, {high}]" if math.isfinite(high) else f"({low}, inf), finite"
+        span = f"({low}, {'2**63 - 1' if high == INT_MAX else high}]" if math.isfinite(high) else f"({low}, inf), finite"
         raise StructbenchError(f"{where} must be a non-empty list of {what} in {span}, got {value!r}")
     return distinct(where, value) if unique else value
 
@@ -138,8 +146,8 @@ def distinct(where: str, values: list[Any]) -> list[Any]:
 
 
 def positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StructbenchError(f"{where} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX:
+        raise StructbenchError(f"{where} must be a positive integer (at most 2**63 - 1), got {value!r}")
     return value
 
 
@@ -148,8 +156,8 @@ def optional_positive_int(where: str, value: Any) -> int | None:
 
 
 def non_negative_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StructbenchError(f"{where} must be an integer >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_MAX:
+        raise StructbenchError(f"{where} must be an integer in [0, 2**63 - 1], got {value!r}")
     return value
 
 

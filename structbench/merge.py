@@ -8,15 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from structbench.errors import StructbenchError
-from structbench.results import RunData, RunWriter
+from structbench.results import ROWS_FILE, RunData, RunWriter, described
 from structbench.suite import Suite
 
 
 def merge_shards(shards: list[RunData], suite: Suite, out: Path) -> RunWriter:
     """A new run under ``out`` holding every shard's rows: ``complete`` when all ``N`` shards
     are there and finished, else ``interrupted``. Shards of different suites, configs,
-    commits or shard counts, a shard given twice, or two shards with one case are refused."""
+    commits or shard counts, a shard given twice, two shards with one case, or a shard whose
+    rows.jsonl has lines left out (``RunData.problems``: its ``--resume`` repairs it) are refused."""
     first = shards[0]
+    for shard in shards:
+        if shard.problems:
+            raise StructbenchError(f"merge: {shard.run_dir / ROWS_FILE} has {described(shard.problems)}; "
+                                   f"repair it with 'bench.py --resume {shard.run_dir}' first")
     for name, of in (("suite", lambda r: (r.suite, r.meta["suite"].get("version"))), ("config", lambda r: r.meta.get("config")),
                      ("commit", lambda r: r.meta.get("git", {}).get("commit")),
                      ("shard count", lambda r: (r.meta.get("cli", {}).get("shard") or [0, 1])[1])):

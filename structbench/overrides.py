@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import yaml
 
 from structbench.errors import StructbenchError
+from structbench.yaml_loader import StrictLoader
 
 
 def apply_overrides(config: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
@@ -23,9 +24,10 @@ def apply_overrides(config: dict[str, Any], assignments: Sequence[str]) -> dict[
         if not sep or not all(path):
             raise StructbenchError(f"--set {assignment!r}: expected key=value or key.sub=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, Loader=StrictLoader) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise StructbenchError(f"--set {assignment!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise StructbenchError(f"--set {assignment!r}: value is not valid YAML ({problem})") from None
         node = out
         for part in path[:-1]:
             child = node.setdefault(part, {})

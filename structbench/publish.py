@@ -18,7 +18,7 @@ import pandas as pd
 from structbench.errors import StructbenchError
 from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
 from structbench.report.tables import markdown, write_tables
-from structbench.results import RunData, list_runs, load_run, shown_status
+from structbench.results import ROWS_FILE, RunData, described, list_runs, load_run, shown_status
 from suites import reports, summaries
 
 
@@ -45,11 +45,12 @@ def run_report(run: RunData) -> Path:
 
 
 def index(root: str | Path) -> Path:
-    """``<root>/index.html``: every run, newest first, linked to its report."""
+    """``<root>/index.html``: every run, newest first, linked to its report. Runs that cannot be
+    read are left out silently: ``report`` and ``--resume`` name them when they list the runs."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for run in list_runs(root, warn=_warn):
+    for run in list_runs(root):
         m = run.meta
         link = f"{run.suite}/{run.run_dir.name}/report.html"
         rows.append({
@@ -97,9 +98,13 @@ def summary(run: RunData) -> str:
 
 
 def publish(run_dirs: Iterable[str | Path], root: str | Path) -> None:
-    """Tables and report of each run, then the index of ``root``."""
+    """Tables and report of each run, then the index of ``root``; rows.jsonl lines left out of
+    a run's tables (``RunData.problems``) are said in one warning per run."""
     for run_dir in run_dirs:
         run = load_run(run_dir)
+        if run.problems:
+            _warn(f"warning: {run.run_dir / ROWS_FILE}: left out of the tables {described(run.problems)}; "
+                  f"'bench.py --resume {run.run_dir}' repairs the file")
         write_tables(run)
         run_report(run)
     index(root)

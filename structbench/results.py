@@ -15,6 +15,11 @@ Rows are flat dicts: the case's fields, ``case_key``, ``status`` (``ok``, ``skip
 ``error``), ``reason`` and the suite's metrics, raw floats in SI units (seconds, bytes).
 Schema 1 runs (rows copied into ``run.json``, no stored ``Schema``) still load; resuming
 one stores the suite's current schema.
+
+Both files are checked when read (``structbench.run_schema``): a run.json that does not fit
+is refused with one line naming it and the field; a row line that is not a row, or repeats
+a case, is left out and reported by line number, and ``--resume`` rewrites the file without
+it (keeping the original).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import os
 import platform
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +40,7 @@ import torch
 
 from structbench.errors import StructbenchError
 from structbench.provenance import changed_code, input_digests, versions
+from structbench.run_schema import RESUME_CLI, ROW, RUN, problem, shown
 from structbench.suite import Suite
 
 SCHEMA_VERSION = 2
@@ -104,13 +110,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+ROWS_FILE = "rows.jsonl"
+
+
 @dataclass
 class RunData:
-    """A stored run: ``meta`` is run.json (without the rows schema 1 copied into it)."""
+    """A stored run: ``meta`` is run.json (without the rows schema 1 copied into it), ``rows``
+    the usable rows of rows.jsonl and ``problems`` the lines left out of them (``RowScan``)."""
 
     run_dir: Path
     meta: dict[str, Any]
     rows: list[dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
 
     @property
     def suite(self) -> str:
@@ -125,38 +136,86 @@ class RunData:
         return pd.DataFrame(self.rows)
 
 
+@dataclass
+class RowScan:
+    """A rows.jsonl read line by line: the rows that fit ``run_schema.ROW``, one per case (the
+    first), and each line left out, as ``line N: why``. A last line without its newline that is
+    not JSON yet is a row being written (or cut short by a kill): neither a row nor a problem."""
+
+    rows: list[dict[str, Any]]
+    problems: list[str]
+
+
+def scan_rows(run_dir: Path) -> RowScan:
+    path = run_dir / ROWS_FILE
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as err:
+        raise StructbenchError(f"unreadable {ROWS_FILE} ({err.strerror or err}): {path}") from None
+    lines = data.split(b"\n")
+    partial = lines.pop()  # b"" when the file ends with its newline
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate([*lines, partial], 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number <= len(lines):
+                problems.append(f"line {number}: not a JSON row ({type(err).__name__})")
+            continue
+        wrong = problem(row, ROW)
+        if wrong:
+            problems.append(f"line {number}: {wrong}")
+        elif row["case_key"] in first:
+            problems.append(f"line {number}: case {shown(row['case_key'])} again (first on line {first[row['case_key']]})")
+        else:
+            first[row["case_key"]] = number
+            rows.append(row)
+    return RowScan(rows, problems)
+
+
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "rows.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill mid-write
-                continue
-    return rows
+    """The usable rows of a run folder (``scan_rows`` without what was left out)."""
+    return scan_rows(run_dir).rows
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    run_dir = Path(run_dir)
+def described(problems: list[str], shown_at_most: int = 3) -> str:
+    """``problems`` for one warning line: how many, and the first few."""
+    listed = "; ".join(problems[:shown_at_most]) + (f"; and {len(problems) - shown_at_most} more"
+                                                    if len(problems) > shown_at_most else "")
+    return f"{len(problems)} line(s) ({listed})"
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """run.json, checked against ``run_schema.RUN``; a file that is not JSON or does not fit is
+    a ``StructbenchError`` naming it and the first field that is wrong."""
     meta_path = run_dir / "run.json"
     if not meta_path.exists():
         raise StructbenchError(f"not a structbench run folder (no run.json): {run_dir}")
     try:
         meta = json.loads(meta_path.read_text())
-        if not isinstance(meta, dict) or not isinstance(meta.get("suite"), dict) or "name" not in meta["suite"]:
-            raise ValueError("no suite name")
     except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise StructbenchError(f"unreadable run.json ({type(err).__name__}: {err}): {meta_path}") from None
+    wrong = problem(meta, RUN)
+    if wrong:
+        raise StructbenchError(f"malformed run.json ({wrong}): {meta_path}")
     meta.pop("rows", None)
-    return RunData(run_dir, meta, read_rows(run_dir))
+    return meta
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    scan = scan_rows(run_dir)
+    return RunData(run_dir, meta, scan.rows, scan.problems)
 
 
 def list_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> list[RunData]:
     """Every readable run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first;
-    an unreadable one is left out, and ``warn`` told which and why."""
+    an unreadable or malformed one is left out, and ``warn`` told which and why."""
     runs = []
     for path in Path(root).glob("*/*/run.json"):
         try:
@@ -194,7 +253,7 @@ def shown_status(run: RunData) -> str:
 def _cut_partial_line(run_dir: Path, warn: Callable[[str], None]) -> None:
     """A kill mid-append leaves a last line without its newline; appending would glue the next
     row onto it and lose both. Cut it off, saying which case will run again."""
-    path = run_dir / "rows.jsonl"
+    path = run_dir / ROWS_FILE
     if not path.is_file():
         return
     data = path.read_bytes()
@@ -208,6 +267,27 @@ def _cut_partial_line(run_dir: Path, warn: Callable[[str], None]) -> None:
         fh.truncate(keep)
     warn(f"warning: cut off a partial last row of {path} ({len(data) - keep} bytes"
          + (f", case {case}" if case else "") + "); that case runs again")
+
+
+def _repair(run_dir: Path, scan: RowScan, warn: Callable[[str], None]) -> None:
+    """Rewrite rows.jsonl with only ``scan.rows``, keeping the file as it was next to it
+    (``rows.jsonl.bak-<time>``), so that the run goes on from rows every reader agrees on."""
+    path = run_dir / ROWS_FILE
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    backup, n = path.with_name(f"{ROWS_FILE}.bak-{stamp}"), 1
+    while True:
+        try:
+            with backup.open("xb") as fh:
+                fh.write(path.read_bytes())
+            break
+        except FileExistsError:
+            n += 1
+            backup = path.with_name(f"{ROWS_FILE}.bak-{stamp}-{n}")
+    tmp = path.with_name(ROWS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(row, default=str) + "\n" for row in scan.rows))
+    os.replace(tmp, path)
+    warn(f"warning: {path}: left out {described(scan.problems)}; cases without a row run again; "
+         f"the file as it was is kept as {backup.name}")
 
 
 class RunWriter:
@@ -226,8 +306,12 @@ class RunWriter:
             self._lock.close()
             raise StructbenchError(f"{run_dir} is being written by another process; wait for it to finish "
                                    "(or stop it) before resuming") from None
-        _cut_partial_line(run_dir, warn or (lambda message: None))
-        self.rows = read_rows(run_dir)
+        warn = warn or (lambda message: None)
+        _cut_partial_line(run_dir, warn)
+        scan = scan_rows(run_dir)
+        if scan.problems:
+            _repair(run_dir, scan, warn)
+        self.rows = scan.rows
         self._note_commit(git_info())
         self._flush_meta()
 
@@ -283,9 +367,14 @@ class RunWriter:
 
     @classmethod
     def reopen(cls, run_dir: Path, suite: Suite, warn: Callable[[str], None] | None = None) -> "RunWriter":
-        """Continue a stored run; one of schema 1 gains the suite's schema and drops its row copy."""
-        meta = json.loads((run_dir / "run.json").read_text())
-        meta.pop("rows", None)
+        """Continue a stored run; one of schema 1 gains the suite's schema and drops its row copy.
+        A run.json that does not fit the run schema, or lacks an option the run needs
+        (``run_schema.RESUME_CLI``), is a ``StructbenchError``."""
+        meta = read_meta(run_dir)
+        missing = [key for key in RESUME_CLI if key not in meta["cli"]]
+        if missing:
+            raise StructbenchError(f"cannot resume {run_dir}: its run.json has no cli.{missing[0]} (the option the "
+                                   "run was started with); only runs written by bench.py can be resumed")
         if meta.get("schema_version", 1) < SCHEMA_VERSION:
             meta.setdefault("upgraded", []).append({"from": meta.get("schema_version", 1), "at": now()})
             meta["schema_version"] = SCHEMA_VERSION
@@ -300,7 +389,7 @@ class RunWriter:
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Store finished rows, each stamped with the commit it was made at."""
         rows = [{**row, "commit": row.get("commit", self.commit)} for row in rows]
-        with (self.run_dir / "rows.jsonl").open("a") as fh:
+        with (self.run_dir / ROWS_FILE).open("a") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()

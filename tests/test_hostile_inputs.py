@@ -53,6 +53,45 @@ def test_bad_config_values_are_one_line(text: str | bytes, expected: str, tmp_pa
     assert not out.exists()  # nothing written
 
 
+@pytest.mark.parametrize(("text", "key", "line"), [
+    (TINY + "tokens: [8]\n", "tokens", 7),
+    (TINY.replace("{tiny: [32, 32]}", "{tiny: [32, 32], tiny: [64, 64]}"), "tiny", 2),
+])
+def test_a_key_given_twice_in_a_config_is_one_line(text: str, key: str, line: int, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, text)
+    assert main(["--suite", "kernels", "--config", path, "--out", str(tmp_path / "results")]) == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert f"key {key!r} given twice" in error and path in error and f"line {line}" in error
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_key_given_twice_in_a_set_value_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--suite", "kernels", "--config", _config(tmp_path, TINY), "--out", str(tmp_path / "results"),
+                 "--set", "shapes={a: [32, 32], a: [64, 64]}"]) == 2
+    assert "key 'a' given twice" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("suite", "assignment", "expected"), [
+    ("kernels", "tokens=[1000000000000]", "shape 'tiny' [32, 32] at tokens 1000000000000 needs at least"),
+    ("kernels", "shapes={big: [10000000, 10000000]}", "shape 'big' [10000000, 10000000] at tokens 4 needs at least"),
+    ("kernels", "tokens=[100000000000000000000]", "tokens must be a non-empty list of integers in (0.0, 2**63 - 1]"),
+    ("approx", "synthetic.sizes=[[10000000, 10000000]]", "synthetic.sizes[0] [10000000, 10000000] needs at least"),
+    ("approx", "synthetic.seeds=[100000000000000000000]", "seeds must be a non-empty list of integers"),
+    ("train-lm", "model.dim=10000000", "train-lm: the dense model"),
+    ("train-vision", "recipe.batch_size=1000000000000", "at batch_size 1000000000000 needs at least"),
+    ("train-lm", "recipe.steps=100000000000000000000", "steps must be a positive integer (at most 2**63 - 1)"),
+])
+def test_sizes_no_case_could_allocate_are_one_line_before_any_folder(suite: str, assignment: str, expected: str,
+                                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = ["--config", _config(tmp_path, TINY)] if suite == "kernels" else ["--quick"]
+    out = tmp_path / "results"
+    assert main(["--suite", suite, *config, "--set", assignment, "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line and ("more than this machine has" in line or "2**63" in line or "integers" in line)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["--families", ","], "names no family"),
     (["--families", " , "], "names no family"),

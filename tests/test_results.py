@@ -53,20 +53,23 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
         assert isinstance(r["noisy"], bool) and r["attempts"] == 1
 
 
+CLI = {"device": "cpu", "dtype": "float32", "threads": 1, "quick": False, "seed": 0}  # what a resumable run stores
+
+
 def _stub_suite(name: str = "stub") -> SimpleNamespace:
     return SimpleNamespace(name=name, version="0", description="test", metrics={}, schema=Schema(("k",)), about=None)
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
-    a = RunWriter.create(tmp_path, _stub_suite(), {}, {"device": "cpu", "threads": 1}, 0)
-    b = RunWriter.create(tmp_path, _stub_suite(), {}, {"device": "cpu", "threads": 1}, 0)
+    a = RunWriter.create(tmp_path, _stub_suite(), {}, CLI, 0)
+    b = RunWriter.create(tmp_path, _stub_suite(), {}, CLI, 0)
     a.append([{"case_key": "k", "status": "ok"}])
     assert a.run_dir != b.run_dir and b.rows == []
     assert {r.run_dir for r in list_runs(tmp_path)} == {a.run_dir, b.run_dir}
 
 
 def test_a_row_cut_short_by_a_kill_is_ignored(tmp_path: Path) -> None:
-    writer = RunWriter.create(tmp_path, _stub_suite(), {}, {"device": "cpu", "threads": 1}, 0)
+    writer = RunWriter.create(tmp_path, _stub_suite(), {}, CLI, 0)
     writer.append([{"case_key": "a", "status": "ok", "x": 1.0}])
     with (writer.run_dir / "rows.jsonl").open("a") as fh:
         fh.write('{"case_key": "b", "sta')

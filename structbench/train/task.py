@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from structbench.capacity import check_fits
 from structbench.config import betas, check_keys, fraction, positive_int, positive_number, section
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.families import resolve_families
@@ -77,12 +78,28 @@ def validate(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
     for name, spec in (("model", task.model), ("recipe", task.recipe), ("data", task.data)):
         given = section(f"{where}.{name}", config.get(name), spec)
         resolved[name] = {key: check(f"{where}.{name}.{key}", given[key]) for key, check in spec.items()}
-    try:
-        task.build(resolved)  # shape errors (dim vs heads, patch vs image) surface before any training
-    except ValueError as err:
-        raise StructbenchError(f"{where}.model: {err}") from None
+    _check_size(task, resolved, where)
     task.require(resolved)
     return resolved
+
+
+def _check_size(task: Task, cfg: dict[str, Any], where: str) -> None:
+    """Shape errors (dim vs heads, patch vs image) and models too large for this machine,
+    found before any training: the model is built and run on the ``meta`` device, which
+    checks shapes and counts sizes without allocating."""
+    with torch.device("meta"):
+        try:
+            model = task.build(cfg)
+        except ValueError as err:
+            raise StructbenchError(f"{where}.model: {err}") from None
+        example = task.example(cfg)
+        output = model(example)
+    params = sum(p.numel() for p in model.parameters())
+    batch = cfg["recipe"]["batch_size"]
+    check_fits(f"{where}: the dense model ({params:,} parameters) at batch_size {batch}",
+               16 * params + 4 * batch * (example.numel() + output.numel()),
+               "its weights, gradients and AdamW's two moments at 4 bytes a value, and one batch's inputs "
+               "and outputs")
 
 
 def expand(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from structbench.capacity import check_fits
 from structbench.config import check_keys, number_list
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error
@@ -63,7 +64,9 @@ def _seeds(where: str, value: Any) -> list[int]:
 def _size(where: str, value: Any) -> list[int]:
     if not (isinstance(value, list) and len(value) == 2):
         raise StructbenchError(f"approx config: {where} must be [out_features, in_features], got {value!r}")
-    return number_list(f"approx config: {where}", value, integer=True, unique=False)
+    m, n = number_list(f"approx config: {where}", value, integer=True, unique=False)
+    check_fits(f"approx config: {where} [{m}, {n}]", 8 * m * n, "the matrix, drawn in float64")
+    return [m, n]
 
 
 def _check_synthetic(where: str, synthetic: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
+from structbench.capacity import check_fits
 from structbench.config import check_keys, distinct, number_list, positive_int
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.measure.flops import fvcore_macs
@@ -66,7 +67,11 @@ def validate(config: dict[str, Any], where: str = "kernels") -> dict[str, Any]:
         if len(shape) != 2:
             raise StructbenchError(f"kernels config: shape {name!r} must be [out_features, in_features], got {shape!r}")
     number_list("kernels config: rhos", config.get("rhos"), high=1.0)
-    number_list("kernels config: tokens", config.get("tokens"), integer=True)
+    tokens = max(number_list("kernels config: tokens", config.get("tokens"), integer=True))
+    for name, (out_f, in_f) in shapes.items():
+        check_fits(f"{where} config: shape {name!r} [{out_f}, {in_f}] at tokens {tokens}",
+                   2 * (out_f * in_f + tokens * (in_f + out_f)),
+                   "the dense weight, input and output at 2 bytes a value, the least any dtype takes")
     min_run_time = number_list("kernels config: min_run_time", [config.get("min_run_time", 1.0)])[0]
     rounds = positive_int("kernels config: rounds", config.get("rounds", ROUNDS))
     precision = number_list("kernels config: precision", [config.get("precision", PRECISION)], high=1.0)[0]
