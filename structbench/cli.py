@@ -102,6 +102,13 @@ def _find_resumable(out: Path, suite: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    executor = None  # checked before the run folder is made or reopened: a refusal leaves none behind
+    if args.executor == "ray":
+        from structbench.ray_executor import RayExecutor
+
+        if args.workers is not None and args.workers < 1:
+            raise StructbenchError(f"--workers must be >= 1, got {args.workers}")
+        executor = RayExecutor(args.ray_address, args.workers)
     if args.resume:
         suite, writer = _reopen(args)
         config, cli = writer.meta["config"], writer.meta["cli"]
@@ -144,14 +151,6 @@ def _run(args: argparse.Namespace) -> int:
                      quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
                      retry_noisy=cli.get("retry_noisy", 0))
     from structbench.runner import run_suite
-
-    executor = None
-    if args.executor == "ray":
-        from structbench.ray_executor import RayExecutor
-
-        if args.workers is not None and args.workers < 1:
-            raise StructbenchError(f"--workers must be >= 1, got {args.workers}")
-        executor = RayExecutor(args.ray_address, args.workers)
 
     root = writer.run_dir.parent.parent
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -26,6 +26,20 @@ def _table(run_dir: Path) -> dict[str, tuple]:
     return {r["case_key"]: tuple(r.get(k) for k in DETERMINISTIC) for r in load_run(run_dir).rows}
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "no-such-host.invalid:6379", "not-an-address"])
+def test_a_bad_ray_address_is_one_line_and_leaves_no_run(tmp_path: Path, address: str) -> None:
+    from structbench.ray_executor import CONNECT_TIMEOUT_S
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench.py", "--suite", "kernels", "--quick", "--out", str(out),
+                           "--executor", "ray", "--ray-address", address], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=CONNECT_TIMEOUT_S + 30)  # Ray alone retries for minutes
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: cannot connect to Ray at {address}")
+    assert not out.exists()  # no run folder, so nothing left 'running'
+
+
 def test_ray_gives_the_serial_rows(tmp_path: Path) -> None:
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
@@ -35,8 +49,10 @@ def test_ray_gives_the_serial_rows(tmp_path: Path) -> None:
                      *extra]) == 0
         (runs[name],) = (tmp_path / name / "approx").iterdir()
     assert _table(runs["ray"]) == _table(runs["serial"])
-    rows = load_run(runs["ray"]).rows
-    assert all(r["worker"] for r in rows) and load_run(runs["ray"]).meta["status"] == "complete"
+    ray_run, serial_run = load_run(runs["ray"]), load_run(runs["serial"])
+    assert all(r["worker"] for r in ray_run.rows) and ray_run.meta["status"] == "complete"
+    assert ray_run.meta["executor"]["name"] == "ray" and ray_run.meta["executor"]["workers"] == 2
+    assert serial_run.meta["executor"] == {"name": "serial", "workers": 1}
 
 
 def test_a_case_whose_worker_dies_is_run_again_once(tmp_path: Path, stub_run: Any) -> None:
