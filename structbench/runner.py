@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from tqdm import tqdm
 
 from structbench.cases import run_one
-from structbench.results import RunWriter
+from structbench.results import RunWriter, now
 from structbench.suite import RunContext, Suite, case_key, shard_of
 
 
@@ -22,9 +22,15 @@ def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+SERIAL = {"name": "serial", "workers": 1}  # what run.json records of a run without an executor
+
+
 class Executor(Protocol):
-    """Somewhere else to run cases (``structbench.ray_executor``): groups of cases in, rows back
-    to ``finished`` as each group ends, the driver writing them."""
+    """Somewhere else to run cases (``structbench.ray_executor``): ``start`` reaches the workers
+    and describes them for run.json (``name``, ``workers``, ...); ``run`` takes groups of cases
+    and hands rows back to ``finished`` as each group ends, the driver writing them."""
+
+    def start(self) -> dict[str, Any]: ...
 
     def run(self, suite: Suite, ctx: RunContext, groups: list[list[dict[str, Any]]], rows: list[dict[str, Any]],
             finished: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]) -> None: ...
@@ -55,7 +61,9 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
     shard = writer.meta.get("cli", {}).get("shard")
     if shard:  # --shard I/N: a deterministic part of the cases, for other machines to run the rest
         index, count = shard
+        writer.meta["n_cases_whole"] = len(cases)  # the whole run's, for the merge of its shards
         cases = [c for c in cases if shard_of(c, suite.schema.shard_keys, count) == index]
+    _note_executor(writer, executor.start() if executor is not None else SERIAL)
     ctx.rows = writer.rows  # the live list: each case sees the rows of those before it
     ctx.log = _log  # suite messages go through the bar's writer, never glued onto the bar
     done = writer.done_keys()
@@ -87,6 +95,15 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
                 finished([case], run_one(suite, case, ctx))
         else:
             executor.run(suite, ctx, groups(suite, todo), writer.rows, finished)
+
+
+def _note_executor(writer: RunWriter, used: dict[str, Any]) -> None:
+    """Where this session's cases run (``executor``); a resume on another executor or worker
+    count is recorded (``executor_changed``), as the rows before and after were not run alike."""
+    before = writer.meta.get("executor")
+    if before is not None and before != used:
+        writer.meta.setdefault("executor_changed", []).append({"at": now(), "from": before, "to": used})
+    writer.meta["executor"] = used
 
 
 def _label(suite: Suite, case: dict[str, Any]) -> str:
