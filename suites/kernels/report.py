@@ -84,6 +84,8 @@ def compile_vs_eager(ok: pd.DataFrame) -> pd.DataFrame:
     mode that wins."""
     keys = ["family", "shape", "rho", "tokens"]
     both = ok[ok["mode"].isin(["eager", "compile"])]
+    if both.empty:
+        return pd.DataFrame()
     table = both.pivot_table(index=keys, columns="mode", values=["median_s", "dense_median_s"], aggfunc="first")
     if "compile" not in table["median_s"] or "eager" not in table["median_s"]:
         return pd.DataFrame()
