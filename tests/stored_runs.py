@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from structbench.config import resolve
-from structbench.config import load_config
+from structbench.config import load_config, resolve
 from structbench.results import RunWriter
 from structbench.runner import run_suite
 from structbench.suite import RunContext
@@ -31,14 +30,15 @@ def _rank(case: dict[str, Any]) -> int:
 
 def llama_compress_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     rho, k = float(case["rho"]), _rank(case)
+    kept = rho if case["family"] == "dense" else rho - 0.01 * k
     tasks = {"social_iqa": 1 / 3, "goal_inference": 1 / 4}
     row: dict[str, Any] = {"perplexity": 20.0 / rho + k, "ppl_tokens": 511, "ppl_windows": 2,
                            "calibration_mode": None if case["objective"] != "calibrated" else "dense"}
     for label, chance in tasks.items():
         row.update({f"acc_{label}": chance + 0.05 * rho, f"acc_norm_{label}": chance + 0.04 * rho,
                     f"chance_{label}": chance, f"items_{label}": 8})
-    row.update({"acc_avg": 0.3 + 0.1 * rho, "acc_norm_avg": 0.3 + 0.08 * rho, "rho_actual": rho - 0.01 * k,
-                "cr": 1 - (rho - 0.01 * k), "params": int(1e6 * (0.5 + rho)), "bytes": int(4e6 * (0.5 + rho)),
+    row.update({"acc_avg": 0.3 + 0.1 * rho, "acc_norm_avg": 0.3 + 0.08 * rho, "rho_actual": kept,
+                "cr": 1 - kept, "params": int(1e6 * (0.5 + rho)), "bytes": int(4e6 * (0.5 + rho)),
                 "linear_params": int(1e6 * rho), "macs_ratio": rho, "macs_per_token": 1e6 * rho,
                 "prefill_tokens_per_s": 900.0 + 10 * k, "generate_tokens_per_s": 40.0 + k,
                 "generate_spread": 0.3 if k % 2 else 0.02, "generate_noisy": bool(k % 2),
@@ -83,6 +83,19 @@ def fake_run(out: Path, suite_name: str, run_case: CaseFn, *, quick: bool = True
     finally:
         writer.close()
     return writer.run_dir
+
+
+def approx_run(out: Path) -> Path:
+    """A small synthetic-only approx run, measured for real through the CLI (seconds)."""
+    from structbench.cli import main
+
+    config = out.parent / "approx.yaml"
+    config.write_text(json.dumps({
+        "families": ["lowrank", "blockdiag", "monarch"], "rhos": [0.25, 0.5], "objectives": ["frobenius"],
+        "synthetic": {"kinds": ["gaussian", "blockdiag"], "sizes": [[32, 32]], "seeds": [0]}, "real": {}}))
+    assert main(["--suite", "approx", "--config", str(config), "--out", str(out), "--threads", "1"]) == 0
+    (run_dir,) = (out / "approx").iterdir()
+    return run_dir
 
 
 def _poisoned(value: Any, keep: frozenset[str], names_below: int, depth: int = 0) -> Any:

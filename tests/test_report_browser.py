@@ -204,31 +204,18 @@ def test_index_lists_and_links_runs(kernels_run: tuple[Path, Path], browser: Dev
 
 
 # ---- stored runs from elsewhere: hostile strings, pages on their own, many families ---------
-def _approx_run(out: Path) -> Path:
-    """A small synthetic-only approx run through the CLI (seconds)."""
-    from structbench.cli import main
-
-    config = out.parent / "approx.yaml"
-    config.write_text(json.dumps({
-        "families": ["lowrank", "blockdiag", "monarch"], "rhos": [0.25, 0.5], "objectives": ["frobenius"],
-        "synthetic": {"kinds": ["gaussian", "blockdiag"], "sizes": [[32, 32]], "seeds": [0]}, "real": {}}))
-    assert main(["--suite", "approx", "--config", str(config), "--out", str(out), "--threads", "1"]) == 0
-    (run_dir,) = (out / "approx").iterdir()
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def hostile_results(kernels_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results root whose runs (kernels, approx, llama-compress, train-lm, and one of an
     unknown suite in a folder named by a payload) hold a payload in every shown string."""
     from structbench.publish import publish
-    from tests.stored_runs import IMG, PAYLOAD, fake_run, llama_compress_case, poison, train_case
+    from tests.stored_runs import IMG, PAYLOAD, approx_run, fake_run, llama_compress_case, poison, train_case
 
     out = tmp_path_factory.mktemp("hostile") / "results"
     kernels = out / "kernels" / kernels_run[1].name
     shutil.copytree(kernels_run[1], kernels, ignore=shutil.ignore_patterns("*.html", ".lock"))
     poison(kernels)
-    poison(_approx_run(out), keep=("experiment", "source"))
+    poison(approx_run(out), keep=("experiment", "source"))
     poison(fake_run(out, "llama-compress", llama_compress_case))
     poison(fake_run(out, "train-lm", train_case))
     unknown = out / f"elsewhere{IMG}" / f"run{IMG}"

@@ -33,6 +33,7 @@ from structbench.measure.memory import held_heap, module_bytes, peak_bytes
 from structbench.measure.ops import product_share
 from structbench.measure.timing import Timing, cuda_event_times, cuda_graph_times, interleaved, l2_flush_buffer
 from structbench.families import build, get_family, hparams_for, resolve_families
+from structbench.stats import NOISY
 from structbench.structured import StructuredLinear
 from structbench.suite import Metric, RunContext, Schema, Suite
 
@@ -41,7 +42,6 @@ KEYS = {"families", "shapes", "rhos", "tokens", "min_run_time", "rounds", "modes
 MODES = ("eager", "cuda-graph", "cold-l2", "compile", "triton")
 CUDA_ONLY = ("cuda-graph", "cold-l2", "triton")
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
-NOISY = 0.1  # IQR / median above this flags a row as noisy: a 10 % spread hides the effects compare looks for
 NOISY_SHARE = 1 / 3  # more noisy rows than this share marks the run unreliable
 CONTROL = (0.9, 1.1)  # the dense-vs-dense speedup a trustworthy run keeps
 MACS_TOLERANCE = 0.01  # fvcore's count may differ this much (relative) from the analytic macs()
