@@ -8,18 +8,19 @@ a suite's code: running and reporting meet only in the stored run.
 """
 from __future__ import annotations
 
-import html
 import sys
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import quote
 
 import pandas as pd
 
 from structbench.errors import StructbenchError
-from structbench.report.html import PLOTLY_FILE, Section, ensure_plotly, render_page, run_header, table_html
+from structbench.report.html import (PLOTLY_FILE, Link, Section, cases_done, ensure_plotly, families_run,
+                                     reliability_text, render_page, run_header, table_html)
 from structbench.report.tables import markdown, write_tables
 from structbench.results import ROWS_FILE, RunData, described, list_runs, load_run, shown_status
-from suites import reports, summaries
+from suites import reports, subtitles, summaries
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -32,39 +33,41 @@ def run_report(run: RunData) -> Path:
     """Write ``report.html`` for one run from its stored rows (never re-measures)."""
     root = run.run_dir.parent.parent
     ensure_plotly(root)
-    render = reports().get(run.suite)
+    render, subtitle = reports().get(run.suite), subtitles().get(run.suite)
     try:
         sections = render(run) if render is not None and run.rows else generic_sections(run)
+        about = subtitle(run) if subtitle is not None else None
     except StructbenchError as err:  # a run this report cannot read (an older schema): its rows, and why
-        sections = [Section(f"No {run.suite} report for this run", str(err)), *generic_sections(run)]
-    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run), sections, f"../../{PLOTLY_FILE}",
-                       run.meta.get("metrics"))
+        sections, about = [Section(f"No {run.suite} report for this run", str(err)), *generic_sections(run)], None
+    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run, about), sections, f"../../{PLOTLY_FILE}",
+                       run.meta.get("metrics"), index_href="../../index.html")
     out = run.run_dir / "report.html"
     out.write_text(page)
     return out
 
 
 def index(root: str | Path) -> Path:
-    """``<root>/index.html``: every run, newest first, linked to its report. Runs that cannot be
-    read are left out silently: ``report`` and ``--resume`` name them when they list the runs."""
+    """``<root>/index.html``: every run, newest first, linked to its report, with what a
+    reader picks a run by: its suite, machine, status, reliability and families."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for run in list_runs(root):
         m = run.meta
-        link = f"{run.suite}/{run.run_dir.name}/report.html"
+        report = (run.run_dir / "report.html").relative_to(root)
         rows.append({
-            "run": f"<a href='{html.escape(link)}'>{html.escape(run.run_dir.name)}</a>", "suite": run.suite,
+            "run": Link(run.run_dir.name, "/".join(quote(part) for part in report.parts)), "suite": run.suite,
             "device": m.get("env", {}).get("device_name"), "dtype": m.get("cli", {}).get("dtype"),
             "threads": m.get("env", {}).get("threads"),
             "quick": m.get("cli", {}).get("quick"), "date": m.get("started"),
             "commit": (m.get("git", {}).get("commit") or "")[:10] + ("*" if m.get("git", {}).get("dirty") else ""),
-            "status": shown_status(run), "rows": len(run.rows),
+            "status": shown_status(run), "cases": f"{cases_done(run)}/{m.get('n_cases')}",
+            "reliability": reliability_text(run), "families": ", ".join(families_run(run)), "rows": len(run.rows),
         })
-    body = table_html(pd.DataFrame(rows), escape=False) if rows else \
-        "<p>No runs yet: try <code>python bench.py --suite kernels --quick</code>.</p>"
-    page = render_page("structbench results", "<p class='meta'>Every stored run; click a column to sort.</p>",
-                       [Section("Runs", html=body)], None)
+    runs = Section("Runs", "Every stored run, newest first; click a column to sort, a run to open its report.",
+                   tables=[pd.DataFrame(rows)]) if rows else \
+        Section("No runs yet", "Try: python bench.py --suite kernels --quick")
+    page = render_page("structbench results", "", [runs], None)
     out = root / "index.html"
     out.write_text(page)
     return out

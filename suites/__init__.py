@@ -1,9 +1,9 @@
 """The suites, one folder each: ``suites/<name>/suite.py`` defines ``SUITE``, ``default.yaml`` (and
 any other ``*.yaml`` beside it) its configs, ``report.py`` what its stored runs render as.
 
-``SUITES`` finds every folder here whose ``suite.py`` defines a ``SUITE``; ``REPORTS`` and
-``SUMMARIES`` gather the ``report.py`` mappings (suite name -> function of a stored run; ``TABLES``: suite name ->
-table name -> function),
+``SUITES`` finds every folder here whose ``suite.py`` defines a ``SUITE``; ``REPORTS``,
+``SUMMARIES`` and ``SUBTITLES`` gather the ``report.py`` mappings (suite name -> function of a stored run;
+``TABLES``: suite name -> table name -> function),
 imported without the suite's own module, so a report can be rebuilt where the suite could
 not run. Discovery lives in this package, which no suite imports, so finding suites never
 loops back into them; suite modules keep heavy optional imports (transformers, ...) inside
@@ -56,6 +56,12 @@ def tables() -> dict[str, dict[str, Callable[..., Any]]]:
     """Suite name -> published table name -> ``table(run) -> DataFrame``: the tables the docs
     quote between ``results:`` markers (``structbench.regenerate``)."""
     return _report_mapping("TABLES")
+
+
+def subtitles() -> dict[str, Callable[..., Any]]:
+    """Suite name -> ``subtitle(run) -> str``: what the run measured, from its own config (a
+    suite without one is described by its stored description)."""
+    return _report_mapping("SUBTITLES")
 
 
 def summaries() -> dict[str, Callable[..., Any]]:

@@ -153,6 +153,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
 PLOTS_DRAWN = ("document.querySelectorAll('.plotly-graph-div').length > 0 && [...document.querySelectorAll('.plotly-graph-div')]"
                ".every(d => d.querySelector('.main-svg') && d._fullLayout)")
 
+READY = f"(document.querySelectorAll('.plotly-graph-div').length === 0 || {PLOTS_DRAWN})"
+
 
 def test_run_report_renders_offline_without_errors(kernels_run: tuple[Path, Path], browser: DevTools) -> None:
     out, run_dir = kernels_run
@@ -199,3 +201,52 @@ def test_index_lists_and_links_runs(kernels_run: tuple[Path, Path], browser: Dev
     assert {"run", "suite", "device", "date", "commit", "status"} <= set(headers)
     browser.screenshot(out / "index.png")
     assert browser.console_errors() == []
+
+
+# ---- stored runs from elsewhere: hostile strings, pages on their own, many families ---------
+@pytest.fixture(scope="module")
+def hostile_results(kernels_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results root whose runs (kernels, approx, llama-compress, train-lm, and one of an
+    unknown suite in a folder named by a payload) hold a payload in every shown string."""
+    from structbench.publish import publish
+    from tests.stored_runs import IMG, PAYLOAD, approx_run, fake_run, llama_compress_case, poison, train_case
+
+    out = tmp_path_factory.mktemp("hostile") / "results"
+    kernels = out / "kernels" / kernels_run[1].name
+    shutil.copytree(kernels_run[1], kernels, ignore=shutil.ignore_patterns("*.html", ".lock"))
+    poison(kernels)
+    poison(approx_run(out), keep=("experiment", "source"))
+    poison(fake_run(out, "llama-compress", llama_compress_case))
+    poison(fake_run(out, "train-lm", train_case))
+    unknown = out / f"elsewhere{IMG}" / f"run{IMG}"
+    shutil.copytree(kernels, unknown)
+    meta = json.loads((unknown / "run.json").read_text())
+    meta["suite"]["name"] = PAYLOAD
+    (unknown / "run.json").write_text(json.dumps(meta))
+    publish([path.parent for path in sorted(out.glob("*/*/run.json"))], out)
+    return out
+
+
+def _pages(root: Path) -> list[Path]:
+    return [root / "index.html", *sorted(root.glob("*/*/report.html"))]
+
+
+def test_hostile_strings_are_shown_as_text_and_never_run(hostile_results: Path, browser: DevTools) -> None:
+    from tests.stored_runs import IMG, SCRIPT
+
+    pages = _pages(hostile_results)
+    assert len(pages) == 6
+    for page in pages:
+        source = page.read_text()
+        assert IMG not in source and SCRIPT not in source, page  # escaped wherever it is written
+        browser.events.clear()
+        browser.open(page.as_uri(), READY)
+        plots = browser.evaluate("document.querySelectorAll('.plotly-graph-div').length > 0")
+        time.sleep(0.5)  # an injected image's onerror fires after its load fails
+        assert browser.evaluate("document.body.dataset.pwned") is None, page
+        shown = browser.evaluate("document.body.innerText")
+        assert IMG in shown and SCRIPT in shown, page
+        if plots:  # titles, legends, ticks and labels of the charts: the payload is drawn as text
+            drawn = browser.evaluate("[...document.querySelectorAll('.plotly-graph-div .main-svg')].map(s => s.textContent).join(' ')")
+            assert IMG in drawn, page
+        assert browser.evaluate("window.__errors.length") == 0, page

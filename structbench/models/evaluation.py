@@ -29,6 +29,7 @@ from torch import nn
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes
 from structbench.models.tasks import MultipleChoice
+from structbench.stats import spread
 
 
 # ---- perplexity ----------------------------------------------------------------------
@@ -223,6 +224,8 @@ class Throughput:
     prefill_tokens_per_s: float
     generate_tokens_per_s: float
     repeats: int
+    generate_spread: float
+    """IQR / median of the decode speed over the repeats: a busy machine shows here first."""
 
 
 def _sync(device: torch.device) -> None:
@@ -254,4 +257,4 @@ def throughput(model: nn.Module, vocab_size: int, prompt: int, generate: int, re
         end = time.perf_counter()
         prefill.append(prompt / (mid - start))
         decode.append(generate / (end - mid))
-    return Throughput(statistics.median(prefill[1:]), statistics.median(decode[1:]), repeats)
+    return Throughput(statistics.median(prefill[1:]), statistics.median(decode[1:]), repeats, spread(decode[1:]))

@@ -38,11 +38,18 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _axes(fig: go.Figure, title: str, x_title: str, y_title: str, log_x: bool, log_y: bool) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white", height=420)
+    fig.update_xaxes(type="log" if log_x else "linear")
+    return fig.update_yaxes(type="log" if log_y else "linear")
+
+
 def lines_by_family(
-    frame: pd.DataFrame, x: str, y: str, *, title: str, band: tuple[str, str] | None = None,
-    log_x: bool = False, log_y: bool = False, y_title: str | None = None, reference: float | None = None,
+    frame: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_title: str,
+    band: tuple[str, str] | None = None, log_x: bool = False, log_y: bool = False, reference: float | None = None,
 ) -> go.Figure:
-    """One line per family; ``band = (low_col, high_col)`` draws a shaded interval."""
+    """One line per family; ``band = (low_col, high_col)`` draws a shaded interval. Axis
+    titles are words with units: a reader does not know the columns."""
     fig = go.Figure()
     for family, part in frame.groupby("family", sort=False):
         part = part.sort_values(x)
@@ -55,28 +62,28 @@ def lines_by_family(
                                  line={"color": color}, legendgroup=str(family)))
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dot", line_color="grey")
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y_title or y, template="plotly_white", height=420)
-    fig.update_xaxes(type="log" if log_x else "linear")
-    fig.update_yaxes(type="log" if log_y else "linear")
-    return fig
+    return _axes(fig, title, x_title, y_title, log_x, log_y)
 
 
-def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, text: str | None = None,
-                      log_x: bool = False, log_y: bool = False, pareto: bool = False, higher_is_better: bool = True) -> go.Figure:
-    """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn."""
+def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_title: str,
+                      text: str | None = None, log_x: bool = False, log_y: bool = False, pareto: bool = False,
+                      higher_is_better: bool = True, hollow: str | None = None) -> go.Figure:
+    """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn;
+    the rows where the boolean column ``hollow`` holds are drawn as open markers (a flagged
+    measurement: noisy, say)."""
     fig = go.Figure()
     for family, part in frame.groupby("family", sort=False):
         color = family_color(str(family))
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(family), marker={"color": color, "size": 9},
+        marker = {"color": color, "size": 9}
+        if hollow is not None:
+            marker["symbol"] = ["circle-open" if pd.notna(flag) and bool(flag) else "circle" for flag in part[hollow]]
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(family), marker=marker,
                                  text=part[text] if text else None, legendgroup=str(family)))
         if pareto:
             front = pareto_front(part, x, y, higher_is_better)
             fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line={"color": color, "dash": "dash"},
                                      showlegend=False, legendgroup=str(family)))
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=420)
-    fig.update_xaxes(type="log" if log_x else "linear")
-    fig.update_yaxes(type="log" if log_y else "linear")
-    return fig
+    return _axes(fig, title, x_title, y_title, log_x, log_y)
 
 
 def pareto_front(frame: pd.DataFrame, x: str, y: str, higher_is_better: bool = True) -> pd.DataFrame:
@@ -90,8 +97,10 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str, higher_is_better: bool = T
     return ordered.loc[keep]
 
 
-def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str, row_order: Sequence[str] | None = None,
-            col_order: Sequence[str] | None = None) -> go.Figure:
+def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str, value_title: str,
+            row_order: Sequence[str] | None = None, col_order: Sequence[str] | None = None) -> go.Figure:
+    """Mean ``value`` per (row, column) cell, each cell labelled with its number; the colour
+    bar is titled ``value_title``."""
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
     if row_order is not None:
         table = table.reindex([r for r in row_order if r in table.index])
@@ -99,6 +108,6 @@ def heatmap(frame: pd.DataFrame, rows: str, cols: str, value: str, *, title: str
         table = table[[c for c in col_order if c in table.columns]]
     fig = go.Figure(go.Heatmap(z=table.values, x=[str(c) for c in table.columns], y=[str(r) for r in table.index],
                                colorscale="Viridis", text=[[f"{v:.3g}" for v in row] for row in table.values],
-                               texttemplate="%{text}", colorbar={"title": value}))
+                               texttemplate="%{text}", colorbar={"title": value_title}))
     fig.update_layout(title=title, template="plotly_white", height=120 + 40 * len(table.index))
     return fig

@@ -25,7 +25,14 @@ def _with_reference(fig: go.Figure, dense: pd.DataFrame, score: str) -> go.Figur
     return fig
 
 
-def curves_figure(ok: pd.DataFrame, metric: str, title: str) -> go.Figure:
+def metric_title(run: RunData, column: str) -> str:
+    """An axis title for a stored metric: its stored description, with its unit."""
+    metric = (run.meta.get("metrics") or {}).get(column) or {}
+    description, unit = metric.get("description") or column, metric.get("unit")
+    return f"{description} ({unit})" if unit else str(description)
+
+
+def curves_figure(ok: pd.DataFrame, metric: str, title: str, y_title: str) -> go.Figure:
     """One line per run: ``metric`` at each evaluation step; colour = family, dash = rho."""
     fig = go.Figure()
     rhos = sorted(ok["rho"].unique())
@@ -37,7 +44,7 @@ def curves_figure(ok: pd.DataFrame, metric: str, title: str) -> go.Figure:
             x=curves["step"], y=curves[metric], mode="lines+markers", name=f"{row['family']} rho={row['rho']:g}",
             line={"color": family_color(row["family"]), "dash": DASHES[rhos.index(row["rho"]) % len(DASHES)]},
             legendgroup=row["family"]))
-    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=metric, template="plotly_white", height=460)
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=y_title, template="plotly_white", height=460)
     return fig
 
 
@@ -68,6 +75,7 @@ def train_report(run: RunData) -> list[Section]:
         dense = ok[ok["family"] == "dense"]
         better = "higher" if higher_is_better else "lower"
         ok["label"] = ok["family"] + " rho=" + ok["rho"].astype(str)
+        score_title = metric_title(run, score)
         sections.append(Section(
             f"{score} against the whole model's MACs",
             f"model_macs_ratio: fvcore multiply-adds of one forward of the whole model (attention matmuls, "
@@ -77,14 +85,19 @@ def train_report(run: RunData) -> list[Section]:
             f"MACs over dense's, above 1 where a family costs more compute than dense at that parameter budget.",
             figures=[_with_reference(scatter_by_family(ok, "model_macs_ratio", score, text="label", pareto=True,
                                                        higher_is_better=higher_is_better,
-                                                       title=f"{score} vs whole-model MACs / dense"), dense, score),
+                                                       title=f"{score} vs whole-model MACs / dense",
+                                                       x_title="whole-model MACs / dense model's", y_title=score_title),
+                                     dense, score),
                      _with_reference(scatter_by_family(ok, "params", score, text="label", log_x=True,
-                                                       title=f"{score} vs trainable parameters"), dense, score)],
+                                                       title=f"{score} vs trainable parameters",
+                                                       x_title="trainable parameters", y_title=score_title), dense, score)],
         ))
         sections.append(Section(
             "Training curves",
             "Evaluated at evenly spaced steps; training loss is the mean over the steps since the previous point.",
-            figures=[curves_figure(ok, m, f"{m} during training") for m in [*curve_metrics, "train_loss"]],
+            figures=[*(curves_figure(ok, m, f"{m} during training", metric_title(run, m)) for m in curve_metrics),
+                     curves_figure(ok, "train_loss", "train_loss during training",
+                                   "training loss (mean over the steps since the previous point)")],
         ))
         columns = [c for c in ["family", "rho", score, *SUMMARY[2:]] if c in ok.columns]
         table = ok.sort_values(["family", "rho"])[columns]

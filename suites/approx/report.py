@@ -18,6 +18,10 @@ TABLE_RHOS = (0.2, 0.5)  # the real-weights tables and heat maps; every rho is i
 LOG_FLOOR = 1e-8  # float32 round-off of an exact projection; drawn at this floor on log axes
 METHOD_COLORS = {"precgd": PALETTE[0], "gd": PALETTE[1]}
 DIVERGED = 10.0  # where a diverged run is drawn on a log error axis
+KEPT = "kept fraction of the parameters (rho_actual)"
+REL_ERROR = "relative Frobenius error"
+WEIGHTED_ERROR = "activation-weighted error"
+KNOBS = {"delta0": "PrecGD damping delta0 (relative to the residual)", "steps": "PrecGD iterations"}
 
 
 def _about(run: RunData, what: str) -> dict:
@@ -80,10 +84,8 @@ def _error_curves(frame: pd.DataFrame, title: str, log_y: bool) -> go.Figure:
     agg = _family_sorted(_by_family_and_rho(frame))
     if log_y:
         agg[["rel_error", "low", "high"]] = agg[["rel_error", "low", "high"]].clip(lower=LOG_FLOOR)
-    fig = lines_by_family(agg, "rho_actual", "rel_error", band=("low", "high"), log_y=log_y, title=title,
-                          y_title="relative Frobenius error")
-    fig.update_xaxes(title="rho_actual (kept fraction of parameters)")
-    return fig
+    return lines_by_family(agg, "rho_actual", "rel_error", band=("low", "high"), log_y=log_y, title=title,
+                           x_title=KEPT, y_title=REL_ERROR)
 
 
 def _cell(error: float, rho_actual: float) -> str:
@@ -138,7 +140,8 @@ def _synthetic_sections(frame: pd.DataFrame, known: dict[str, dict]) -> list[Sec
     present = list(dict.fromkeys(frame["matrix"]))
     order = [k for k in known if k in present] + [k for k in present if k not in known]  # a kind unknown here: last
     homes = ", ".join(f"{k} -> {known[k]['family']}" for k in order if known.get(k, {}).get("family"))
-    maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", row_order=sorted_families(frame["family"]),
+    maps = [heatmap(frame[frame["rho"] == rho], "family", "matrix", "rel_error", value_title=REL_ERROR,
+                    row_order=sorted_families(frame["family"]),
                     col_order=order, title=f"mean relative error at rho {rho}: families x synthetic kinds")
             .update_yaxes(autorange="reversed") for rho in _present(frame["rho"])]
     tables = [_error_table(frame, "matrix", rho, f"kind (rho {rho})") for rho in _present(frame["rho"])]
@@ -196,7 +199,7 @@ def _weighted_section(model: str, part: pd.DataFrame, types: list[str]) -> Secti
             here = part[part["objective"] == obj]
             tables.append(_error_table(here, "matrix", rho, f"layer type (rho {rho}, {obj} objective)",
                                        column="weighted_error"))
-            figures.append(heatmap(here[here["rho"] == rho], "family", "matrix", "weighted_error",
+            figures.append(heatmap(here[here["rho"] == rho], "family", "matrix", "weighted_error", value_title=WEIGHTED_ERROR,
                                    row_order=sorted_families(here["family"]), col_order=types,
                                    title=f"mean activation-weighted error at rho {rho}, {obj} objective")
                            .update_yaxes(autorange="reversed"))
@@ -258,7 +261,7 @@ def _convergence_sections(frame: pd.DataFrame) -> list[Section]:
                 name=f"{method} (lr {run.iloc[0]['lr_used']:g})", showlegend=bool(seed == part["seed"].min()),
                 line={"color": METHOD_COLORS.get(method), "width": 1.5}, hovertext=f"seed {seed}"))
         fig.update_layout(title=f"{regime} (r={int(rank)}): relative error per iteration, one line per seed",
-                          xaxis_title="iteration", yaxis_title="relative Frobenius error", template="plotly_white",
+                          xaxis_title="iteration", yaxis_title=REL_ERROR, template="plotly_white",
                           height=420)
         fig.update_yaxes(type="log")
         figures.append(fig)
@@ -293,7 +296,8 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
             worst = part["worst_seed"].where(part["diverged"] == 0, DIVERGED)
             fig.add_trace(go.Scatter(x=part["lr"], y=worst, mode="lines+markers", name=f"r={int(rank)}"))
         fig.update_layout(title=f"GD: worst final error over seeds vs step size (diverged: drawn at {DIVERGED:g})",
-                          xaxis_title="lr", yaxis_title="final relative error", template="plotly_white", height=380)
+                          xaxis_title="GD step size (lr)", yaxis_title="final relative Frobenius error",
+                          template="plotly_white", height=380)
         fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")
         stable = table[table["diverged"] == 0]
@@ -320,8 +324,8 @@ def _sweep_sections(frame: pd.DataFrame) -> list[Section]:
                                    line={"color": METHOD_COLORS["precgd"]}, name="precgd"))
         fig.update_layout(title=f"PrecGD: final error vs {'time' if x == 'seconds' else knob} as {knob} varies "
                                 f"(r={int(table['rank'].iloc[0])}, mean over seeds)",
-                          xaxis_title="seconds per factorization" if x == "seconds" else knob,
-                          yaxis_title="final relative error", template="plotly_white", height=380)
+                          xaxis_title="seconds per factorization" if x == "seconds" else KNOBS[knob],
+                          yaxis_title="final relative Frobenius error", template="plotly_white", height=380)
         fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")
         sections.append(Section(f"PrecGD {knob} sweep", f"Mean over seeds; {text}.", figures=[fig], tables=[table]))

@@ -27,15 +27,21 @@ def _tick_tokens(fig: go.Figure, tokens: list[int]) -> go.Figure:
     return fig.update_xaxes(tickvals=tokens, ticktext=[str(t) for t in tokens])
 
 
+TOKENS = "tokens per forward (rows of the input)"
+EFFICIENCY = {"efficiency": "efficiency", "products_efficiency": "efficiency of the products"}
+
+
 def _shape_figures(part: pd.DataFrame, label: str) -> list[go.Figure]:
     tokens = sorted(part["tokens"].unique().tolist())
     figs = [
         lines_by_family(part, "tokens", "median_s", band=("q1_s", "q3_s"), log_x=True, log_y=True,
-                        title=f"{label}: forward latency (median, quartile band)", y_title="seconds per forward"),
-        lines_by_family(part, "tokens", "speedup", log_x=True, log_y=True, reference=1.0,
-                        title=f"{label}: speedup over dense nn.Linear", y_title="dense median / family median"),
-        lines_by_family(part, "tokens", "efficiency", log_x=True, log_y=True, reference=1.0,
-                        title=f"{label}: efficiency (1 = as fast as its MACs promise)", y_title="speedup / ideal speedup"),
+                        title=f"{label}: forward latency (median, quartile band)", x_title=TOKENS,
+                        y_title="seconds per forward"),
+        lines_by_family(part, "tokens", "speedup", log_x=True, log_y=True, reference=1.0, x_title=TOKENS,
+                        title=f"{label}: speedup over dense nn.Linear", y_title="speedup (dense median / family median)"),
+        lines_by_family(part, "tokens", "efficiency", log_x=True, log_y=True, reference=1.0, x_title=TOKENS,
+                        title=f"{label}: efficiency (1 = as fast as its MACs promise)",
+                        y_title="efficiency (speedup / ideal speedup)"),
     ]
     return [_tick_tokens(fig, tokens) for fig in figs]
 
@@ -57,7 +63,7 @@ def family_table(ok: pd.DataFrame) -> pd.DataFrame:
 def _efficiency_map(ok: pd.DataFrame, column: str, title: str) -> go.Figure:
     cells = ok.assign(row=ok["family"] + " rho=" + ok["rho"].astype(str) + (" " + ok["mode"] if ok["mode"].nunique() > 1 else ""))
     cells = cells.groupby(["row", "shape"], sort=False)[column].apply(geomean).reset_index()
-    return _log_colors(heatmap(cells, "row", "shape", column, row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
+    return _log_colors(heatmap(cells, "row", "shape", column, value_title=EFFICIENCY[column], row_order=sorted(cells["row"].unique(), key=lambda r: (_family_rank(r), r)),
                                title=title))
 
 
@@ -84,6 +90,8 @@ def compile_vs_eager(ok: pd.DataFrame) -> pd.DataFrame:
     mode that wins."""
     keys = ["family", "shape", "rho", "tokens"]
     both = ok[ok["mode"].isin(["eager", "compile"])]
+    if both.empty:
+        return pd.DataFrame()
     table = both.pivot_table(index=keys, columns="mode", values=["median_s", "dense_median_s"], aggfunc="first")
     if "compile" not in table["median_s"] or "eager" not in table["median_s"]:
         return pd.DataFrame()
@@ -118,7 +126,7 @@ def _log_colors(fig: go.Figure) -> go.Figure:
     ticks = [t for t in range(-int(np.ceil(span)), int(np.ceil(span)) + 1)]
     trace.update(z=z, colorscale="RdBu", zmid=0, zmin=-span, zmax=span,
                  text=[["" if t == "nan" else t for t in row] for row in trace.text],
-                 colorbar={"title": "efficiency", "tickvals": ticks, "ticktext": [f"{10.0**t:g}" for t in ticks]})
+                 colorbar={"title": trace.colorbar.title.text, "tickvals": ticks, "ticktext": [f"{10.0**t:g}" for t in ticks]})
     # room for the colour bar and the title even with a single row; first row on top
     fig.update_yaxes(autorange="reversed")
     return fig.update_layout(height=max(300, 150 + 36 * len(trace.y)), margin={"t": 60, "b": 50})
@@ -152,8 +160,8 @@ def kernels_report(run: RunData) -> list[Section]:
             "Arithmetic intensity (2 x MACs per byte of parameters, input and output) against achieved GFLOP/s, "
             "one point per case (hover for the shape); points further up use the hardware better.",
             figures=[scatter_by_family(ok, "intensity", "gflops", text="shape", log_x=True, log_y=True,
-                                       title="achieved GFLOP/s vs arithmetic intensity").update_layout(
-                xaxis_title="arithmetic intensity (FLOP per byte moved)", yaxis_title="achieved GFLOP/s")],
+                                       title="achieved GFLOP/s vs arithmetic intensity",
+                                       x_title="arithmetic intensity (FLOP per byte moved)", y_title="achieved GFLOP/s")],
         ))
         sections.append(Section("All measured cases", "Click a column header to sort.",
                                 tables=[ok[[c for c in SUMMARY if c in ok.columns]]]))

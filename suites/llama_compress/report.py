@@ -2,19 +2,33 @@
 
 The paper-shaped table (family, CR, re-trained?, perplexity, accuracy per task and their
 average), perplexity and accuracy against CR per family with the dense model as the
-reference line, and size and speed (parameters, bytes, MACs per token, throughput).
+reference line, and size and speed (parameters, bytes, MACs per token, throughput, with
+each decode speed's noise flag). CR is a percentage everywhere on the page.
 """
 from __future__ import annotations
+
+from typing import Iterable
 
 import pandas as pd
 
 from structbench.report.html import Section
 from structbench.report.plots import family_rank, lines_by_family, scatter_by_family
 from structbench.results import RunData
+from structbench.stats import NOISY
 
-SPEED = ["family", "cr", "objective", "retrained", "params", "bytes", "linear_params", "macs_per_token", "prefill_tokens_per_s",
-         "generate_tokens_per_s", "rel_error_mean", "weighted_error_mean", "calibration_mode", "projection_seconds",
-         "calibration_seconds", "retrain_seconds", "case_seconds", "hparams"]
+ACHIEVED_CR = "achieved CR %"  # 100 x the stored ``cr`` (1 - rho_actual of the targeted linears)
+SPEED = ["family", ACHIEVED_CR, "objective", "retrained", "params", "bytes", "linear_params", "macs_per_token",
+         "prefill_tokens_per_s", "generate_tokens_per_s", "generate_spread", "generate_noisy", "rel_error_mean",
+         "weighted_error_mean", "calibration_mode", "projection_seconds", "calibration_seconds", "retrain_seconds",
+         "case_seconds", "hparams"]
+TITLES = {
+    ACHIEVED_CR: "compression ratio of targeted linears (%)",
+    "perplexity": "perplexity on held-out Wikipedia (log scale)",
+    "acc_avg": "mean task accuracy",
+    "macs_per_token": "multiply-adds per token (whole model)",
+    "generate_tokens_per_s": "greedy decode speed (tokens/s)",
+    "params": "parameters (whole model)",
+}
 
 
 def task_labels(frame: pd.DataFrame) -> list[str]:
@@ -37,7 +51,7 @@ def paper_table(ok: pd.DataFrame) -> pd.DataFrame:
     """One line per model in the shape of the BLAST paper's Llama table.
 
     CR is the nominal compression of the targeted projections (1 - rho, in %); the
-    achieved one is ``cr`` in the size table. The objective is what the projection
+    achieved one is ``achieved CR %`` in the size table. The objective is what the projection
     minimised (``frobenius``: the weights; ``calibrated``: the outputs on calibration
     text). Per task both ``acc`` (summed
     log-likelihood) and ``acc_norm`` (per character): a small model can sit at chance on
@@ -63,8 +77,9 @@ def _notes(run: RunData, ok: pd.DataFrame) -> str:
     first = ok.iloc[0]
     chance = ", ".join(f"{t} {first[f'chance_{t}']:.3f} ({int(first[f'items_{t}'])} items)" for t in task_labels(ok))
     return (f"Model {config.get('model')}{' (--quick)' if quick else ''}: the linear projections "
-            f"{', '.join(config.get('projections', []))} of decoder layers {config.get('layers')} replaced by each family at "
-            f"rho = kept fraction of each matrix's parameters (CR = 1 - rho), projected from the pretrained weights "
+            f"{', '.join(map(str, config.get('projections', [])))} of decoder layers {config.get('layers')} replaced by "
+            f"each family at rho = kept fraction of each matrix's parameters (CR = 100 (1 - rho) %), projected from the "
+            f"pretrained weights "
             f"either in Frobenius norm or against calibration inputs ({_calibration_note(config)}). "
             f"Perplexity on {int(first['ppl_tokens'])} tokens of held-out Wikipedia lead sections "
             f"({int(first['ppl_windows'])} windows). Zero-shot accuracy: summed log-likelihood of each answer given "
@@ -81,13 +96,52 @@ def _calibration_note(config: dict) -> str:
             f"for families without a closed form")
 
 
+def _words(values: Iterable[object]) -> str:
+    """``a, b and c``."""
+    shown = [str(v) for v in values]
+    return ", ".join(shown[:-1]) + f" and {shown[-1]}" if len(shown) > 1 else "".join(shown)
+
+
+def _percent_list(rhos: Iterable[float]) -> str:
+    """The compression ratios of kept fractions ``rhos``, in percent, ascending: ``10, 20 and 50``."""
+    return _words(f"{cr:g}" for cr in sorted({round(100 * (1 - float(rho)), 1) for rho in rhos}))
+
+
+def subtitle(run: RunData) -> str:
+    """What this run compressed, at which CRs and how, from its own resolved config."""
+    config = run.meta.get("config") or {}
+    quick = " (--quick)" if (run.meta.get("cli") or {}).get("quick") else ""
+    families = [f for f in config.get("families") or [] if f != "dense"]
+    objectives = config.get("objectives") or []
+    text = (f"{config.get('model')}{quick}: {len(families)} families at CR {_percent_list(config.get('rhos') or [])} % "
+            f"of the targeted linears, projected in {_words(objectives)} objective{'s' if len(objectives) != 1 else ''}")
+    retrain = config.get("retrain") or {}
+    if config.get("retrain_steps") and retrain.get("rhos"):
+        text += (f"; re-trained at CR {_percent_list(retrain['rhos'])} % ({config['retrain_steps']} steps, "
+                 f"{_words(retrain.get('objectives') or [])} only"
+                 f"{', and the dense model alike' if retrain.get('dense') else ''})")
+    return text + ": perplexity, zero-shot accuracy, size, MACs per token and decode speed against the dense model."
+
+
+def _speed_note(ok: pd.DataFrame) -> str:
+    note = ("MACs per token: fvcore over one forward of the whole model (eager attention, LM head included) divided "
+            "by the tokens. Throughput: batch 1, medians; prefill = prompt tokens per second of one forward, "
+            "generate = greedy decode steps per second with the KV cache. ")
+    if "generate_noisy" not in ok:
+        return note + "This run did not record the spread of its decode speeds, so none is flagged noisy."
+    noisy = int(ok["generate_noisy"].fillna(False).astype(bool).sum())
+    return note + (f"{noisy} of {len(ok)} decode speeds noisy (generate_noisy: IQR / median of the repeats above "
+                   f"{NOISY:g}), drawn hollow: on a busy machine they say little.")
+
+
 def llama_compress_report(run: RunData) -> list[Section]:
     frame = run.frame()
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     sections: list[Section] = []
     if not ok.empty and "perplexity" in ok:
         ok = _ordered(ok.copy())
-        ok["cr"] = ok["cr"].astype(float)
+        ok[ACHIEVED_CR] = 100 * ok["cr"].astype(float)
+        ok["label"] = ok["family"].astype(str) + " CR " + ok[ACHIEVED_CR].round(1).map("{:g}".format) + " %"
         sections.append(Section("Compressed Llama: perplexity and zero-shot accuracy", _notes(run, ok),
                                 tables=[paper_table(ok)]))
         dense = ok[ok["family"] == "dense"]
@@ -97,20 +151,22 @@ def llama_compress_report(run: RunData) -> list[Section]:
             reference = lambda col: float(dense[col].iloc[0]) if not dense.empty else None  # noqa: E731
             sections.append(Section(
                 f"Quality against compression{suffix}",
-                "x: achieved compression of the targeted projections (dense at 0); dotted: the dense model.",
-                figures=[lines_by_family(part, "cr", "perplexity", title=f"perplexity vs CR{suffix}", log_y=True,
-                                         reference=reference("perplexity")),
-                         lines_by_family(part, "cr", "acc_avg", title=f"average zero-shot acc vs CR{suffix}",
-                                         reference=reference("acc_avg"))]))
+                "x: achieved compression of the targeted projections in percent (dense at 0); dotted: the dense model.",
+                figures=[lines_by_family(part, ACHIEVED_CR, "perplexity", title=f"perplexity vs CR{suffix}", log_y=True,
+                                         reference=reference("perplexity"), x_title=TITLES[ACHIEVED_CR],
+                                         y_title=TITLES["perplexity"]),
+                         lines_by_family(part, ACHIEVED_CR, "acc_avg", title=f"average zero-shot acc vs CR{suffix}",
+                                         reference=reference("acc_avg"), x_title=TITLES[ACHIEVED_CR],
+                                         y_title=TITLES["acc_avg"])]))
         sections.append(Section(
-            "Size and speed",
-            "MACs per token: fvcore over one forward of the whole model (eager attention, LM head included) divided "
-            "by the tokens. Throughput: batch 1, medians; prefill = prompt tokens per second of one forward, "
-            "generate = greedy decode steps per second with the KV cache.",
-            figures=[scatter_by_family(ok, "macs_per_token", "generate_tokens_per_s", text="cr",
-                                       title="greedy decode tokens/s vs MACs per token"),
-                     scatter_by_family(ok, "params", "perplexity", text="cr", log_y=True, pareto=True,
-                                       higher_is_better=False, title="perplexity vs parameters")],
+            "Size and speed", _speed_note(ok),
+            figures=[scatter_by_family(ok, "macs_per_token", "generate_tokens_per_s", text="label",
+                                       hollow="generate_noisy" if "generate_noisy" in ok else None,
+                                       title="greedy decode tokens/s vs MACs per token",
+                                       x_title=TITLES["macs_per_token"], y_title=TITLES["generate_tokens_per_s"]),
+                     scatter_by_family(ok, "params", "perplexity", text="label", log_y=True, pareto=True,
+                                       higher_is_better=False, title="perplexity vs parameters",
+                                       x_title=TITLES["params"], y_title=TITLES["perplexity"])],
             tables=[ok[[c for c in SPEED if c in ok.columns]]]))
     bad = frame[frame["status"] != "ok"] if "status" in frame else frame.iloc[0:0]
     if not bad.empty:
@@ -129,3 +185,4 @@ def summary(run: RunData) -> pd.DataFrame:
 REPORTS = {"llama-compress": llama_compress_report}
 SUMMARIES = {"llama-compress": summary}
 TABLES = {"llama-compress": {"headline": summary}}
+SUBTITLES = {"llama-compress": subtitle}

@@ -40,6 +40,7 @@ from structbench.models import weights as model_weights
 from structbench.models.loading import check_model_name, load_model, load_tokenizer, model_key
 from structbench.models.tasks import TASKS
 from structbench.families import get_family, resolve_families
+from structbench.stats import NOISY
 from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("default.yaml")
@@ -326,7 +327,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     targeted = _targeted_budget(model, cfg)
     row.update({**evaluation.model_size(model), "linear_params": targeted.params, "rho_actual": targeted.rho_actual,
                 "cr": 1 - targeted.rho_actual, "macs_ratio": targeted.macs_ratio, "macs_per_token": macs, "unsupported_ops": unsupported,
-                "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s})
+                "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s,
+                "generate_spread": fast.generate_spread, "generate_noisy": fast.generate_spread > NOISY})
     return [row]
 
 
@@ -353,9 +355,9 @@ def inputs(config: dict[str, Any]) -> dict[str, Path]:
 SUITE = Suite(
     name="llama-compress",
     version="2",
-    description="Compress a pretrained Llama (SmolLM2-135M) with each family at CR 10/20/50%, projected in "
-    "Frobenius norm or against calibration activations: perplexity, zero-shot accuracy, size, MACs and "
-    "throughput, with re-trained rows",
+    description="Compress a pretrained Llama (SmolLM2-135M) with each family at the configured compression "
+    "ratios, projected in Frobenius norm or against calibration activations, optionally re-trained: "
+    "perplexity, zero-shot accuracy, size, MACs and throughput",
     config_path=CONFIG_PATH,
     validate=validate,
     expand=expand,
@@ -377,6 +379,7 @@ SUITE = Suite(
         "macs_per_token": Metric("", higher_is_better=False, description="fvcore MACs of a forward / tokens, attention and LM head included"),
         "prefill_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median prompt tokens per second, batch 1"),
         "generate_tokens_per_s": Metric("tok/s", higher_is_better=True, description="median greedy decode tokens per second with KV cache, batch 1"),
+        "generate_spread": Metric("", higher_is_better=False, description="IQR / median of the decode speed over the repeats"),
         "rel_error_mean": Metric("", higher_is_better=False, description="mean relative Frobenius error of the projected matrices"),
         "weighted_error_mean": Metric("", higher_is_better=False, description="mean activation-weighted error "
                                       "||(W - What) X||_F / ||W X||_F of the projected matrices on the dense model's "
