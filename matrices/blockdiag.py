@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import block_matmul, solve_right
@@ -68,15 +68,15 @@ class BlockDiagLinear(StructuredLinear):
         tiles = weight.view(b, p, b, q)[idx, :, idx, :]  # (b, p, q): the diagonal tiles
         self.weight.copy_(tiles)
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
-                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = calibrated.DAMP,
+                          refine_steps: int = calibrated.REFINE_STEPS, refine_lr: float = calibrated.REFINE_LR) -> None:
         """Closed form per block row: only block ``(i, i)`` of row ``i`` is free, and setting the
         weighted loss's gradient ``-2 [(W_i - B_i) G]_{:, blk_i}`` to zero gives
         ``B_ii = (W_i G)_{:, blk_i} G_{blk_i, blk_i}^{-1}`` (``G`` damped, so always solvable).
         The optimum needs no refinement: the refine options are checked and otherwise unused."""
-        weighted.check_refine(refine_steps, refine_lr, self.family)
+        calibrated.check_refine(refine_steps, refine_lr, self.family)
         b, p, q = self.weight.shape
-        g = weighted.whitening(gram, damp).gram
+        g = calibrated.whitening(gram, damp).gram
         wg = (weight.to(torch.float64) @ g).view(b, p, b, q)
         idx = torch.arange(b, device=weight.device)
         rhs = wg[idx, :, idx, :]  # (b, p, q): (W_i G)_{:, blk_i}

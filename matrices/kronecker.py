@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
 from structbench.errors import StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, svd_factors
@@ -116,17 +116,17 @@ class KroneckerLinear(StructuredLinear):
         self.A.mul_(d1.view(1, 1, n1))
         self.B.mul_(d2.view(1, 1, n2))
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
-                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = calibrated.DAMP,
+                          refine_steps: int = calibrated.REFINE_STEPS, refine_lr: float = calibrated.REFINE_LR) -> None:
         """A diagonal Gram is not a Kronecker scaling in general, so the start is the plain
         (Frobenius-optimal) projection of ``W``, then the same Adam refinement on the weighted
         loss as every family without a closed form; an isotropic Gram (``G = c I``, for which
         the plain projection is already optimal) skips it."""
-        weighted.check_refine(refine_steps, refine_lr, self.family)
-        white = weighted.whitening(gram, damp)
+        calibrated.check_refine(refine_steps, refine_lr, self.family)
+        white = calibrated.whitening(gram, damp)
         self._project(weight)
         if not (white.diagonal and bool((white.scale == white.scale[0]).all())):
-            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+            calibrated.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
 
     @property
     def hparams(self) -> dict[str, Any]:

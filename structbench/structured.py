@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
 from structbench.errors import StructbenchError
 
 ProgressFn = Callable[[int, float], None]
@@ -52,7 +52,7 @@ def _ordinary(t: torch.Tensor) -> torch.Tensor:
 
 class Promises(NamedTuple):
     """A family's guarantees, declared once in its file and checked for every family by the
-    registry-driven tests (``tests/test_families.py``, ``tests/test_weighted.py``)."""
+    registry-driven tests (``tests/test_families.py``, ``tests/test_calibrated.py``)."""
 
     exact_projection: bool = True
     """Whether ``from_dense`` recovers any member of the family exactly (else iterative)."""
@@ -65,7 +65,7 @@ class Promises(NamedTuple):
     input_scaling: bool = True
     """Whether ``scale_input_`` takes any positive ``d`` (the structure is closed under every
     diagonal input scaling); a family for which only some ``d`` keep it (a Kronecker sum)
-    says False and overrides ``_project_weighted``."""
+    says False and overrides ``_project_calibrated``."""
 
 
 class StructuredLinear(nn.Module, abc.ABC):
@@ -131,9 +131,9 @@ class StructuredLinear(nn.Module, abc.ABC):
     def scale_input_(self, d: torch.Tensor) -> None:
         """Replace ``W`` by ``W diag(d)`` in place, keeping the structure.
 
-        Every family's structure survives a diagonal input scaling, which turns a weighted
+        Every family's structure survives a diagonal input scaling, which turns a calibrated
         projection under a diagonal Gram into the family's own Frobenius projection
-        (``structbench.weighted``)."""
+        (``structbench.calibrated``)."""
 
     @property
     @abc.abstractmethod
@@ -154,14 +154,14 @@ class StructuredLinear(nn.Module, abc.ABC):
     def _project(self, weight: torch.Tensor, **options: Any) -> None:
         """Set this module's factors to approximate ``weight`` (``m x n``, float)."""
 
-    def _project_weighted(
+    def _project_calibrated(
         self,
         weight: torch.Tensor,
         gram: torch.Tensor,
         *,
-        damp: float = weighted.DAMP,
-        refine_steps: int = weighted.REFINE_STEPS,
-        refine_lr: float = weighted.REFINE_LR,
+        damp: float = calibrated.DAMP,
+        refine_steps: int = calibrated.REFINE_STEPS,
+        refine_lr: float = calibrated.REFINE_LR,
         **options: Any,
     ) -> None:
         """Set the factors to minimise ``||(W - What) G^{1/2}||_F`` (``gram`` float64, checked).
@@ -170,13 +170,13 @@ class StructuredLinear(nn.Module, abc.ABC):
         ``W D`` scaled back by ``D^{-1}`` (exact when ``G`` is diagonal, so ``G = I`` is the
         plain projection), then ``refine_steps`` Adam steps on the weighted loss. Families
         with a closed form override this (low-rank, block-diagonal)."""
-        white = weighted.whitening(gram, damp)
-        weighted.diagonal_start(self, weight, white, self._project, options)
+        white = calibrated.whitening(gram, damp)
+        calibrated.diagonal_start(self, weight, white, self._project, options)
         if not white.diagonal:
-            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+            calibrated.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
 
     def refine_parameters(self) -> list[nn.Parameter]:
-        """The parameters a weighted refinement may move: every weight factor (not the bias)."""
+        """The parameters a calibrated refinement may move: every weight factor (not the bias)."""
         return [p for name, p in self.named_parameters() if name != "bias"]
 
     # ---- shared behaviour ----------------------------------------------------------
@@ -259,7 +259,7 @@ class StructuredLinear(nn.Module, abc.ABC):
         hyperparameters; any other keyword is an option of the projection itself. With
         ``gram`` (the ``n x n`` second moment of the layer's inputs) the projection minimises
         the output error on those inputs, ``||(W - What) gram^{1/2}||_F``, instead of
-        ``||W - What||_F`` (``_project_weighted``; options ``damp``, and for iterative
+        ``||W - What||_F`` (``_project_calibrated``; options ``damp``, and for iterative
         families ``refine_steps``/``refine_lr`` besides their own).
         """
         if weight.dim() != 2:
@@ -278,7 +278,7 @@ class StructuredLinear(nn.Module, abc.ABC):
         hp_names = cls.hparam_names()
         hparams = {k: v for k, v in hparams_and_options.items() if k in hp_names}
         options = {k: v for k, v in hparams_and_options.items() if k not in hp_names}
-        accepted = cls.projection_options(weighted=gram is not None)
+        accepted = cls.projection_options(calibrated=gram is not None)
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise StructbenchError(f"{cls.family}: from_dense{' with gram' if gram is not None else ''} does not take "
@@ -300,16 +300,16 @@ class StructuredLinear(nn.Module, abc.ABC):
                 if gram is None:
                     module._project(target, **options)
                 else:
-                    g = _ordinary(weighted.check_gram(gram, n, cls.family).to(weight.device))
-                    module._project_weighted(target, g, **options)
+                    g = _ordinary(calibrated.check_gram(gram, n, cls.family).to(weight.device))
+                    module._project_calibrated(target, g, **options)
                 if bias is not None:
                     module.bias.copy_(bias.detach())
             module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
             return module.to(weight.dtype)
 
     @classmethod
-    def projection_options(cls, weighted: bool = False) -> frozenset[str]:
-        """Keyword options of the (weighted) projection: ``_project``'s, or ``_project_weighted``'s
+    def projection_options(cls, calibrated: bool = False) -> frozenset[str]:
+        """Keyword options of the (calibrated) projection: ``_project``'s, or ``_project_calibrated``'s
         plus, where it hands the rest on, ``_project``'s."""
         import inspect
 
@@ -319,9 +319,9 @@ class StructuredLinear(nn.Module, abc.ABC):
             return named - {"gram"}, any(p.kind is p.VAR_KEYWORD for p in params)
 
         plain, _ = keywords(cls._project)
-        if not weighted:
+        if not calibrated:
             return frozenset(plain)
-        own, passes_on = keywords(cls._project_weighted)
+        own, passes_on = keywords(cls._project_calibrated)
         return frozenset(own | plain if passes_on else own)
 
     @classmethod

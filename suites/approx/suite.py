@@ -29,7 +29,7 @@ import torch
 from structbench.config import check_keys, number_list
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
-from structbench.weighted import weighted_error
+from structbench.calibrated import weighted_error
 from structbench.measure.timing import synchronize
 from structbench.models import weights as model_weights
 from structbench.families import get_family, resolve_families

@@ -1,4 +1,4 @@
-"""Calibration-weighted projection: fit ``What`` to ``W`` under ``||(W - What) G^{1/2}||_F``.
+"""Calibrated projection: fit ``What`` to ``W`` under ``||(W - What) G^{1/2}||_F``.
 
 ``G = X X^T / N`` is the second moment of a layer's inputs (``structbench.models.calibration``
 collects it): the weighted error is the error of the layer's *outputs* on those inputs, the
@@ -31,7 +31,7 @@ from structbench.errors import StructbenchError
 
 
 class Weighable(Protocol):
-    """What the shared weighted projection needs of a family (``StructuredLinear`` has it all)."""
+    """What the shared calibrated projection needs of a family (``StructuredLinear`` has it all)."""
 
     family: str
     in_features: int
