@@ -33,7 +33,7 @@ class DenseLinear(StructuredLinear):
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.weight.mul_(d)
+        self.weight.mul_(d.unsqueeze(-2))
 
     @property
     def hparams(self) -> dict[str, Any]:
