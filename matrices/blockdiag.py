@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import block_matmul, solve_right
+from structbench.linalg import block_matmul, permute_last, solve_right
 from structbench.registry import register_family
 from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
 
@@ -39,11 +39,12 @@ class BlockDiagLinear(StructuredLinear):
         return out.transpose(0, 1).reshape(n_tok, self.out_features)
 
     def to_dense(self) -> torch.Tensor:
-        return torch.block_diag(*self.weight.unbind(0))
+        blocks = permute_last(torch.diag_embed(permute_last(self.weight, 1, 2, 0)), 2, 0, 3, 1)  # (..., b, p, b, q)
+        return blocks.reshape(*self.weight.shape[:-3], self.out_features, self.in_features)
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.weight.mul_(d.view(self.blocks, 1, -1))
+        self.weight.mul_(d.unflatten(-1, (self.blocks, 1, -1)))
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -62,25 +63,27 @@ class BlockDiagLinear(StructuredLinear):
             )
         return {"blocks": valid[0]}
 
-    def _project(self, weight: torch.Tensor) -> None:
-        b, p, q = self.weight.shape
-        idx = torch.arange(b, device=weight.device)
-        tiles = weight.view(b, p, b, q)[idx, :, idx, :]  # (b, p, q): the diagonal tiles
-        self.weight.copy_(tiles)
+    def _diagonal_tiles(self, w: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """The ``(..., b, rows, cols)`` diagonal tiles of ``(..., b rows, b cols)`` matrices."""
+        tiles = w.unflatten(-1, (self.blocks, cols)).unflatten(-3, (self.blocks, rows))  # (..., b, rows, b, cols)
+        return permute_last(tiles.diagonal(dim1=-4, dim2=-2), 2, 0, 1)
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
-                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+    def _project(self, weight: torch.Tensor) -> None:
+        p, q = self.out_features // self.blocks, self.in_features // self.blocks
+        self.weight.copy_(self._diagonal_tiles(weight, p, q))
+
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = calibrated.DAMP,
+                            refine_steps: int = calibrated.REFINE_STEPS, refine_lr: float = calibrated.REFINE_LR,
+                            refine_tol: float = calibrated.TOL) -> None:
         """Closed form per block row: only block ``(i, i)`` of row ``i`` is free, and setting the
         weighted loss's gradient ``-2 [(W_i - B_i) G]_{:, blk_i}`` to zero gives
         ``B_ii = (W_i G)_{:, blk_i} G_{blk_i, blk_i}^{-1}`` (``G`` damped, so always solvable).
         The optimum needs no refinement: the refine options are checked and otherwise unused."""
-        weighted.check_refine(refine_steps, refine_lr, self.family)
-        b, p, q = self.weight.shape
-        g = weighted.whitening(gram, damp).gram
-        wg = (weight.to(torch.float64) @ g).view(b, p, b, q)
-        idx = torch.arange(b, device=weight.device)
-        rhs = wg[idx, :, idx, :]  # (b, p, q): (W_i G)_{:, blk_i}
-        diag = g.view(b, q, b, q)[idx, :, idx, :]  # (b, q, q): G_{blk_i, blk_i}, positive definite once damped
+        calibrated.check_refine(refine_steps, refine_lr, refine_tol, self.family)
+        p, q = self.out_features // self.blocks, self.in_features // self.blocks
+        g = calibrated.whitening(gram, damp).gram
+        rhs = self._diagonal_tiles(weight.to(torch.float64) @ g, p, q)  # (..., b, p, q): (W_i G)_{:, blk_i}
+        diag = self._diagonal_tiles(g, q, q)  # (..., b, q, q): G_{blk_i, blk_i}, positive definite once damped
         # Cholesky (solve_right), not a batched LU: MKL's batched LU solve returned invalid pivots on
         # SmolLM2's 288x288 Gram blocks (two threads), while the Cholesky path is exact and cheaper.
         self.weight.copy_(solve_right(rhs, diag, 0.0))

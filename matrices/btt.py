@@ -23,7 +23,7 @@ from torch import nn
 
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import in_token_chunks, interleave_blocks, svd_factors
+from structbench.linalg import in_token_chunks, interleave_blocks, permute_last, svd_factors
 from structbench.registry import register_family
 from structbench.structured import StructuredLinear, check_positive_int, divisors
 
@@ -91,15 +91,16 @@ class BTTLinear(StructuredLinear):
         return interleave_blocks(torch.bmm(z.mT, self.C2), bias)  # (m2, N, m1) -> row i1 m2 + i2
 
     def to_dense(self) -> torch.Tensor:
-        n1, n2, m2, m1, r = self._sizes()
-        c1 = self.C1.view(n1, n2, m2, r)
-        c2 = self.C2.view(m2, n1, r, m1)
-        return torch.einsum("bjai,jkba->ibjk", c2, c1).reshape(self.out_features, self.in_features)
+        n1, _, m2, _, r = self._sizes()
+        c1 = self.C1.unflatten(-1, (m2, r))
+        c2 = self.C2.unflatten(-2, (n1, r))
+        dense = torch.einsum("...bjai,...jkba->...ibjk", c2, c1)
+        return dense.reshape(*self.C1.shape[:-3], self.out_features, self.in_features)
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
         n1, n2 = self.in_blocks, self.in_features // self.in_blocks
-        self.C1.mul_(d.view(n1, n2, 1))  # core 1 reads input (j1, j2) in row j2 of block j1
+        self.C1.mul_(d.unflatten(-1, (n1, n2, 1)))  # core 1 reads input (j1, j2) in row j2 of block j1
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -134,7 +135,7 @@ class BTTLinear(StructuredLinear):
 
     def _project(self, weight: torch.Tensor) -> None:
         n1, n2, m2, m1, r = self._sizes()
-        slices = weight.reshape(m1, m2, n1, n2).permute(1, 2, 0, 3)  # (i2, j1, i1, j2)
+        slices = permute_last(weight.unflatten(-1, (n1, n2)).unflatten(-3, (m1, m2)), 1, 2, 0, 3)  # (i2, j1, i1, j2)
         u, v = svd_factors(slices, r)  # (m2, n1, m1, r), (m2, n1, r, n2)
-        self.C2.copy_(u.permute(0, 1, 3, 2).reshape(m2, n1 * r, m1))  # C2[i2, (j1, a), i1]
-        self.C1.copy_(v.permute(1, 3, 0, 2).reshape(n1, n2, m2 * r))  # C1[j1, j2, (i2, a)]
+        self.C2.copy_(permute_last(u, 0, 1, 3, 2).flatten(-3, -2))  # C2[i2, (j1, a), i1]
+        self.C1.copy_(permute_last(v, 1, 3, 0, 2).flatten(-2))  # C1[j1, j2, (i2, a)]

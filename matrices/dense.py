@@ -33,7 +33,7 @@ class DenseLinear(StructuredLinear):
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.weight.mul_(d)
+        self.weight.mul_(d.unsqueeze(-2))
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -50,6 +50,6 @@ class DenseLinear(StructuredLinear):
     def _project(self, weight: torch.Tensor) -> None:
         self.weight.copy_(weight)
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.0) -> None:
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.0) -> None:
         """Nothing to fit: the dense layer is its own best approximation under any weighting."""
         self.weight.copy_(weight)

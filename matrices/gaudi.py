@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structbench.convergence import TOL, Adam, Stop, Trace, check_stop, minimise
 from structbench.errors import NotApplicable, StructbenchError
-from structbench.linalg import relative_error, svd_factors
+from structbench.linalg import svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import ProgressFn, Promises, StructuredLinear, check_positive_int
@@ -50,6 +51,10 @@ FREEZE_AT = 0.5
 The tile-grid hard masks differ from the soft ones (floored widths, rounded locations), so the
 network needs time to adapt after freezing: on a small ViT (Fashion-MNIST, 6k images, 2
 epochs, rho 0.25) freezing at 0.8 reached 51% test accuracy, at 0.5 59% (low-rank: 58%)."""
+
+POLISH = 400
+"""Cap on the polish phase's Adam steps (four times the 100 it once took in full); it stops
+earlier once the error stalls."""
 
 COMPONENTS_PER_BUDGET = 1.5
 """Components per unit of budget rank (mean band width 2/3). Every component costs
@@ -83,7 +88,8 @@ def tile_count(length: int) -> int:
 
 
 def gaudi_mask(width: torch.Tensor, location: torch.Tensor, length: int, sigma: float) -> torch.Tensor:
-    """Smooth circular boxcar ``(K, length)`` over the band ``[l, l + w)`` (fractions).
+    """Smooth circular boxcar ``(K, length)`` over the band ``[l, l + w)`` (fractions; any leading
+    dims of ``width`` and ``location`` are kept, as for a stacked module's).
 
     The Fourier series of the periodic boxcar, ``w + 2 sum_f w sinc(w f) cos(2 pi f (t - c))``
     with ``c = l + w / 2``, damped by a Gaussian window ``exp(-f^2 / 2 sigma^2)`` so it is
@@ -91,8 +97,8 @@ def gaudi_mask(width: torch.Tensor, location: torch.Tensor, length: int, sigma: 
     ``i`` is sampled at its cell centre ``(i + 1/2) / length``, so a band whose edges sit on
     cell boundaries tends to exactly the hard mask as ``sigma`` grows.
     """
-    w = width.clamp(0.0, 1.0).unsqueeze(1)
-    centre = location.unsqueeze(1) + w / 2
+    w = width.clamp(0.0, 1.0).unsqueeze(-1)
+    centre = location.unsqueeze(-1) + w / 2
     n_freq = max(1, min(length // 2, math.ceil(3 * sigma)))
     f = torch.arange(1, n_freq + 1, dtype=width.dtype, device=width.device)
     t = (torch.arange(length, dtype=width.dtype, device=width.device) + 0.5) / length
@@ -115,17 +121,18 @@ def hard_bands(width: torch.Tensor, location: torch.Tensor, length: int) -> tupl
 
 
 def tile_membership(width: torch.Tensor, location: torch.Tensor, length: int) -> torch.Tensor:
-    """Boolean ``(tiles, K)``: whether tile ``t`` lies in component ``k``'s circular band."""
+    """Boolean ``(tiles, K)`` (after any leading dims of ``width``): whether tile ``t`` lies in
+    component ``k``'s circular band."""
     tiles = tile_count(length)
     first, count = hard_bands(width, location, length)
-    offset = (torch.arange(tiles, device=width.device).unsqueeze(1) - first) % tiles
-    return offset < count
+    offset = (torch.arange(tiles, device=width.device).unsqueeze(-1) - first.unsqueeze(-2)) % tiles
+    return offset < count.unsqueeze(-2)
 
 
 def hard_mask(width: torch.Tensor, location: torch.Tensor, length: int) -> torch.Tensor:
     """The evaluation mask ``(K, length)`` of 0/1: exactly the entries the band forward reads."""
-    inside = tile_membership(width, location, length).T
-    return inside.repeat_interleave(length // tile_count(length), dim=1).to(width.dtype)
+    inside = tile_membership(width, location, length).mT
+    return inside.repeat_interleave(length // tile_count(length), dim=-1).to(width.dtype)
 
 
 class _Side(NamedTuple):
@@ -259,8 +266,8 @@ class GaudiLinear(StructuredLinear):
 
     def _masked_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         m_out, m_in = self.masks()
-        u = (self.U * m_out.T.unsqueeze(-1)).reshape(self.out_features, -1)
-        v = (self.V * m_in.unsqueeze(1)).reshape(-1, self.in_features)
+        u = (self.U * m_out.mT.unsqueeze(-1)).flatten(-2)
+        v = (self.V * m_in.unsqueeze(-2)).flatten(-3, -2)
         return u, v
 
     def _band_sizes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -368,7 +375,7 @@ class GaudiLinear(StructuredLinear):
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.V.mul_(d)  # masks multiply V entrywise, so they commute with the scaling
+        self.V.mul_(d.unsqueeze(-2).unsqueeze(-2))  # masks multiply V entrywise, so they commute with the scaling
 
     def refine_parameters(self) -> list[nn.Parameter]:
         """The factors only: the bands stay where the projection froze them (hard boxcars)."""
@@ -428,22 +435,23 @@ class GaudiLinear(StructuredLinear):
         ``from_dense``; ``macs`` overrides the module's cap for schedules that tighten it gradually.
         """
         n, m, rc = self.in_features, self.out_features, self.component_rank
-        w = torch.cat([self.width_in, self.width_out])
-        cost = torch.cat([torch.full_like(self.width_in, rc * n), torch.full_like(self.width_out, rc * m)])
+        w = torch.cat([self.width_in, self.width_out], -1).to(torch.float64)  # (..., 2K): one row per member
+        cost = torch.cat([torch.full_like(self.width_in, rc * n), torch.full_like(self.width_out, rc * m)], -1).to(w)
         limit = float(self.budget_rank * (m + n) if macs is None else macs)
 
-        def spent(tau: float) -> float:
-            return float((cost * (w - tau).clamp(0, 1)).sum())
+        def spent(tau: torch.Tensor) -> torch.Tensor:
+            return (cost * (w - tau.unsqueeze(-1)).clamp(0, 1)).sum(-1)
 
-        tau = 0.0
-        if spent(0.0) > limit:
-            lo, tau = 0.0, float(w.max().clamp(min=0))  # spent(tau) == 0
-            for _ in range(60):
-                mid = (lo + tau) / 2
-                lo, tau = (mid, tau) if spent(mid) > limit else (lo, mid)
-        new = (w - tau).clamp(0, 1)
-        self.width_in.copy_(new[: self.components])
-        self.width_out.copy_(new[self.components :])
+        lo = torch.zeros(w.shape[:-1], dtype=w.dtype, device=w.device)
+        hi = w.amax(-1).clamp(min=0)  # spent(hi) == 0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = spent(mid) > limit
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        tau = torch.where(spent(torch.zeros_like(lo)) > limit, hi, 0.0)
+        new = (w - tau.unsqueeze(-1)).clamp(0, 1)
+        self.width_in.copy_(new[..., : self.components])
+        self.width_out.copy_(new[..., self.components :])
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
@@ -483,47 +491,54 @@ class GaudiLinear(StructuredLinear):
         n, m, rc = self.in_features, self.out_features, self.component_rank
         limit = float(self.budget_rank * (m + n) if macs is None else macs)
         sides = [(self.width_in, tile_count(n), n), (self.width_out, tile_count(m), m)]
-        scaled = torch.cat([w.clamp(0, 1) * tiles for w, tiles, _ in sides])
+        scaled = torch.cat([w.clamp(0, 1) * tiles for w, tiles, _ in sides], -1)
         base = torch.floor(scaled + 1e-6)
-        step = torch.cat([torch.full_like(w, rc * length / tiles) for w, tiles, length in sides])
-        spent = float((base * step).sum())
-        for i in torch.argsort(scaled - base, descending=True, stable=True).tolist():
-            if base[i] < scaled[i].ceil() and spent + float(step[i]) <= limit:
-                base[i] += 1
-                spent += float(step[i])
+        step = torch.cat([torch.full_like(w, rc * length / tiles) for w, tiles, length in sides], -1)
+        for row_scaled, row_base, row_step in zip(scaled.reshape(-1, scaled.shape[-1]), base.view(-1, base.shape[-1]),
+                                                  step.reshape(-1, step.shape[-1])):  # each member of a stack
+            spent = float((row_base * row_step).sum())
+            for i in torch.argsort(row_scaled - row_base, descending=True, stable=True).tolist():
+                if row_base[i] < row_scaled[i].ceil() and spent + float(row_step[i]) <= limit:
+                    row_base[i] += 1
+                    spent += float(row_step[i])
         k = self.components
-        self.width_in.copy_(base[:k] / sides[0][1])
-        self.width_out.copy_(base[k:] / sides[1][1])
+        self.width_in.copy_(base[..., :k] / sides[0][1])
+        self.width_out.copy_(base[..., k:] / sides[1][1])
 
     def _project(
         self,
         weight: torch.Tensor,
         *,
         steps: int = 200,
-        polish: int = 100,
+        polish: int = POLISH,
         lr: float = 1e-2,
         sigma: tuple[float, float] = (4.0, 32.0),
         shrink: float = 0.6,
+        tol: float = TOL,
         seed: int = 0,
         progress: ProgressFn | None = None,
-    ) -> None:
-        """SVD components at full width, then Adam on ``||What - W||^2 / ||W||^2``.
+    ) -> Trace:
+        """SVD components at full width, then Adam on ``||What - W||^2 / ||W||^2`` (each member of a
+        stacked module on its own matrix, all from the same seeded start).
 
-        Phase 1 (``steps``): soft masks with ``sigma`` annealed from ``sigma[0]`` to
-        ``sigma[1]``; after each step ``project_widths_`` onto a cap that tightens linearly
-        from "every band full" to ``budget_rank (m + n)`` over the first ``shrink`` of the
-        steps, so locations can move while bands narrow (projecting straight onto the budget
-        would cut every band where it started); then ``snap_widths_`` onto the tile grid. Initial locations are drawn from ``seed``
-        (they matter once bands shrink; at width 1 the mask is 1 everywhere). Phase 2
-        (``polish``): bands frozen as hard boxcars, Adam on ``U`` and ``V`` alone, so the
-        evaluated matrix is the one optimised. ``progress(i, rel_error)`` after every step of
-        both phases (soft-mask error in phase 1, the hard-mask error in phase 2).
+        Phase 1 (``steps``, a schedule, not a fit to convergence): soft masks with ``sigma``
+        annealed from ``sigma[0]`` to ``sigma[1]``; after each step ``project_widths_`` onto a
+        cap that tightens linearly from "every band full" to ``budget_rank (m + n)`` over the
+        first ``shrink`` of the steps, so locations can move while bands narrow (projecting
+        straight onto the budget would cut every band where it started); then ``snap_widths_``
+        onto the tile grid. Initial locations are drawn from ``seed`` (they matter once bands
+        shrink; at width 1 the mask is 1 everywhere). Phase 2 (polish): bands frozen as hard
+        boxcars, Adam on ``U`` and ``V`` alone until the error stalls (``tol``) or ``polish``
+        steps, keeping the best iterate, so the evaluated matrix is the one optimised.
+        ``progress(i, rel_error)`` after every step of both phases (soft-mask error in phase 1,
+        the hard-mask error in phase 2).
         """
         check_positive_int("steps", steps, self.family)
+        check_stop("polish", polish, tol, self.family)
         k, rc, m, n = self.components, self.component_rank, self.out_features, self.in_features
         u, v = svd_factors(weight, min(k * rc, m, n))
-        self.U.zero_().view(m, -1)[:, : u.shape[1]].copy_(u)
-        self.V.zero_().view(-1, n)[: v.shape[0]].copy_(v)
+        self.U.zero_().flatten(-2)[..., : u.shape[-1]].copy_(u)
+        self.V.zero_().flatten(-3, -2)[..., : v.shape[-2], :].copy_(v)
         self.width_in.fill_(1.0)
         self.width_out.fill_(1.0)
         self.bands_frozen = False
@@ -532,30 +547,35 @@ class GaudiLinear(StructuredLinear):
         self.loc_out.copy_(torch.rand(k, generator=gen, dtype=torch.float64))
         was_training = self.training
         target = weight.to(self.U.dtype)
-        norm2 = target.square().sum().clamp_min(torch.finfo(target.dtype).tiny)  # a zero W: loss 0, not 0/0
+        norm2 = target.square().sum((-2, -1)).clamp_min(torch.finfo(target.dtype).tiny)  # a zero W: loss 0, not 0/0
+
+        def loss() -> torch.Tensor:
+            value = (self.to_dense() - target).square().sum((-2, -1)) / norm2
+            value.sum().backward()  # every member's gradient is its own loss's
+            return value.detach()
+
         full = k * rc * (m + n)
         cap = float(self.budget_rank * (m + n))
         self.train()
-        opt = torch.optim.Adam([self.U, self.V, self.width_in, self.width_out, self.loc_in, self.loc_out], lr=lr)
+        params = [self.U, self.V, self.width_in, self.width_out, self.loc_in, self.loc_out]
+        opt = Adam(params, [lr] * len(params))
+        everyone = torch.ones(len(norm2), dtype=torch.bool, device=norm2.device)
         with torch.enable_grad():
             for step in range(steps):
                 self.sigma.fill_(sigma[0] + (sigma[1] - sigma[0]) * step / max(1, steps - 1))
-                opt.zero_grad(set_to_none=True)
-                loss = (self.to_dense() - target).square().sum() / norm2
-                loss.backward()
-                opt.step()
+                for p in params:
+                    p.grad = None
+                value = loss()
+                opt.step(everyone)
                 frac = min(1.0, (step + 1) / max(1.0, shrink * steps))
                 self.project_widths_(full + (cap - full) * frac)
                 if progress is not None:
-                    progress(step + 1, math.sqrt(loss.item()))
-            self.snap_widths_()
-            self.bands_frozen = True
-            opt = torch.optim.Adam([self.U, self.V], lr=lr)
-            for step in range(polish):
-                opt.zero_grad(set_to_none=True)
-                loss = (self.to_dense() - target).square().sum() / norm2
-                loss.backward()
-                opt.step()
-                if progress is not None:
-                    progress(steps + step + 1, relative_error(target, self.to_dense().detach()))
+                    progress(step + 1, math.sqrt(float(value.max())))
+        self.snap_widths_()
+        self.bands_frozen = True
+        polished = minimise([self.U, self.V], loss, [lr, lr], Stop(polish, tol),
+                            progress=None if progress is None else lambda i, error: progress(steps + i, error))
+        for p in params:
+            p.grad = None
         self.train(was_training)
+        return Trace(polished.steps + steps, polished.converged)

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
+from structbench.convergence import Trace
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
-from structbench.linalg import in_token_chunks, svd_factors
+from structbench.linalg import in_token_chunks, permute_last, svd_factors
 from structbench.registry import register_family
 from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
 
@@ -101,32 +102,35 @@ class KroneckerLinear(StructuredLinear):
         return y if bias is None else y + bias
 
     def to_dense(self) -> torch.Tensor:
-        return torch.einsum("kac,kbd->abcd", self.A, self.B).reshape(self.out_features, self.in_features)
+        dense = torch.einsum("...kac,...kbd->...abcd", self.A, self.B)
+        return dense.reshape(*self.A.shape[:-3], self.out_features, self.in_features)
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
         """``W diag(d)`` is again a Kronecker sum of the same shape exactly when ``diag(d)`` is a
         Kronecker product, ``d = d1 (x) d2``; any other ``d`` is refused (``promises.input_scaling``)."""
         _, n1, _, n2, _ = self._sizes()
-        grid = d.view(n1, n2).to(self.A.dtype)
-        d1, d2 = svd_factors(grid, 1)
-        if torch.linalg.matrix_norm(d1 @ d2 - grid) > 100 * torch.finfo(grid.dtype).eps * torch.linalg.matrix_norm(grid):
+        grid = d.unflatten(-1, (n1, n2)).to(self.A.dtype)
+        d1, d2 = svd_factors(grid, 1)  # (..., n1, 1), (..., 1, n2)
+        tolerance = 100 * torch.finfo(grid.dtype).eps * torch.linalg.matrix_norm(grid)
+        if bool((torch.linalg.matrix_norm(d1 @ d2 - grid) > tolerance).any()):
             raise StructbenchError(f"kronecker: W diag(d) keeps the structure only for d = d1 (x) d2 with d1 of "
                                    f"size {n1} and d2 of size {n2}; this d is not such a product")
-        self.A.mul_(d1.view(1, 1, n1))
-        self.B.mul_(d2.view(1, 1, n2))
+        self.A.mul_(d1.mT.unsqueeze(-2))
+        self.B.mul_(d2.unsqueeze(-2))
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
-                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = calibrated.DAMP,
+                            refine_steps: int = calibrated.REFINE_STEPS, refine_lr: float = calibrated.REFINE_LR,
+                            refine_tol: float = calibrated.TOL) -> Trace:
         """A diagonal Gram is not a Kronecker scaling in general, so the start is the plain
         (Frobenius-optimal) projection of ``W``, then the same Adam refinement on the weighted
         loss as every family without a closed form; an isotropic Gram (``G = c I``, for which
         the plain projection is already optimal) skips it."""
-        weighted.check_refine(refine_steps, refine_lr, self.family)
-        white = weighted.whitening(gram, damp)
+        calibrated.check_refine(refine_steps, refine_lr, refine_tol, self.family)
+        white = calibrated.whitening(gram, damp)
         self._project(weight)
-        if not (white.diagonal and bool((white.scale == white.scale[0]).all())):
-            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+        return calibrated.refine(self, weight, white, active=~white.isotropic, steps=refine_steps, lr=refine_lr,
+                                 tol=refine_tol)
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -165,7 +169,7 @@ class KroneckerLinear(StructuredLinear):
 
     def _project(self, weight: torch.Tensor) -> None:
         m1, n1, m2, n2, r = self._sizes()
-        rearranged = weight.reshape(m1, m2, n1, n2).permute(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)  # R(W)
-        u, v = svd_factors(rearranged, r)  # (m1 n1, r), (r, m2 n2)
-        self.A.copy_(u.T.reshape(r, m1, n1))
-        self.B.copy_(v.reshape(r, m2, n2))
+        blocks = permute_last(weight.unflatten(-1, (n1, n2)).unflatten(-3, (m1, m2)), 0, 2, 1, 3)  # (i1, j1, i2, j2)
+        u, v = svd_factors(blocks.flatten(-2).flatten(-3, -2), r)  # R(W) (m1 n1, m2 n2) -> (m1 n1, r), (r, m2 n2)
+        self.A.copy_(u.mT.unflatten(-1, (m1, n1)))
+        self.B.copy_(v.unflatten(-1, (m2, n2)))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import svd_factors
 from structbench.initialization import unit_gain_
@@ -42,7 +42,7 @@ class LowRankLinear(StructuredLinear):
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.V.mul_(d)
+        self.V.mul_(d.unsqueeze(-2))
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -66,15 +66,16 @@ class LowRankLinear(StructuredLinear):
         self.U.copy_(u)
         self.V.copy_(v)
 
-    def _project_weighted(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = weighted.DAMP,
-                          refine_steps: int = weighted.REFINE_STEPS, refine_lr: float = weighted.REFINE_LR) -> None:
+    def _project_calibrated(self, weight: torch.Tensor, gram: torch.Tensor, *, damp: float = calibrated.DAMP,
+                            refine_steps: int = calibrated.REFINE_STEPS, refine_lr: float = calibrated.REFINE_LR,
+                            refine_tol: float = calibrated.TOL) -> None:
         """Whitened SVD (SVD-LLM), optimal in closed form: with ``S S^T = G`` (damped),
         ``W S = U Sigma V^T`` and ``What = U_r Sigma_r V_r^T S^{-1}``; the weighted loss is the
         sum of the dropped ``sigma^2``. ``S`` comes from an eigendecomposition, so a singular
-        Gram cannot fail the way its Cholesky does (``structbench.weighted.whitening``). The
+        Gram cannot fail the way its Cholesky does (``structbench.calibrated.whitening``). The
         optimum needs no refinement: the refine options are checked and otherwise unused."""
-        weighted.check_refine(refine_steps, refine_lr, self.family)
-        white = weighted.whitening(gram, damp)
+        calibrated.check_refine(refine_steps, refine_lr, refine_tol, self.family)
+        white = calibrated.whitening(gram, damp)
         u, v = svd_factors(weight.to(torch.float64) @ white.root, self.rank)
         self.U.copy_(u)
         self.V.copy_(v @ white.root_inv)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from structbench.errors import NotApplicable, StructbenchError
-from structbench.linalg import interleave_blocks, svd_factors
+from structbench.linalg import interleave_blocks, permute_last, svd_factors
 from structbench.initialization import unit_gain_
 from structbench.registry import register_family
 from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
@@ -62,7 +62,7 @@ class MonarchLinear(StructuredLinear):
 
     @property
     def _rank(self) -> int:
-        return self.L.shape[1] // self.blocks
+        return self.L.shape[-2] // self.blocks
 
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.impl == "triton":
@@ -73,13 +73,12 @@ class MonarchLinear(StructuredLinear):
 
     def to_dense(self) -> torch.Tensor:
         b, r = self.blocks, self._rank
-        s, p = self.R.shape[1], self.L.shape[2]
-        tiles = torch.einsum("lskr,klrp->lksp", self.R.view(b, s, b, r), self.L.view(b, b, r, p))
-        return tiles.permute(2, 0, 1, 3).reshape(self.out_features, self.in_features)
+        tiles = torch.einsum("...lskr,...klrp->...lksp", self.R.unflatten(-1, (b, r)), self.L.unflatten(-2, (b, r)))
+        return permute_last(tiles, 2, 0, 1, 3).reshape(*self.L.shape[:-3], self.out_features, self.in_features)
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.L.mul_(d.view(self.blocks, 1, -1))  # L_k reads input chunk k
+        self.L.mul_(d.unflatten(-1, (self.blocks, 1, -1)))  # L_k reads input chunk k
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -99,8 +98,8 @@ class MonarchLinear(StructuredLinear):
 
     def _project(self, weight: torch.Tensor) -> None:
         b, r = self.blocks, self._rank
-        s, p = self.R.shape[1], self.L.shape[2]
-        tiles = weight.reshape(s, b, b, p).permute(1, 2, 0, 3)  # (b_l, b_k, s, p) = W[l::b, k*p:(k+1)*p]
+        s, p = self.out_features // b, self.in_features // b
+        tiles = permute_last(weight.unflatten(-1, (b, p)).unflatten(-3, (s, b)), 1, 2, 0, 3)  # (b_l, b_k, s, p) = W[l::b, k*p:(k+1)*p]
         u, v = svd_factors(tiles, r)  # (b_l, b_k, s, r), (b_l, b_k, r, p)
-        self.R.copy_(u.permute(0, 2, 1, 3).reshape(b, s, b * r))
-        self.L.copy_(v.permute(1, 0, 2, 3).reshape(b, b * r, p))
+        self.R.copy_(permute_last(u, 0, 2, 1, 3).flatten(-2))
+        self.L.copy_(permute_last(v, 1, 0, 2, 3).flatten(-3, -2))

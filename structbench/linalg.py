@@ -81,17 +81,31 @@ def relative_error(w: torch.Tensor, approx: torch.Tensor) -> float:
 
 
 def solve_right(grad: torch.Tensor, gram: torch.Tensor, delta: float | torch.Tensor) -> torch.Tensor:
-    """``grad @ (gram + delta I)^-1`` for batched symmetric positive semi-definite ``gram``.
+    """``grad @ (gram + delta I)^-1`` for batched symmetric positive semi-definite ``gram``
+    (``delta`` a number or a tensor broadcasting against ``gram``'s batch dims plus two).
 
-    Cholesky first (the common, fast case); fall back to a general solve where the
-    damped Gram matrix is numerically indefinite. A plain ``0`` damping uses ``gram`` as it is
-    (a caller that damped a large batch in place saves the copy).
+    Cholesky first (the common, fast case); each matrix whose damped Gram is numerically
+    indefinite falls back to a general solve on its own, so a matrix's result does not depend
+    on the others solved with it. A plain ``0`` damping uses ``gram`` as it is (a caller that
+    damped a large batch in place saves the copy).
     """
     if isinstance(delta, (int, float)) and delta == 0:
         damped = gram
     else:
         damped = gram + delta * torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     chol, info = torch.linalg.cholesky_ex(damped)
-    if bool((info == 0).all()):
-        return torch.cholesky_solve(grad.transpose(-1, -2), chol).transpose(-1, -2)
-    return torch.linalg.solve(damped, grad.transpose(-1, -2)).transpose(-1, -2)
+    out = torch.cholesky_solve(grad.transpose(-1, -2), chol).transpose(-1, -2)
+    failed = info != 0
+    if bool(failed.any()):
+        if failed.dim() == 0:
+            return torch.linalg.solve(damped, grad.transpose(-1, -2)).transpose(-1, -2)
+        grads = grad.expand(*damped.shape[:-2], *grad.shape[-2:])
+        out[failed] = torch.linalg.solve(damped[failed], grads[failed].transpose(-1, -2)).transpose(-1, -2)
+    return out
+
+
+def permute_last(t: torch.Tensor, *order: int) -> torch.Tensor:
+    """``t`` with its last ``len(order)`` dims permuted by ``order`` (indices among those dims),
+    any leading dims kept: the layout changes of the projections, for one matrix or a stack."""
+    lead = t.dim() - len(order)
+    return t.permute(*range(lead), *(lead + o for o in order))

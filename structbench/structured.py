@@ -5,6 +5,12 @@ A family is an ``nn.Module`` that replaces ``nn.Linear(in_features, out_features
 implement the weight pieces (``_forward``, ``to_dense``, ``weight_params``,
 ``_hparams_for``, ``_project``); this base adds leading batch dims, validation
 and the bookkeeping every suite relies on (``num_params``, ``macs``, ``rho_actual``, ``macs_ratio``).
+
+Projections run on stacks: ``from_dense_batch`` fits ``B`` same-shape weights at once on a
+*stacked* module, one of the family whose every parameter carries a leading dim ``B``
+(``_stacked``). A family's ``_project``, ``_project_calibrated``, ``scale_input_`` and
+``to_dense`` take such leading dims; its forward does not (a stacked module is only ever
+fitted, then split into its members). ``from_dense`` is a stack of one.
 """
 from __future__ import annotations
 
@@ -15,11 +21,14 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from structbench import weighted
+from structbench import calibrated
+from structbench.convergence import Trace, joined
 from structbench.errors import StructbenchError
+from structbench.linalg import relative_error
 
 ProgressFn = Callable[[int, float], None]
-"""Called as ``progress(iteration, relative_error)`` by iterative projections."""
+"""Called as ``progress(iteration, relative_error)`` by iterative projections (for a stack, the
+largest relative error among the members still iterating)."""
 
 
 class Fit(NamedTuple):
@@ -27,6 +36,18 @@ class Fit(NamedTuple):
 
     hparams: dict[str, Any]
     rho_actual: float
+
+
+class ProjectionReport(NamedTuple):
+    """How a module's projection from dense ended (``module.projection_report``)."""
+
+    steps: int
+    """Iterations of every iterative phase together (0 for a closed form)."""
+    objective: float
+    """The final relative error in the objective's own norm: ``||W - What||_F / ||W||_F``
+    (Frobenius) or ``||(W - What) G^{1/2}||_F / ||W G^{1/2}||_F`` on the given Gram (calibrated)."""
+    converged: bool
+    """Whether every iterative phase stopped on its convergence criterion, not at its cap."""
 
 
 def check_rho(rho: float) -> float:
@@ -50,9 +71,36 @@ def _ordinary(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.is_inference() else t
 
 
+def _check_weight(family: str, where: str, weight: Any, bias: Any, *, batch: bool) -> None:
+    """A finite floating-point weight ``(m, n)`` (``(B, m, n)`` for a stack) and bias ``(m,)``
+    (``(B, m)``), or one clear error naming what was wrong."""
+    dims = 3 if batch else 2
+    if not isinstance(weight, torch.Tensor) or weight.dim() != dims or (batch and weight.shape[0] == 0):
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        want = "a non-empty stack (B, m, n) of weights" if batch else "a 2-D weight"
+        raise StructbenchError(f"{family}: {where} needs {want}, got shape {shape}")
+    if not weight.is_floating_point():
+        raise StructbenchError(f"{family}: {where} needs a floating-point weight, got {weight.dtype}")
+    if not bool(torch.isfinite(weight).all()):
+        raise StructbenchError(f"{family}: {where} needs a finite weight; this one has NaN or Inf entries")
+    if bias is not None:
+        m, n = weight.shape[-2:]
+        want = (*weight.shape[:-2], m)
+        finite = bool(torch.isfinite(bias).all())
+        if bias.shape != want or not bias.is_floating_point() or not finite:
+            raise StructbenchError(f"{family}: {where} needs a finite floating-point bias of shape {want} for "
+                                   f"a {m}x{n} weight, got {bias.dtype} of shape {tuple(bias.shape)}"
+                                   f"{'' if finite else ' with NaN or Inf entries'}")
+
+
+def _one_gram(gram: Any, n: int, family: str) -> torch.Tensor:
+    """``from_dense``'s ``n x n`` Gram as a stack of one (checked here so the error names its shape)."""
+    return calibrated.check_gram(gram, n, family).unsqueeze(0)
+
+
 class Promises(NamedTuple):
     """A family's guarantees, declared once in its file and checked for every family by the
-    registry-driven tests (``tests/test_families.py``, ``tests/test_weighted.py``)."""
+    registry-driven tests (``tests/test_families.py``, ``tests/test_calibrated.py``)."""
 
     exact_projection: bool = True
     """Whether ``from_dense`` recovers any member of the family exactly (else iterative)."""
@@ -65,7 +113,7 @@ class Promises(NamedTuple):
     input_scaling: bool = True
     """Whether ``scale_input_`` takes any positive ``d`` (the structure is closed under every
     diagonal input scaling); a family for which only some ``d`` keep it (a Kronecker sum)
-    says False and overrides ``_project_weighted``."""
+    says False and overrides ``_project_calibrated``."""
 
 
 class StructuredLinear(nn.Module, abc.ABC):
@@ -125,15 +173,16 @@ class StructuredLinear(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def to_dense(self) -> torch.Tensor:
-        """The ``m x n`` weight this module applies (no bias)."""
+        """The ``m x n`` weight this module applies (no bias); ``(B, m, n)`` for a stacked module."""
 
     @abc.abstractmethod
     def scale_input_(self, d: torch.Tensor) -> None:
-        """Replace ``W`` by ``W diag(d)`` in place, keeping the structure.
+        """Replace ``W`` by ``W diag(d)`` in place, keeping the structure (``d`` of shape ``(n,)``,
+        or ``(B, n)``, one per member, for a stacked module).
 
-        Every family's structure survives a diagonal input scaling, which turns a weighted
+        Every family's structure survives a diagonal input scaling, which turns a calibrated
         projection under a diagonal Gram into the family's own Frobenius projection
-        (``structbench.weighted``)."""
+        (``structbench.calibrated``)."""
 
     @property
     @abc.abstractmethod
@@ -151,32 +200,38 @@ class StructuredLinear(nn.Module, abc.ABC):
         """Largest structure with ``weight_params <= rho * m * n``; raise if none exists."""
 
     @abc.abstractmethod
-    def _project(self, weight: torch.Tensor, **options: Any) -> None:
-        """Set this module's factors to approximate ``weight`` (``m x n``, float)."""
+    def _project(self, weight: torch.Tensor, **options: Any) -> Trace | None:
+        """Set this stacked module's factors to approximate ``weight`` (``(B, m, n)``, float), each
+        member its own matrix; an iterative projection returns its ``Trace`` (a closed form None)."""
 
-    def _project_weighted(
+    def _project_calibrated(
         self,
         weight: torch.Tensor,
         gram: torch.Tensor,
         *,
-        damp: float = weighted.DAMP,
-        refine_steps: int = weighted.REFINE_STEPS,
-        refine_lr: float = weighted.REFINE_LR,
+        damp: float = calibrated.DAMP,
+        refine_steps: int = calibrated.REFINE_STEPS,
+        refine_lr: float = calibrated.REFINE_LR,
+        refine_tol: float = calibrated.TOL,
         **options: Any,
-    ) -> None:
-        """Set the factors to minimise ``||(W - What) G^{1/2}||_F`` (``gram`` float64, checked).
+    ) -> Trace | None:
+        """Set the factors to minimise ``||(W - What) G^{1/2}||_F`` (``gram`` ``(B, n, n)`` float64,
+        checked), as ``_project`` does for the Frobenius norm.
 
         The default for families without a closed form: the family's own projection of
         ``W D`` scaled back by ``D^{-1}`` (exact when ``G`` is diagonal, so ``G = I`` is the
-        plain projection), then ``refine_steps`` Adam steps on the weighted loss. Families
-        with a closed form override this (low-rank, block-diagonal)."""
-        white = weighted.whitening(gram, damp)
-        weighted.diagonal_start(self, weight, white, self._project, options)
-        if not white.diagonal:
-            weighted.refine(self, weight, white, steps=refine_steps, lr=refine_lr)
+        plain projection), then Adam on the weighted loss until it stalls (at most
+        ``refine_steps``; ``structbench.calibrated.refine``). Families with a closed form
+        override this (low-rank, block-diagonal)."""
+        calibrated.check_refine(refine_steps, refine_lr, refine_tol, self.family)
+        white = calibrated.whitening(gram, damp)
+        start = calibrated.diagonal_start(self, weight, white, self._project, options)
+        refined = calibrated.refine(self, weight, white, active=~white.diagonal, steps=refine_steps, lr=refine_lr,
+                                    tol=refine_tol)
+        return joined(start, refined)
 
     def refine_parameters(self) -> list[nn.Parameter]:
-        """The parameters a weighted refinement may move: every weight factor (not the bias)."""
+        """The parameters a calibrated refinement may move: every weight factor (not the bias)."""
         return [p for name, p in self.named_parameters() if name != "bias"]
 
     # ---- shared behaviour ----------------------------------------------------------
@@ -259,26 +314,40 @@ class StructuredLinear(nn.Module, abc.ABC):
         hyperparameters; any other keyword is an option of the projection itself. With
         ``gram`` (the ``n x n`` second moment of the layer's inputs) the projection minimises
         the output error on those inputs, ``||(W - What) gram^{1/2}||_F``, instead of
-        ``||W - What||_F`` (``_project_weighted``; options ``damp``, and for iterative
-        families ``refine_steps``/``refine_lr`` besides their own).
+        ``||W - What||_F`` (``_project_calibrated``; options ``damp``, and for iterative
+        families ``refine_steps``/``refine_lr``/``refine_tol`` besides their own). Iterative
+        projections stop once they stall (``structbench.convergence``); the module's
+        ``projection_report`` says how many steps they took and where they ended.
         """
-        if weight.dim() != 2:
-            raise StructbenchError(f"{cls.family}: from_dense needs a 2-D weight, got shape {tuple(weight.shape)}")
-        if not weight.is_floating_point():
-            raise StructbenchError(f"{cls.family}: from_dense needs a floating-point weight, got {weight.dtype}")
-        if not bool(torch.isfinite(weight).all()):
-            raise StructbenchError(f"{cls.family}: from_dense needs a finite weight; this one has NaN or Inf entries")
-        m, n = weight.shape
-        if bias is not None:
-            finite = bool(torch.isfinite(bias).all())
-            if bias.shape != (m,) or not bias.is_floating_point() or not finite:
-                raise StructbenchError(f"{cls.family}: from_dense needs a finite floating-point bias of shape ({m},) for "
-                                       f"a {m}x{n} weight, got {bias.dtype} of shape {tuple(bias.shape)}"
-                                       f"{'' if finite else ' with NaN or Inf entries'}")
+        _check_weight(cls.family, "from_dense", weight, bias, batch=False)
+        (module,) = cls.from_dense_batch(weight.unsqueeze(0), None if bias is None else bias.unsqueeze(0), rho=rho,
+                                         gram=None if gram is None else _one_gram(gram, weight.shape[1], cls.family),
+                                         progress=progress, **hparams_and_options)
+        return module
+
+    @classmethod
+    def from_dense_batch(
+        cls,
+        weights: torch.Tensor,
+        biases: torch.Tensor | None = None,
+        *,
+        rho: float | None = None,
+        gram: torch.Tensor | None = None,
+        progress: ProgressFn | None = None,
+        **hparams_and_options: Any,
+    ) -> list["StructuredLinear"]:
+        """``from_dense`` of each of ``B`` same-shape weights ``(B, m, n)`` (with ``biases``
+        ``(B, m)`` and, for the calibrated objective, one Gram per weight, ``gram`` ``(B, n, n)``),
+        fitted in one batched computation: one stack of factors, one batched product per step,
+        so the per-step overhead of an iterative fit is paid once for the stack. Each member
+        is fitted from the same start and stopped by its own criterion, so it is the module
+        ``from_dense`` gives for its weight alone (to rounding)."""
+        _check_weight(cls.family, "from_dense_batch", weights, biases, batch=True)
+        size, m, n = weights.shape
         hp_names = cls.hparam_names()
         hparams = {k: v for k, v in hparams_and_options.items() if k in hp_names}
         options = {k: v for k, v in hparams_and_options.items() if k not in hp_names}
-        accepted = cls.projection_options(weighted=gram is not None)
+        accepted = cls.projection_options(calibrated=gram is not None)
         unknown = sorted(set(options) - accepted)
         if unknown:
             raise StructbenchError(f"{cls.family}: from_dense{' with gram' if gram is not None else ''} does not take "
@@ -288,41 +357,79 @@ class StructuredLinear(nn.Module, abc.ABC):
                 raise StructbenchError(f"{cls.family}: give rho or hyperparameters {sorted(hparams)}, not both")
             hparams = cls.hparams_for(m, n, rho).hparams
         # SVDs and solves have no half-precision kernels: fit in float32, store in the weight's dtype
-        work = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        if progress is not None:
+        work = torch.float32 if weights.dtype in (torch.float16, torch.bfloat16) else weights.dtype
+        if progress is not None and "progress" in accepted:
             options["progress"] = progress
         # Iterative projections run autograd, which inference mode forbids: called under it
         # (serving code), the fit runs outside it on ordinary copies of the inputs.
         with torch.inference_mode(False):
-            module = cls(n, m, bias=bias is not None, **hparams).to(device=weight.device, dtype=work)
+            stacked = cls._stacked(size, n, m, hparams).to(device=weights.device, dtype=work)
             with torch.no_grad():
-                target = _ordinary(weight.detach().to(work))
-                if gram is None:
-                    module._project(target, **options)
-                else:
-                    g = _ordinary(weighted.check_gram(gram, n, cls.family).to(weight.device))
-                    module._project_weighted(target, g, **options)
-                if bias is not None:
-                    module.bias.copy_(bias.detach())
-            module.zero_grad(set_to_none=True)  # an iterative fit's last gradients must not reach an optimiser
-            return module.to(weight.dtype)
+                target = _ordinary(weights.detach().to(work))
+                g = None if gram is None else _ordinary(calibrated.check_gram(gram, n, cls.family, size).to(weights.device))
+                trace = stacked._project(target, **options) if g is None else stacked._project_calibrated(target, g, **options)
+                zero = ~target.flatten(1).any(1)
+                for p in stacked.refine_parameters():  # W = 0 is in every family: its factors are zero, exactly
+                    p[zero] = 0
+            members = stacked._members(None if biases is None else _ordinary(biases.detach().to(work)))
+            for i, member in enumerate(members):
+                with torch.no_grad():
+                    approx = member.to_dense()
+                    objective = (relative_error(target[i], approx) if g is None
+                                 else calibrated.weighted_error(target[i], approx, g[i]))
+                member.projection_report = ProjectionReport(
+                    0 if trace is None else int(trace.steps[i]), objective, True if trace is None else bool(trace.converged[i]))
+        return [member.to(weights.dtype) for member in members]
 
     @classmethod
-    def projection_options(cls, weighted: bool = False) -> frozenset[str]:
-        """Keyword options of the (weighted) projection: ``_project``'s, or ``_project_weighted``'s
+    def _stacked(cls, size: int, in_features: int, out_features: int, hparams: dict[str, Any]) -> "StructuredLinear":
+        """A bias-free module of this structure whose every parameter holds ``size`` members
+        along a new leading dim (buffers stay shared): what projections fit a stack on."""
+        module = cls(in_features, out_features, bias=False, **hparams)
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(p.detach().unsqueeze(0).repeat(size, *([1] * p.dim()))))
+        return module
+
+    def _members(self, biases: torch.Tensor | None) -> list["StructuredLinear"]:
+        """The modules of a stacked module's members, each with its own copy of its factors (and
+        its bias), buffers as the stack left them."""
+        state = self.state_dict()
+        stacked = {name for name, _ in self.named_parameters(recurse=False)}
+        param = next(iter(self.parameters()))
+        members = []
+        for i in range(param.shape[0]):
+            member = type(self)(self.in_features, self.out_features, bias=biases is not None, **self.hparams)
+            member = member.to(device=param.device, dtype=param.dtype)
+            own = {k: v[i] if k in stacked else v for k, v in state.items()}
+            if biases is not None:
+                own["bias"] = biases[i]
+            member.load_state_dict(own)
+            members.append(member)
+        return members
+
+    @classmethod
+    def projection_options(cls, calibrated: bool = False) -> frozenset[str]:
+        """Keyword options of the (calibrated) projection: ``_project``'s, or ``_project_calibrated``'s
         plus, where it hands the rest on, ``_project``'s."""
+        return frozenset(cls.projection_defaults(calibrated))
+
+    @classmethod
+    def projection_defaults(cls, calibrated: bool = False) -> dict[str, Any]:
+        """Every option of the (calibrated) projection with its default (``progress`` aside): with
+        the options given, what a stored projection is keyed on."""
         import inspect
 
-        def keywords(fn: Any) -> tuple[set[str], bool]:
+        def keywords(fn: Any) -> tuple[dict[str, Any], bool]:
             params = list(inspect.signature(fn).parameters.values())[2:]  # self, weight
-            named = {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
-            return named - {"gram"}, any(p.kind is p.VAR_KEYWORD for p in params)
+            named = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+            named.pop("gram", None)
+            return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
         plain, _ = keywords(cls._project)
-        if not weighted:
-            return frozenset(plain)
-        own, passes_on = keywords(cls._project_weighted)
-        return frozenset(own | plain if passes_on else own)
+        if not calibrated:
+            return plain
+        own, passes_on = keywords(cls._project_calibrated)
+        return {**plain, **own} if passes_on else own
 
     @classmethod
     def hparam_names(cls) -> frozenset[str]:

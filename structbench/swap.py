@@ -12,7 +12,7 @@ from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.families import get_family
 from structbench.structured import ProgressFn, StructuredLinear
-from structbench.weighted import weighted_error
+from structbench.calibrated import weighted_error
 
 LayerFilter = Callable[[str, nn.Linear], bool]
 

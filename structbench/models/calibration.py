@@ -1,6 +1,6 @@
 """Calibration statistics: the second moment of each targeted linear's inputs over real text.
 
-A weighted projection (``from_dense(W, gram=G)``, ``structbench.weighted``) needs, per layer,
+A calibrated projection (``from_dense(W, gram=G)``, ``structbench.calibrated``) needs, per layer,
 ``G = X^T X / N`` over ``N`` calibration tokens. Two ways to get them, as in the literature:
 
 * ``dense``: every Gram from the uncompressed model, in one pass (SVD-LLM's default). One

@@ -30,7 +30,7 @@ from structbench.capacity import check_fits
 from structbench.config import check_keys, number_list
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error
-from structbench.weighted import weighted_error
+from structbench.calibrated import weighted_error
 from structbench.measure.timing import synchronize
 from structbench.models import weights as model_weights
 from structbench.families import get_family, resolve_families

@@ -5,7 +5,7 @@ causal LM (SmolLM2-135M-Instruct by default, or any Hugging Face folder) are rep
 each family at a kept fraction ``rho`` of their parameters (0.9, 0.8, 0.5: 10, 20 and 50%
 compression), projecting the pretrained weights with one of two objectives: ``frobenius``
 (``||W - What||_F``, BLAST by PrecGD as in the paper) or ``calibrated`` (the layer's output
-error on calibration text, ``structbench.weighted``), which is how LLMs are compressed in
+error on calibration text, ``structbench.calibrated``), which is how LLMs are compressed in
 practice and what keeps a small model from collapsing. Each model, and the dense one, is
 evaluated on:
 
@@ -185,7 +185,7 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
     if layout > 1:
         key["layout"] = layout
     if case["objective"] == "calibrated":
-        from structbench.weighted import REFINE_LR
+        from structbench.calibrated import REFINE_LR
 
         calib = cfg["calibration"]
         key["calibration"] = {**_calibration_key(cfg, calib["mode"]), "damp": calib["damp"],

@@ -1,4 +1,4 @@
-"""Calibration-weighted projection (``from_dense(W, gram=G)``), generated from the registry:
+"""Calibrated projection (``from_dense(W, gram=G)``), generated from the registry:
 every family reduces to its own projection at ``G = I``, is no worse than that projection under
 a real-like Gram, keeps exact families exact in-family, and survives a singular Gram."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from structbench.errors import StructbenchError
 from structbench.families import get_family, list_families
-from structbench.weighted import check_gram, weighted_error, whitening
+from structbench.calibrated import check_gram, weighted_error, whitening
 
 FAMILIES = list_families()
 COMPRESSIBLE = [f for f in FAMILIES if get_family(f).compressible]
@@ -57,7 +57,7 @@ def test_identity_gram_gives_the_frobenius_projection(family: str) -> None:
 
 @pytest.mark.parametrize("family", COMPRESSIBLE)
 @pytest.mark.parametrize("shape", [(64, 128), (128, 64)])
-def test_weighted_projection_beats_frobenius_on_its_objective(family: str, shape: tuple[int, int]) -> None:
+def test_calibrated_projection_beats_frobenius_on_its_objective(family: str, shape: tuple[int, int]) -> None:
     m, n = shape
     cls, w, gram = get_family(family), _weight(m, n), _gram(_inputs(n, 4 * n))
     plain = cls.from_dense(w, rho=0.5, **FAST.get(family, {}))
@@ -137,7 +137,7 @@ def test_misspelled_options_and_non_finite_weights_are_one_clear_error(family: s
     with pytest.raises(StructbenchError, match=r"does not take \['refine_step'\]; accepted: .*refine_steps"):
         cls.from_dense(w, rho=0.5, gram=torch.eye(128), refine_step=3)
     with pytest.raises(StructbenchError, match=r"does not take \['refine_steps'\]"):
-        cls.from_dense(w, rho=0.5, refine_steps=3)  # a weighted option without a Gram
+        cls.from_dense(w, rho=0.5, refine_steps=3)  # a calibrated option without a Gram
     bad = w.clone()
     bad[3, 4] = float("inf")
     with pytest.raises(StructbenchError, match="finite"):
