@@ -17,7 +17,7 @@ import pandas as pd
 
 from structbench.errors import StructbenchError
 from structbench.report.html import (PLOTLY_FILE, Link, Section, cases_done, ensure_plotly, families_run,
-                                     reliability_text, render_page, run_header, table_html)
+                                     reliability_text, render_page, run_header)
 from structbench.report.tables import markdown, write_tables
 from structbench.results import ROWS_FILE, RunData, described, list_runs, load_run, shown_status
 from suites import reports, subtitles, summaries

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from structbench.errors import StructbenchError
-from structbench.families import build, get_family, hparams_for
+from structbench.families import build, get_family
 from structbench.linalg import CHUNK_FLOATS
 from structbench.results import PROJECT_ROOT
 

@@ -38,7 +38,7 @@ def data_file() -> Path:
 def require_text() -> None:
     """Raise one line with the install command unless the text is installed: a run checks it
     with its config, before any case."""
-    _data_file()
+    data_file()
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,6 @@ at most the training run in progress.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
