@@ -105,7 +105,7 @@ class Calibration:
 def train_token_ids(tokenizer: Any, tokens: int, what: str, seed: int | None = None) -> torch.Tensor:
     """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads):
     its articles in title order, or shuffled by ``seed``; asking for more than the split holds
-    is an error naming ``what`` asked."""
+    is an error naming the request ``what`` (``"retrain.tokens=400000"``)."""
     from structbench.models.evaluation import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
@@ -114,7 +114,7 @@ def train_token_ids(tokenizer: Any, tokens: int, what: str, seed: int | None = N
         random.Random(seed).shuffle(articles)
     ids = text_token_ids(tokenizer, articles, tokens)
     if len(ids) < tokens:
-        raise StructbenchError(f"{what}={tokens} exceeds the {len(ids)} tokens of the Wikipedia train split")
+        raise StructbenchError(f"{what} exceeds the {len(ids)} tokens of the Wikipedia train split")
     return ids
 
 
@@ -139,7 +139,8 @@ def calibration_draws(tokenizer: Any, tokens: int, draws: int = 1, seed: int = 0
     ``seed`` and joined, draw ``k`` the ``k``-th run of ``tokens`` ids. Each draw is therefore a
     random set of articles, no token is in two draws, and draw ``k`` is the same whatever
     ``draws`` is (the stream's prefix), so a run with more draws reuses the others' Grams."""
-    ids = train_token_ids(tokenizer, draws * tokens, f"calibration.draws x calibration.tokens = {draws} x {tokens}", seed)
+    ids = train_token_ids(tokenizer, draws * tokens,
+                          f"calibration.draws x calibration.tokens = {draws} x {tokens} = {draws * tokens} tokens", seed)
     return [CalibrationDraw(k, seed, chunk, token_sha256(chunk)) for k, chunk in enumerate(ids.split(tokens))]
 
 

@@ -193,7 +193,7 @@ def _token_ids(model: str, split: str, tokens: int | None, what: str = "") -> to
 
     tokenizer = load_tokenizer(model)
     if split == "train":  # re-training text: asking for more than there is is an error
-        return train_token_ids(tokenizer, tokens, what)
+        return train_token_ids(tokenizer, tokens, f"{what}={tokens}")
     return text_token_ids(tokenizer, wiki_articles(split), tokens)
 
 
