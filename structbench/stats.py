@@ -1,9 +1,34 @@
-"""Summary statistics of stored samples, shared by the measurements that take them and the
-reports that draw them (which must not import measurement code)."""
+"""Statistics of stored samples, shared by the measurements that take them and the reports that
+read them (which must not import measurement code).
+
+The intervals here are for figures that are sums over independent units (text windows, test
+items) and for the difference of two such figures measured on the very same units:
+
+* a rate ``sum(sums) / sum(counts)`` (mean loss per token over windows) gets a seeded BCa
+  bootstrap interval over the units (:func:`rate_interval`);
+* the difference of two rates on the same units gets a paired bootstrap interval
+  (:func:`paired_rate_difference`): every resample draws the same units for both;
+* a proportion gets lm-evaluation-harness' standard error (:func:`mean_stderr`), and the
+  difference of two proportions on the same items the exact McNemar test (:func:`mcnemar`).
+
+A comparison calls one side better only when its interval excludes no difference, or its test
+rejects it at ``ALPHA`` (:func:`verdict`).
+"""
 from __future__ import annotations
 
+import math
 import statistics
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+RESAMPLES = 9999
+"""Bootstrap resamples per interval (SciPy's default)."""
+BETTER, WORSE, UNCLEAR = "better", "worse", "not distinguishable"
 
 NOISY = 0.1
 """Spread (IQR / median) of a measurement's repeats above which it is flagged noisy: a 10 %
@@ -16,6 +41,137 @@ def quartiles(samples: Sequence[float]) -> tuple[float, float]:
         return samples[0], samples[0]
     q = statistics.quantiles(samples, n=4, method="inclusive")
     return q[0], q[2]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its two-sided interval; with batched input (arrays of shape
+    ``(..., units)``) each field is an array of the leading shape."""
+
+    estimate: float | np.ndarray
+    low: float | np.ndarray
+    high: float | np.ndarray
+
+    def side(self, null: float = 0.0) -> int:
+        """+1 when the whole interval lies above ``null``, -1 when below, 0 when it holds it."""
+        return 1 if self.low > null else -1 if self.high < null else 0
+
+
+def _units(*arrays: Sequence[float] | np.ndarray) -> list[np.ndarray]:
+    out = [np.asarray(a, dtype=np.float64) for a in arrays]
+    if any(a.shape != out[0].shape for a in out):
+        raise ValueError(f"paired samples must have one shape, got {[a.shape for a in out]}")
+    if out[0].ndim == 0 or out[0].shape[-1] < 2:
+        raise ValueError(f"an interval needs at least two units, got shape {out[0].shape}")
+    return out
+
+
+def _rate(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.sum(sums, axis=axis) / np.sum(counts, axis=axis)
+
+
+def _bootstrap(statistic, data: list[np.ndarray], per_unit: np.ndarray, confidence: float, resamples: int,
+               seed: int) -> Interval:
+    """BCa interval of ``statistic`` over the last axis of ``data`` (resampled together). Where
+    every unit has the same ``per_unit`` value the statistic cannot vary: the interval is the
+    point (BCa is undefined there)."""
+    estimate = statistic(*data, axis=-1)
+    constant = np.all(per_unit == per_unit[..., :1], axis=-1)
+    if np.all(constant):
+        return _as_interval(estimate, estimate, estimate)
+    result = scipy_stats.bootstrap(data, statistic, n_resamples=resamples, paired=True, vectorized=True, axis=-1,
+                                   confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed))
+    low = np.where(constant, estimate, result.confidence_interval.low)
+    high = np.where(constant, estimate, result.confidence_interval.high)
+    return _as_interval(estimate, low, high)
+
+
+def _as_interval(estimate: np.ndarray, low: np.ndarray, high: np.ndarray) -> Interval:
+    if np.ndim(estimate) == 0:
+        return Interval(float(estimate), float(low), float(high))
+    return Interval(np.asarray(estimate), np.asarray(low), np.asarray(high))
+
+
+def rate_interval(sums: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray, *,
+                  confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """``sum(sums) / sum(counts)`` with a seeded BCa bootstrap interval over the units (the last
+    axis): e.g. the mean loss per token over text windows, each window one unit."""
+    sums, counts = _units(sums, counts)
+    return _bootstrap(_rate, [sums, counts], sums / counts, confidence, resamples, seed)
+
+
+def paired_rate_difference(sums_a: Sequence[float] | np.ndarray, sums_b: Sequence[float] | np.ndarray,
+                           counts: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE,
+                           resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """``(sum(sums_a) - sum(sums_b)) / sum(counts)``, two rates over the same units, with a seeded
+    paired BCa bootstrap interval: each resample draws the same units for ``a`` and ``b``, so the
+    variation the two share (hard windows are hard for both) cancels."""
+    sums_a, sums_b, counts = _units(sums_a, sums_b, counts)
+
+    def difference(a: np.ndarray, b: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _rate(a - b, n, axis)
+
+    return _bootstrap(difference, [sums_a, sums_b, counts], (sums_a - sums_b) / counts, confidence, resamples, seed)
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of a mean as lm-evaluation-harness reports ``<metric>_stderr``: the sample
+    standard deviation (``n - 1``) over ``sqrt(n)``; for 0/1 scores ``sqrt(p (1 - p) / (n - 1))``.
+    NaN for fewer than two values."""
+    if len(values) < 2:
+        return math.nan
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def stderr_of_mean(stderrs: Sequence[float]) -> float:
+    """Standard error of the unweighted mean of independent estimates with these standard
+    errors (an average over tasks): ``sqrt(sum(se^2)) / count``."""
+    return math.sqrt(math.fsum(se * se for se in stderrs)) / len(stderrs)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Two scorers' 0/1 results on the same items: the items only ``a`` got right, those only
+    ``b`` did, the difference of their accuracies and the exact two-sided test's p-value."""
+
+    a_only: int
+    b_only: int
+    difference: float
+    p_value: float
+
+    @property
+    def direction(self) -> int:
+        """+1 (``a`` better) or -1 when the test rejects equal accuracy at ``ALPHA``, else 0."""
+        if self.p_value >= ALPHA:
+            return 0
+        return 1 if self.a_only > self.b_only else -1
+
+
+def mcnemar(a: Sequence[int], b: Sequence[int]) -> McNemar:
+    """Exact McNemar test of ``a`` against ``b`` (0/1 per item, the same items in the same order):
+    under equal accuracy each discordant item is equally likely to favour either side, so the
+    count favouring ``a`` is Binomial(discordant, 1/2)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"McNemar needs two equally long non-empty 0/1 sequences, got {len(a)} and {len(b)}")
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    p = scipy_stats.binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return McNemar(a_only, b_only, (a_only - b_only) / len(a), float(p))
+
+
+def verdict(direction: int, higher_is_better: bool) -> str:
+    """``better``/``worse`` for an established sign of ``a - b`` (+1 / -1), ``not distinguishable``
+    for 0, read with the metric's better direction."""
+    if direction == 0:
+        return UNCLEAR
+    return BETTER if (direction > 0) == higher_is_better else WORSE
+
+
+def agreed(verdicts: Iterable[str]) -> str:
+    """One verdict for several repeats of a comparison (calibration draws): theirs when they all
+    agree, ``not distinguishable`` otherwise."""
+    found = set(verdicts)
+    return found.pop() if len(found) == 1 else UNCLEAR
 
 
 def spread(samples: Sequence[float]) -> float:

