@@ -115,13 +115,13 @@ def _poisoned(value: Any, keep: frozenset[str], names_below: int, depth: int = 0
 def poison(run_dir: Path, keep: Iterable[str] = ()) -> None:
     """Append the payload to every string of ``run_dir``'s rows (but ``status``, ``case_key``
     and the fields in ``keep``, which a report matches on) and of its ``run.json`` (but the
-    suite name, the stored schema and the metric names; the names in ``about`` are poisoned
+    suite name, its status, the stored schema and the metric names; the names in ``about`` are poisoned
     alike, so rows still find them), add a payload column, and mark the
     run unreliable for a payload reason."""
     keep = frozenset({"status", "case_key", *keep})
     meta = json.loads((run_dir / "run.json").read_text())
-    suite, schema, metrics, about = (meta.pop(k) for k in ("suite", "schema", "metrics", "about"))
-    meta = _poisoned(meta, frozenset(), names_below=99)
+    suite, schema, metrics, about, status = (meta.pop(k) for k in ("suite", "schema", "metrics", "about", "status"))
+    meta = {**_poisoned(meta, frozenset(), names_below=99), "status": status}  # a status outside the schema is refused
     meta["about"] = _poisoned(about, frozenset(), names_below=1)  # kind and model names
     meta["suite"] = {**suite, "version": suite["version"] + PAYLOAD, "description": suite["description"] + PAYLOAD}
     meta["schema"] = schema

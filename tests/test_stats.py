@@ -105,7 +105,7 @@ def test_median_interval_is_the_order_statistics_a_binomial_table_gives() -> Non
 def test_median_interval_covers_the_true_median_at_least_95_percent_on_skewed_data() -> None:
     rng = np.random.default_rng(7)
     draws = rng.lognormal(mean=0.0, sigma=1.0, size=(400, 15))  # true median exp(0) = 1
-    hits = sum(lo <= 1.0 <= hi for lo, hi in map(median_interval, draws))
+    hits = sum(lo <= 1.0 <= hi for lo, hi in map(stats.median_interval, draws))
     assert 0.93 <= hits / 400 <= 0.995
     assert stats.median_interval(list(draws[0]), confidence=0.5) != stats.median_interval(list(draws[0]))
     with pytest.raises(IndexError):

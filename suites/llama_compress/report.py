@@ -318,16 +318,19 @@ def llama_compress_report(run: RunData) -> list[Section]:
         band = ("ppl_low", "ppl_high") if "ppl_low" in means else None
         for (objective, retrained), part in means[means["family"] != "dense"].groupby(["objective", "retrained"]):
             part = pd.concat([dense, part])
+            part = part.assign(**{ACHIEVED_CR: 100 * part["cr"].astype(float)})
             suffix = f" ({objective}{', re-trained' if retrained else ''})"
             reference = lambda col: float(dense[col].iloc[0]) if not dense.empty else None  # noqa: E731
             sections.append(Section(
                 f"Quality against compression{suffix}",
-                "x: achieved compression of the targeted projections (dense at 0); dotted: the dense model; "
+                "x: achieved compression of the targeted projections in percent (dense at 0); dotted: the dense model; "
                 "shaded: perplexity's 95% interval; calibrated models: the mean over their draws.",
-                figures=[lines_by_family(part, "cr", "perplexity", title=f"perplexity vs CR{suffix}", log_y=True,
-                                         band=band, reference=reference("perplexity")),
-                         lines_by_family(part, "cr", "acc_avg", title=f"average zero-shot acc vs CR{suffix}",
-                                         reference=reference("acc_avg"))]))
+                figures=[lines_by_family(part, ACHIEVED_CR, "perplexity", title=f"perplexity vs CR{suffix}", log_y=True,
+                                         band=band, reference=reference("perplexity"), x_title=TITLES[ACHIEVED_CR],
+                                         y_title=TITLES["perplexity"]),
+                         lines_by_family(part, ACHIEVED_CR, "acc_avg", title=f"average zero-shot acc vs CR{suffix}",
+                                         reference=reference("acc_avg"), x_title=TITLES[ACHIEVED_CR],
+                                         y_title=TITLES["acc_avg"])]))
         sections.append(Section(
             "Size and speed", _speed_note(ok),
             figures=[scatter_by_family(ok, "macs_per_token", "generate_tokens_per_s", text="label",
