@@ -15,6 +15,7 @@ fitted, then split into its members). ``from_dense`` is a stack of one.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
@@ -298,6 +299,20 @@ class StructuredLinear(nn.Module, abc.ABC):
         return Fit(hp, actual)
 
     @classmethod
+    def hparam_options(cls, out_features: int, in_features: int) -> tuple[Fit, ...]:
+        """Every structure the family's own rule (``hparams_for``) picks at some ``rho`` for an
+        ``out x in`` matrix, from the fewest kept parameters to the most, none keeping more
+        than the dense matrix: the ladder a model-level budget (``structbench.allocate``) mixes
+        across layers when one ``rho`` for every layer misses the target.
+
+        Found by walking the rule down from ``rho = 1``, each next target half a parameter
+        below the last structure's effective count, until the rule has none (empty where even
+        ``rho = 1`` has none: Monarch on an odd shape); the dense baseline has its one structure."""
+        check_positive_int("out_features", out_features, cls.family)
+        check_positive_int("in_features", in_features, cls.family)
+        return _options(cls, out_features, in_features)
+
+    @classmethod
     def from_dense(
         cls,
         weight: torch.Tensor,
@@ -441,3 +456,20 @@ class StructuredLinear(nn.Module, abc.ABC):
     def extra_repr(self) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in self.hparams.items())
         return f"in_features={self.in_features}, out_features={self.out_features}, {hp}, bias={self.bias is not None}"
+
+
+@functools.lru_cache(maxsize=None)
+def _options(cls: type[StructuredLinear], out_features: int, in_features: int) -> tuple[Fit, ...]:
+    """``hparam_options``, kept per family and shape: walking the rule down takes one call per
+    structure (thousands for BTT, whose factorisations give many distinct counts)."""
+    size, rho = out_features * in_features, 1.0
+    found: list[Fit] = []
+    while True:
+        try:
+            found.append(cls.hparams_for(out_features, in_features, rho))
+        except StructbenchError:  # nothing smaller: the rule's own "no structure at this rho"
+            break
+        if not cls.compressible:
+            break
+        rho = (cls.effective_params(out_features, in_features, **found[-1].hparams) - 0.5) / size
+    return tuple(reversed(found))

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from structbench.allocate import Allocation, allocate
 from structbench.errors import StructbenchError
 from structbench.linalg import relative_error
 from structbench.families import get_family
@@ -52,6 +53,18 @@ class Budget:
         """MACs per token relative to the dense linears' (above 1: costs more compute than dense)."""
         return self.macs / self.dense_macs
 
+    @property
+    def cr_linear(self) -> float:
+        """Compression ratio of these linears: ``1 - rho_actual``."""
+        return 1 - self.rho_actual
+
+    def cr_model(self, dense_model_params: int) -> float:
+        """Compression ratio of a whole model that holds these linears and, dense, has
+        ``dense_model_params`` parameters (embeddings and a tied head once): the parameters
+        the structures save over all of the model's. Where the linears are a small part of
+        the model (a small LM's embeddings) it is several times smaller than ``cr_linear``."""
+        return (self.dense_params - self.params) / dense_model_params
+
 
 def budget(layers: list[nn.Module]) -> Budget:
     """The ``Budget`` of ``layers``, each a ``StructuredLinear`` or a plain ``nn.Linear`` (kept whole)."""
@@ -74,12 +87,31 @@ def _matcher(include: str | LayerFilter | None) -> LayerFilter:
     return lambda name, layer: pattern.search(name) is not None
 
 
+def linear_targets(model: nn.Module, include: str | LayerFilter | None = None) -> dict[str, nn.Linear]:
+    """The plain ``nn.Linear`` layers whose qualified name matches ``include`` (a regex or a
+    predicate; every one if None), by name in model order: what ``swap_linears`` replaces."""
+    match = _matcher(include)
+    return {name: mod for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and not isinstance(mod, StructuredLinear) and match(name, mod)}
+
+
+def allocate_linears(model: nn.Module, family: str, rho: float, *,
+                     include: str | LayerFilter | None = None) -> Allocation:
+    """The ``Allocation`` of ``family`` over the linears ``include`` matches, meeting ``rho``
+    over all of them together (``structbench.allocate``); ``swap_linears(hparams=)`` builds it."""
+    targets = linear_targets(model, include)
+    if not targets:
+        raise StructbenchError(f"allocate_linears: no nn.Linear layer matches {include!r}")
+    return allocate(family, {name: (mod.out_features, mod.in_features) for name, mod in targets.items()}, rho)
+
+
 def swap_linears(
     model: nn.Module,
     family: str,
     rho: float,
     *,
     include: str | LayerFilter | None = None,
+    hparams: Mapping[str, Mapping[str, Any]] | None = None,
     project: bool = True,
     measure_error: bool = True,
     grams: Mapping[str, torch.Tensor] | None = None,
@@ -89,7 +121,9 @@ def swap_linears(
     **projection_options: Any,
 ) -> list[SwapRecord]:
     """Replace every ``nn.Linear`` whose qualified name matches ``include`` (a regex or a
-    predicate) by ``family`` at ``rho``, in place.
+    predicate) by ``family`` at ``rho``, in place: each layer by the family's own choice at
+    ``rho``, or with ``hparams`` (by layer name, every matched layer; ``allocate_linears``)
+    by those, so that ``rho`` holds over the layers together.
 
     With ``project`` the pretrained weight is projected onto the family (``from_dense``);
     without it the new layer keeps its own from-scratch initialisation. ``grams`` maps layer
@@ -99,14 +133,12 @@ def swap_linears(
     ``progress(layer_name, k, K)`` before each layer.
     """
     cls = get_family(family)
-    match = _matcher(include)
-    targets = [
-        (name, mod)
-        for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and not isinstance(mod, StructuredLinear) and match(name, mod)
-    ]
+    targets = list(linear_targets(model, include).items())
     if not targets:
         raise StructbenchError(f"swap_linears: no nn.Linear layer matches {include!r}")
+    unplanned = [name for name, _ in targets if hparams is not None and name not in hparams]
+    if unplanned:
+        raise StructbenchError(f"swap_linears: no hparams for {unplanned[:3]}{'...' if len(unplanned) > 3 else ''}")
     if (grams is not None or calibrated) and (grams is None or any(name not in grams for name, _ in targets)):
         missing = [name for name, _ in targets if grams is None or name not in grams]
         raise StructbenchError(f"swap_linears: no calibration Gram for {missing[:3]}{'...' if len(missing) > 3 else ''}")
@@ -116,14 +148,17 @@ def swap_linears(
             progress(name, k, len(targets))
         weight = layer.weight.detach()
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
+        if hparams is not None:
+            hp = dict(hparams[name])
+        else:
+            hp = cls.hparams_for(layer.out_features, layer.in_features, rho).hparams
         if project:
             gram = grams[name] if calibrated and grams is not None else None
             new = cls.from_dense(
                 weight.to(work), None if layer.bias is None else layer.bias.detach().to(work),
-                rho=rho, gram=gram, progress=layer_progress, **projection_options,
+                gram=gram, progress=layer_progress, **hp, **projection_options,
             )
         else:
-            hp = cls.hparams_for(layer.out_features, layer.in_features, rho).hparams
             new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **hp)
         new = new.to(device=weight.device, dtype=weight.dtype)
         err = werr = None

@@ -443,6 +443,10 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         calibrated, frobenius = both[(family, "calibrated")], both[(family, "frobenius")]
         assert calibrated["calibration_mode"] == "sequential" and frobenius["calibration_mode"] is None
         assert calibrated["weighted_error_mean"] < frobenius["weighted_error_mean"], family
+        # rho over all targeted projections together (Monarch by a mix of block counts), beside the whole model's CR
+        assert abs(frobenius["cr_linear"] - 0.5) <= 0.01 + 1e-12 and 0 < frobenius["cr_model"] < frobenius["cr_linear"]
+    assert [r["cr_model"] for r in run.rows if r["family"] == "dense"] == [0.0]
+    assert both[("monarch", "frobenius")]["hparams"].count(" x ") > 1  # a mix: how many layers have each block count
     assert both[("blast", "frobenius")]["projection_cached"]  # the first run's factors: same key
     assert "calibrated" in (run.run_dir / "report.html").read_text()
 

@@ -63,10 +63,13 @@ def compress(
     objective: str = "frobenius",
     calibration: Calibration | Mapping[str, torch.Tensor] | None = None,
     cache_file: str | Path | None = None,
+    hparams: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     **projection_options: Any,
 ) -> list[SwapRecord]:
-    """Replace the chosen decoder projections of ``model`` by ``family`` at ``rho``, in place.
+    """Replace the chosen decoder projections of ``model`` by ``family`` at ``rho``, in place:
+    each at the family's own choice for ``rho``, or with ``hparams`` by layer name (a
+    ``structbench.swap.allocate_linears`` allocation meeting ``rho`` over them all).
 
     Each weight is projected onto the family (``from_dense`` with ``projection_options``,
     e.g. ``steps=`` for BLAST's PrecGD). ``objective`` is ``frobenius`` (``||W - What||_F``)
@@ -84,7 +87,7 @@ def compress(
     cache = Path(cache_file) if cache_file is not None else None
     if cache is not None and cache.is_file():  # restoring needs no calibration: the factors are fitted
         saved = torch.load(cache, map_location="cpu", weights_only=True)
-        swap_linears(model, family, rho, include=include, project=False, measure_error=False)
+        swap_linears(model, family, rho, include=include, hparams=hparams, project=False, measure_error=False)
         modules = dict(model.named_modules())
         if set(saved["state"]) != set(_structured(model)):
             raise StructbenchError(f"{cache} holds other layers than this model's {family} layers; delete it")
@@ -102,13 +105,13 @@ def compress(
             return include if wanted is None or index in wanted else None
 
         def on_layer(index: int, grams: dict[str, torch.Tensor]) -> None:
-            records.extend(swap_linears(model, family, rho, include=include_names(grams), grams=grams, calibrated=True,
-                                        progress=progress, **projection_options))
+            records.extend(swap_linears(model, family, rho, include=include_names(grams), hparams=hparams, grams=grams,
+                                        calibrated=True, progress=progress, **projection_options))
 
         sequential_grams(model, calibration, layer_filter, on_layer)
     else:
         grams = collect_grams(model, calibration, include) if isinstance(calibration, Calibration) else calibration
-        records = swap_linears(model, family, rho, include=include, grams=grams, calibrated=calibrated,
+        records = swap_linears(model, family, rho, include=include, hparams=hparams, grams=grams, calibrated=calibrated,
                                progress=progress, **projection_options)
     if cache is not None:
         torch_save_atomic(cache, {"state": {name: m.state_dict() for name, m in _structured(model).items()},

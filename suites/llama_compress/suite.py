@@ -3,7 +3,8 @@
 The linear projections of every decoder layer (q/k/v/o, gate/up/down) of a pretrained
 causal LM (SmolLM2-135M-Instruct by default, or any Hugging Face folder) are replaced by
 each family at a kept fraction ``rho`` of their parameters (0.9, 0.8, 0.5: 10, 20 and 50%
-compression), projecting the pretrained weights with one of two objectives: ``frobenius``
+compression; over all of them together, within a point, by mixing the family's structures
+across layers where one structure per layer misses it: ``structbench.allocate``), projecting the pretrained weights with one of two objectives: ``frobenius``
 (``||W - What||_F``, BLAST by PrecGD as in the paper) or ``calibrated`` (the layer's output
 error on calibration text, ``structbench.calibrated``), which is how LLMs are compressed in
 practice and what keeps a small model from collapsing. Each model, and the dense one, is
@@ -33,6 +34,7 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +220,11 @@ def _calibration_key(cfg: dict[str, Any], mode: str, draw: Any) -> dict[str, Any
     return grams_key(model_key(cfg["model"]), draw.sha256, cfg["calibration"]["seq_len"], mode, cfg["layers"], projections)
 
 
-def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext, draw: Any = None) -> Path:
+def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext, draw: Any = None,
+                allocation: Any = None) -> Path:
     """One file per everything that changes the projected factors, so stale files are never
-    loaded into differently shaped layers. ``format`` goes up when the key's meaning changes for
+    loaded into differently shaped layers; a mixed ``allocation`` (other structures than each
+    layer's own choice at rho) is part of the key. ``format`` goes up when the key's meaning changes for
     every family (2: Gaudi's component count and its ``frozen`` buffer, before families had
     layout versions; 3: the objective and, for the calibrated one, the calibration settings);
     a family's own ``layout_version`` is in the key from 2 on (absent at 1, so one family's new
@@ -232,6 +236,8 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext, draw
     layout = get_family(case["family"]).layout_version
     if layout > 1:
         key["layout"] = layout
+    if allocation is not None and not allocation.uniform:
+        key["hparams"] = allocation.hparams
     if case["objective"] == "calibrated":
         from structbench.calibrated import REFINE_LR
 
@@ -267,14 +273,26 @@ def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext, draw: Any) ->
     return stored_grams(ctx.cache_dir / "calibration", _calibration_key(cfg, "dense", draw), collect)
 
 
+def _targeted(cfg: dict[str, Any]) -> Any:
+    """The layer filter of the targeted projections."""
+    from structbench.models.compress import decoder_filter
+
+    return decoder_filter(None if cfg["layers"] == "all" else cfg["layers"], cfg["projections"])
+
+
 def _targeted_budget(model: Any, cfg: dict[str, Any]) -> Any:
     """The ``Budget`` of the targeted projections (compressed or not), bias excluded."""
-    from structbench.models.compress import decoder_filter
     from structbench.swap import budget
 
-    layers = None if cfg["layers"] == "all" else cfg["layers"]
-    match = decoder_filter(layers, cfg["projections"])
+    match = _targeted(cfg)
     return budget([module for name, module in model.named_modules() if match(name, module)])
+
+
+def _hparams_mix(records: list[Any]) -> str:
+    """The swapped layers' structures, each with how many layers have it: one entry, or several
+    where the case's rho is met by mixing structures across layers (``structbench.allocate``)."""
+    counts = Counter(json.dumps(r.hparams, sort_keys=True) for r in records)
+    return ", ".join(f"{n} x {hparams}" for hparams, n in sorted(counts.items()))
 
 
 def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
@@ -290,16 +308,20 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     ensure_tasks(cfg["tasks"]["names"], cache=ctx.cache_dir, log=ctx.log)
     model, tokenizer = load_model(cfg["model"], torch.float32)
     evaluation.use_eager_attention(model)
+    dense_params = evaluation.model_size(model)["params"]
     row: dict[str, Any] = {"model": cfg["model"]}
 
     if case["family"] != "dense":
         from structbench.models.calibration import gram_bytes
+        from structbench.swap import allocate_linears
 
+        # rho over all targeted projections together; a family that cannot meet it skips the case, saying why
+        allocation = allocate_linears(model, case["family"], case["rho"], include=_targeted(cfg))
         layers = None if cfg["layers"] == "all" else cfg["layers"]
         options = dict((cfg.get("projection") or {}).get(case["family"], {}))
         calib = cfg["calibration"]
         draw = _draws(cfg)[case.get("draw", 0)]
-        cache_file = _cache_file(cfg, case, ctx, draw)
+        cache_file = _cache_file(cfg, case, ctx, draw, allocation)
         cached = cache_file.is_file()
         # Every row gets the activation-weighted error on the dense model's Grams of its draw
         # (draw 0 for the Frobenius objective: the same yardstick for both objectives);
@@ -314,6 +336,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         start = time.perf_counter()
         records = compress(model, case["family"], case["rho"], layers=layers, projections=cfg["projections"],
                            objective=case["objective"], calibration=calibration, cache_file=cache_file,
+                           hparams=allocation.hparams,
                            progress=lambda name, k, n: ctx.log(f"  projecting {name} ({k + 1}/{n})")
                            if k % 7 == 0 else None, **options)
         errors = [r.rel_error for r in records if r.rel_error is not None]
@@ -325,7 +348,7 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
                     "gram_bytes": gram_bytes(grams) if grams is not None else None,
                     "rel_error_mean": statistics.fmean(errors) if errors else None,
                     "weighted_error_mean": statistics.fmean(weighted) if weighted else None,
-                    "hparams": json.dumps(sorted({json.dumps(r.hparams, sort_keys=True) for r in records}))})
+                    "hparams": _hparams_mix(records)})
         del grams, calibration
     model = model.to(device=ctx.device, dtype=dtype)
 
@@ -384,7 +407,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     fast = evaluation.throughput(model, vocab, speed["prompt"], speed["generate"], speed["repeats"])
     targeted = _targeted_budget(model, cfg)
     row.update({**evaluation.model_size(model), "linear_params": targeted.params, "rho_actual": targeted.rho_actual,
-                "cr": 1 - targeted.rho_actual, "macs_ratio": targeted.macs_ratio, "macs_per_token": macs, "unsupported_ops": unsupported,
+                "cr": 1 - targeted.rho_actual, "cr_linear": targeted.cr_linear,
+                "cr_model": targeted.cr_model(dense_params), "macs_ratio": targeted.macs_ratio, "macs_per_token": macs, "unsupported_ops": unsupported,
                 "prefill_tokens_per_s": fast.prefill_tokens_per_s, "generate_tokens_per_s": fast.generate_tokens_per_s,
                 "generate_spread": fast.generate_spread, "generate_noisy": fast.generate_spread > NOISY})
     return [row]
@@ -446,7 +470,10 @@ SUITE = Suite(
         "acc_norm_avg": Metric("", higher_is_better=True, description="mean length-normalised acc over the tasks"),
         **_TASK_METRICS,
         "rho_actual": Metric("", higher_is_better=None, description="kept fraction of the targeted projections' weights"),
-        "cr": Metric("", higher_is_better=None, description="compression ratio of the targeted projections: 1 - rho_actual"),
+        "cr_linear": Metric("", higher_is_better=None, description="compression ratio of the targeted projections: "
+                            "1 - rho_actual, over all of them together (docs/budgets.md)"),
+        "cr_model": Metric("", higher_is_better=None, description="compression ratio of the whole model: the parameters "
+                           "the structures save over the dense model's (embeddings and a tied head once)"),
         "macs_ratio": Metric("", higher_is_better=False, description="the targeted projections' MACs per token over "
                              "the dense projections'"),
         "params": Metric("", higher_is_better=False, description="all parameters of the model (tied once)"),
