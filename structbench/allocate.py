@@ -20,7 +20,7 @@ The allocator mixes the family's own structures across the matrices instead:
    an exact search over every mix decides: the mix nearest the budget within tolerance, or
    none, and then the family cannot meet the budget on these shapes.
 
-A budget the family cannot meet raises ``StructbenchError`` saying what the family can keep,
+A budget the family cannot meet raises ``NotApplicable`` (a skipped case) saying what the family can keep,
 so that a suite's row is skipped with that reason instead of measured at another CR.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.families import get_family
 from structbench.structured import Fit, StructuredLinear, check_rho
 
@@ -87,7 +87,7 @@ def allocate(family: str, shapes: Mapping[str, Shape], rho: float, tolerance: fl
     counts = {shape: [cls.effective_params(*shape, **fit.hparams) for fit in fits] for shape, fits in options.items()}
     for shape, fits in options.items():
         if not fits:
-            raise StructbenchError(f"{family} has no structure for a {_name(shape)} matrix at any rho")
+            raise NotApplicable(f"{family} has no structure for a {_name(shape)} matrix at any rho")
     ladders = [counts[shapes[name]] for name in names]
     _check_range(family, rho, tolerance, shapes, counts, goal, window, dense)
     # start each matrix at its ladder's largest structure within rho of its own size (the lowest if none)
@@ -97,7 +97,7 @@ def allocate(family: str, shapes: Mapping[str, Shape], rho: float, tolerance: fl
         exact = _exact(ladders, goal, window)
         if exact is None:
             steps = ", ".join(f"{_name(s)} {', '.join(f'{p / (s[0] * s[1]):.1%}' for p in counts[s])}" for s in counts)
-            raise StructbenchError(
+            raise NotApplicable(
                 f"{family}: no mix of its structures keeps {rho:.1%} ± {tolerance:.1%} (CR {1 - rho:.0%}) of these "
                 f"{len(names)} matrices' dense parameters; the nearest found keeps {kept / dense:.1%} "
                 f"(per shape it keeps {steps})")
@@ -112,7 +112,7 @@ def _rule(cls: type[StructuredLinear], shape: Shape, rho: float) -> Fit | None:
     """The family's own per-matrix choice at ``rho``, or None where it has none."""
     try:
         return cls.hparams_for(*shape, rho)
-    except StructbenchError:
+    except (NotApplicable, StructbenchError):
         return None
 
 
@@ -128,11 +128,11 @@ def _check_range(family: str, rho: float, tolerance: float, shapes: Mapping[str,
     wanted = f"{rho:.1%} ± {tolerance:.1%} (CR {1 - rho:.0%}) of these {len(shapes)} matrices' dense parameters"
     if high < goal - window:
         per = ", ".join(f"{_name(s)} {c[-1] / (s[0] * s[1]):.1%}" for s, c in counts.items())
-        raise StructbenchError(f"{family} cannot keep {wanted}: at most {high / dense:.1%}, every matrix at its "
+        raise NotApplicable(f"{family} cannot keep {wanted}: at most {high / dense:.1%}, every matrix at its "
                                f"largest structure not above the dense matrix ({per})")
     if low > goal + window:
         per = ", ".join(f"{_name(s)} {c[0] / (s[0] * s[1]):.1%}" for s, c in counts.items())
-        raise StructbenchError(f"{family} cannot keep {wanted}: at least {low / dense:.1%}, every matrix at its "
+        raise NotApplicable(f"{family} cannot keep {wanted}: at least {low / dense:.1%}, every matrix at its "
                                f"smallest structure ({per})")
 
 

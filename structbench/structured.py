@@ -24,7 +24,7 @@ from torch import nn
 
 from structbench import calibrated
 from structbench.convergence import Trace, joined
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.linalg import relative_error
 
 ProgressFn = Callable[[int, float], None]
@@ -467,7 +467,7 @@ def _options(cls: type[StructuredLinear], out_features: int, in_features: int) -
     while True:
         try:
             found.append(cls.hparams_for(out_features, in_features, rho))
-        except StructbenchError:  # nothing smaller: the rule's own "no structure at this rho"
+        except (NotApplicable, StructbenchError):  # nothing smaller: the rule's own "no structure at this rho"
             break
         if not cls.compressible:
             break
