@@ -231,6 +231,25 @@ def test_gd_auto_step_is_the_best_step_stable_on_every_seed(tmp_path: Path) -> N
     assert SUITE.run_case(auto, ctx)[0]["lr_used"] == ({1e-3, 3e-2} - {best}).pop()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("safetensors") is None, reason="needs safetensors (the models extra)")
+def test_a_real_model_that_cannot_load_is_an_error_row_never_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """MiniLM's package present but its weights file gone (a broken install): a fault, not a gap."""
+    from structbench.cli import main
+    from structbench.results import load_run
+
+    monkeypatch.setattr(model_weights, "package_dir", lambda model: tmp_path)  # no model/model.safetensors in it
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"families": ["lowrank"], "rhos": [0.5], "objectives": ["frobenius"],
+                                                     "real": {model_weights.MINILM: [0]}}))
+    out = tmp_path / "results"
+    assert main(["--suite", "approx", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--threads", "1"]) == 1
+    [run_dir] = (out / "approx").iterdir()
+    rows = load_run(run_dir).rows
+    assert len(rows) == len(model_weights.layer_types(model_weights.MINILM))
+    assert all(r["status"] == "error" and "model.safetensors is missing" in r["reason"] for r in rows), rows
+    assert "error: no case finished ok" in capsys.readouterr().err
+
+
 # A reduced quick config for CI: every kind, family, experiment and both real models, at
 # sizes and iteration budgets that keep the whole run (report included) well under a minute.
 TINY = {

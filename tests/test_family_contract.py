@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from structbench.cli import main
-from structbench.errors import StructbenchError
+from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.families import family_order, get_family
 from structbench.registry import FAMILIES, register_family
@@ -68,7 +68,7 @@ class ColumnSubsetLinear(StructuredLinear):
     def _hparams_for(cls, out_features: int, in_features: int, rho: float) -> dict[str, Any]:
         columns = int(rho * in_features)
         if columns < 1:
-            raise StructbenchError(f"{cls.family}: rho={rho} keeps no column of {in_features}")
+            raise NotApplicable(f"{cls.family}: rho={rho} keeps no column of {in_features}")
         return {"columns": columns}
 
     def _project(self, weight: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -339,8 +340,8 @@ def _bench(args: list[str]) -> int:
     return cli.main(["--suite", "llama-compress", "--threads", "1", *args])
 
 
-def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def _tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A small config and a task cache of fake items for runs on the tiny Llama: the options."""
     cache = tmp_path / "cache"
     write_fake_tasks(cache)
     monkeypatch.setattr(launch, "cache_root", lambda: cache)
@@ -353,7 +354,12 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         "speed: {macs_tokens: 16, prompt: 8, generate: 4, repeats: 1}\n"
         "projection: {blast: {steps: 3}}\n"
         "calibration: {tokens: 256, seq_len: 32, batch_size: 4, refine_steps: 5, draws: 1}\n")
-    common = ["--config", str(config), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
+    return ["--config", str(config)]
+
+
+def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*_tiny_run(tmp_path, monkeypatch), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
     assert _bench([*common, "--families", "lowrank,blast", "--set", "retrain_steps=2", "--set", "rhos=[0.5, 0.9]",
                    "--set", "objectives=[frobenius]", "--set", "retrain.objectives=[frobenius]",
                    "--set", "retrain.rhos=[0.5]"]) == 0
@@ -462,6 +468,23 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     for row in run.rows:
         assert (row["ppl_protocol"], row["ppl_window"], row["ppl_stride"]) == ("literature", context, context)
         assert row["ppl_windows"] == test_tokens // context and row["ppl_tokens"] == row["ppl_windows"] * (context - 1)
+
+
+def test_a_model_that_cannot_load_is_an_error_row_never_skipped(tiny_llama: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny Llama's folder with its weights file cut short (a broken download): the tokenizer
+    loads, so the run starts, and every case is a fault with its reason, the exit status 1."""
+    broken = tmp_path / "broken-llama"
+    shutil.copytree(tiny_llama, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = tmp_path / "results"
+    assert _bench([*_tiny_run(tmp_path, monkeypatch), "--out", str(out), "--set", f"model={broken}", "--families",
+                   "lowrank", "--set", "rhos=[0.5]", "--set", "objectives=[frobenius]", "--set", "retrain_steps=0"]) == 1
+    rows = load_run(sorted((out / "llama-compress").iterdir())[-1]).rows
+    assert [(r["family"], r["status"]) for r in rows] == [("dense", "error"), ("lowrank", "error")], rows
+    assert "error: no case finished ok" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [
