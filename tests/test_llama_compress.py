@@ -396,6 +396,7 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
     assert "ppl_window_nll" not in table and "correct_social_iqa" not in table  # lists stay in rows.jsonl
 
     # calibration draws: one case per draw, each with its own hash, Grams and projected factors
+    cache = tmp_path / "cache"  # _tiny_run's
     grams_before = set((cache / "calibration").iterdir())
     draws_args = [*common, "--families", "lowrank", "--set", "rhos=[0.5]", "--set", "objectives=[calibrated]",
                   "--set", "retrain_steps=0", "--set", "calibration.draws=2"]
