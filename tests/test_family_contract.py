@@ -49,12 +49,13 @@ class ColumnSubsetLinear(StructuredLinear):
     def _forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return nn.functional.linear(x.index_select(1, self.index), self.W, bias)
 
-    def to_dense(self) -> torch.Tensor:
-        return self.W.new_zeros(self.out_features, self.in_features).index_copy(1, self.index, self.W)
+    def to_dense(self) -> torch.Tensor:  # a stack's W has a leading dim: so does its dense matrix
+        dense = self.W.new_zeros(*self.W.shape[:-2], self.out_features, self.in_features)
+        return dense.index_copy(-1, self.index, self.W)
 
     @torch.no_grad()
     def scale_input_(self, d: torch.Tensor) -> None:
-        self.W.mul_(d[self.index])
+        self.W.mul_(d[..., self.index].unsqueeze(-2))
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -72,9 +73,11 @@ class ColumnSubsetLinear(StructuredLinear):
         return {"columns": columns}
 
     def _project(self, weight: torch.Tensor) -> None:
-        keep = weight.norm(dim=0).topk(self.columns).indices.sort().values
+        # a stack of weights shares its buffers: one column choice, by the norm over the stack
+        norms = weight.norm(dim=-2).reshape(-1, self.in_features).norm(dim=0)
+        keep = norms.topk(self.columns).indices.sort().values
         self.index.copy_(keep)
-        self.W.copy_(weight[:, keep])
+        self.W.copy_(weight[..., keep])
 
 
 @pytest.fixture()
