@@ -72,7 +72,8 @@ def fake_run(out: Path, suite_name: str, run_case: CaseFn, *, quick: bool = True
         return run_case(case, ctx)
 
     faked = dataclasses.replace(suite, run_case=answer, assess=suite.assess if assess else None)
-    cli = {"device": "cpu", "dtype": "float32", "threads": 1, "quick": quick, "seed": 0, "families": families}
+    cli = {"device": "cpu", "dtype": "float32", "threads": 1, "quick": quick, "seed": 0,
+           "families": ",".join(families) if families else None}
     writer = RunWriter.create(out, faked, config, cli, 0)
     ctx = RunContext(device="cpu", dtype="float32", threads=1, seed=0, quick=quick, run_dir=writer.run_dir,
                      cache_dir=out / "cache", config=config)

@@ -18,11 +18,12 @@ TOY = {"toy": {"headline": lambda run: run.frame()[["family", "score"]]}}
 def _reference_run(results: Path, name: str, started: str, scores: dict[str, float]) -> Path:
     run_dir = results / regenerate.REFERENCE / "toy" / name
     run_dir.mkdir(parents=True)
-    meta = {"suite": {"name": "toy", "version": "1"}, "started": started, "status": "complete",
+    meta = {"suite": {"name": "toy", "version": "1"}, "config": {}, "started": started, "status": "complete",
+            "cli": {"device": "cpu", "dtype": "float32", "threads": 2, "quick": False, "seed": 0},
             "n_cases": len(scores), "n_done": len(scores), "env": {"device_name": "Test CPU", "threads": 2},
             "commits": [{"commit": "a" * 40, "dirty": False}]}
     (run_dir / "run.json").write_text(json.dumps(meta))
-    (run_dir / "rows.jsonl").write_text("".join(json.dumps({"family": f, "score": s, "status": "ok"}) + "\n"
+    (run_dir / "rows.jsonl").write_text("".join(json.dumps({"case_key": f, "family": f, "score": s, "status": "ok"}) + "\n"
                                                 for f, s in scores.items()))
     return run_dir
 
