@@ -266,6 +266,8 @@ TINY = {
 
 
 @NEEDS_MODELS
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_run_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from structbench import launch

@@ -109,6 +109,7 @@ def test_acc_and_acc_norm_pick_by_sum_and_by_length(monkeypatch: pytest.MonkeyPa
     assert tasks.chance_accuracy(items) == 0.5
 
 
+@pytest.mark.slow
 def test_scorer_agrees_with_lm_evaluation_harness_item_for_item(tiny_llama: Path, tmp_path: Path) -> None:
     pytest.importorskip("lm_eval")
     from structbench.models.harness import harness_multiple_choice
@@ -357,6 +358,8 @@ def _tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return ["--config", str(config)]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     common = [*_tiny_run(tmp_path, monkeypatch), "--out", str(tmp_path / "results"), "--set", f"model={tiny_llama}"]
@@ -508,6 +511,7 @@ def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compressed() -> None:
     """The real thing: SmolLM2-135M and BIG-bench items (downloaded once), dense and with every
     projection of 6 layers compressed, scored by this project and by lm-evaluation-harness."""

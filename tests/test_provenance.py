@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from structbench import provenance
 from structbench.results import PROJECT_ROOT
 
@@ -48,6 +50,7 @@ def test_changed_code_lists_result_producing_files_between_two_commits() -> None
     assert provenance.changed_code("0" * 40, commits[0], PROJECT_ROOT) is None
 
 
+@pytest.mark.slow
 def test_every_row_and_the_run_record_the_commit_and_the_run_its_environment(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run([sys.executable, "bench.py", "--suite", "kernels", "--quick", "--families", "dense",

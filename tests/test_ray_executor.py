@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # each test starts a Ray cluster (seconds) or waits on a refused address
 
 from structbench.cli import main  # noqa: E402
 from structbench.results import PROJECT_ROOT, load_run  # noqa: E402
@@ -109,7 +110,7 @@ def _stop_mid_run(config: Path, out: Path, signum: int, delay: float) -> str | N
     return "; ".join(problems) + f" (see {log})" if problems else None
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(900)  # SIGNAL_TRIES runs, each starting a Ray instance
 def test_a_signal_stops_a_ray_run_as_cleanly_as_a_serial_one(tmp_path: Path) -> None:
     """SIGTERM (a scheduler) or SIGINT (Ctrl-C) while Ray tasks run, at varied moments: exit
     143 / 130, the run ``interrupted`` with its report and every finished row, every time."""

@@ -24,7 +24,7 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BASH = shutil.which("bash")
-pytestmark = [pytest.mark.browser,
+pytestmark = [pytest.mark.browser, pytest.mark.slow,  # each test starts Chromium
               pytest.mark.skipif(CHROMIUM is None or BASH is None,
                                  reason="headless chromium (or bash) not installed; scripts/setup.sh --test installs chromium")]
 

@@ -18,6 +18,7 @@ def _windows(rng: np.random.Generator, reps: int, n: int, rate: float) -> tuple[
     return per_token * counts, counts
 
 
+@pytest.mark.slow  # a coverage simulation: thousands of intervals
 def test_rate_interval_covers_the_true_rate_95_percent_of_the_time() -> None:
     rng = np.random.default_rng(0)
     sums, counts = _windows(rng, reps=400, n=64, rate=3.0)
@@ -30,6 +31,7 @@ def test_rate_interval_covers_the_true_rate_95_percent_of_the_time() -> None:
     assert 0.2 < width < 0.4, width
 
 
+@pytest.mark.slow  # a coverage simulation
 def test_paired_difference_covers_the_true_shift_and_is_narrower_than_unpaired() -> None:
     rng = np.random.default_rng(2)
     base, counts = _windows(rng, reps=300, n=64, rate=3.0)

@@ -37,7 +37,8 @@ def test_monarch_and_blast_have_fused_forwards() -> None:
 
 @pytest.mark.parametrize("family", FUSED)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, *(pytest.param(d, marks=pytest.mark.slow) for d in (torch.float16, torch.bfloat16))],
+                         ids=str)  # the half dtypes in the slow tier: the interpreter is slow and the tile logic is shared
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_forward_equals_the_pytorch_one(family: str, shape: tuple[int, int], dtype: torch.dtype, bias: bool) -> None:
     reference, fused = _pair(family, shape, dtype, bias)
