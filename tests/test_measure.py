@@ -98,6 +98,18 @@ def test_fvcore_macs_wrapper_matches_analytic(family: str) -> None:
     assert isinstance(count.unsupported_ops, dict)
 
 
+@pytest.mark.parametrize("family", ["kronecker", "btt"])
+def test_the_kernels_suites_count_traces_a_few_tokens_and_scales_exactly(family: str, monkeypatch) -> None:  # noqa: ANN001
+    from suites.kernels import suite
+
+    traced = []
+    monkeypatch.setattr(suite, "fvcore_macs", lambda m, x: traced.append(x.shape[0]) or fvcore_macs(m, x))
+    layer = build(family, 96, 64, **hparams_for(family, 0.5, out_features=64, in_features=96).hparams).eval()
+    tokens = 3 * suite.COUNT_TOKENS + 5
+    count = suite._fvcore_macs(layer, torch.randn(tokens, 96))
+    assert traced == [suite.COUNT_TOKENS] and count.total == layer.macs(tokens) == fvcore_macs(layer, torch.randn(tokens, 96)).total
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_timers_and_peak() -> None:

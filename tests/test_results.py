@@ -47,6 +47,7 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
         assert math.isclose(r["efficiency"], r["speedup"] / r["ideal_speedup"])
         assert math.isclose(r["gflops"], 2 * r["macs"] / r["median_s"] / 1e9)
         assert r["macs"] == r["macs_fvcore"] and r["macs_agree"] is True and r["dense_macs"] == r["tokens"] * r["out_features"] * r["in_features"]
+        assert r["macs_fvcore_tokens"] == r["tokens"] and math.isclose(r["macs_ratio"], r["macs"] / r["dense_macs"])
         assert r["param_bytes"] == 4 * r["params"]
         assert r["peak_mem_bytes"] is not None or not os.access("/proc/self/clear_refs", os.W_OK)
         assert 0 < r["rho_actual"] <= (1.0 if r["family"] == "dense" else 0.5) and r["case_seconds"] > 0
