@@ -1,5 +1,6 @@
 """The command line: parse and check the arguments, then hand over: a suite run to
-``structbench.launch``, ``report`` to the publish step, ``merge`` and ``compare`` to theirs.
+``structbench.launch``, ``report`` and ``publish`` to the publish step, ``merge`` and
+``compare`` to theirs.
 
 Every user error ends as one ``error: ...`` line on stderr and exit status 2, found before a
 run folder is made; results already written stay on disk.
@@ -20,8 +21,8 @@ from structbench.config import load_config, resolve
 from structbench.errors import StructbenchError, writable
 from structbench.families import get_family, list_families
 from structbench.merge import merge_shards
-from structbench.publish import publish, summary
-from structbench.results import list_runs, load_run
+from structbench.publish import index, publish, publish_reference, summary
+from structbench.results import PROJECT_ROOT, REFERENCE, list_runs, load_run, results_root
 from structbench.suite import Suite
 from suites import SUITES
 
@@ -50,7 +51,7 @@ def _folder(text: str) -> Path:
 def _run_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="bench.py", description="Benchmark structured weight matrices against dense.",
                       epilog="Subcommands: 'bench.py report [RUN_DIR ...]', 'bench.py compare RUN_A RUN_B', "
-                             "'bench.py merge SHARD_DIR ...'.")
+                             "'bench.py merge SHARD_DIR ...', 'bench.py publish'.")
     p.add_argument("--suite", help="suite to run (see --list)")
     p.add_argument("--list", action="store_true", help="list suites and families, then exit")
     p.add_argument("--device", help="cpu or cuda[:N] (default cpu)")
@@ -184,23 +185,43 @@ def _warn(message: str) -> None:
 
 
 def _report(argv: Sequence[str]) -> int:
-    p = OneLineParser(prog="bench.py report", description="Rebuild HTML reports from stored results.")
-    p.add_argument("runs", nargs="*", type=Path, help="run folders (default: every run under --out)")
-    p.add_argument("--out", type=_folder, help="results root whose index.html to rebuild (default: with run folders, "
-                   "the root each one lives in; without, results/)")
+    p = OneLineParser(prog="bench.py report", description="Rebuild the tables and HTML reports of stored runs "
+                      "from their rows, and the index of the results root they live in.")
+    p.add_argument("runs", nargs="*", type=Path, help="run folders (default: every run under --out, the reference "
+                   "runs included)")
+    p.add_argument("--out", type=_folder, help="the results root whose runs to rebuild when no run folder is given "
+                   "(default results/)")
     args = p.parse_args(argv)
-    roots: dict[Path, list[Path]] = {}  # results root -> its runs to publish
+    if args.runs and args.out:
+        raise StructbenchError("report: give run folders or --out, not both (a run is indexed in the results root "
+                               "it lives in)")
+    out = args.out or DEFAULT_OUT
     if args.runs:
-        for run_dir in (load_run(r).run_dir for r in args.runs):
-            roots.setdefault(args.out or run_dir.parent.parent, []).append(run_dir)
+        run_dirs = [load_run(r).run_dir for r in args.runs]
+        targets = sorted({results_root(d) for d in run_dirs})
     else:
-        out = args.out or DEFAULT_OUT
-        roots[out] = [r.run_dir for r in list_runs(out, warn=_warn)]
-    for root, runs in roots.items():
-        with writable("--out" if args.out else "report into", root):
-            publish(runs, root)
-    print(f"rebuilt {sum(map(len, roots.values()))} report(s); index: "
-          + ", ".join(str(root / "index.html") for root in roots))
+        run_dirs = [r.run_dir for root in (out / REFERENCE, out) for r in list_runs(root, warn=_warn)]
+        targets = [out]
+    with writable("--out" if args.out else "report into", targets[0]):
+        publish(run_dirs)  # indexes each run's results root
+        if not run_dirs:
+            index(out)
+    print(f"rebuilt {len(run_dirs)} report(s); index: " + ", ".join(str(root / "index.html") for root in targets))
+    return 0
+
+
+def _publish(argv: Sequence[str]) -> int:
+    p = OneLineParser(prog="bench.py publish", description="Regenerate everything derived from the reference runs "
+                      f"under RESULTS/{REFERENCE}/ from their stored rows: tables, reports, the index and the "
+                      "tables published in README.md and docs/.")
+    p.add_argument("--results", type=_folder, default=DEFAULT_OUT, help="the results root (default results/)")
+    args = p.parse_args(argv)
+    with writable("--results", args.results):
+        changed = publish_reference(args.results)
+    runs = list_runs(args.results / REFERENCE)
+    print(f"rebuilt {len(runs)} reference run(s) and {args.results / 'index.html'}; "
+          + (f"rewrote {', '.join(str(path.relative_to(PROJECT_ROOT)) for path in changed)}" if changed
+             else "every published table was already current"))
     return 0
 
 
@@ -213,7 +234,7 @@ def _merge(argv: Sequence[str]) -> int:
     suite = SUITES.get(shards[0].suite)
     with writable("--out", args.out):
         writer = merge_shards(shards, suite, args.out)
-        publish([writer.run_dir], args.out)
+        publish([writer.run_dir])
     run = load_run(writer.run_dir)
     print(summary(run))
     count = (shards[0].meta.get("cli", {}).get("shard") or [0, 1])[1]
@@ -257,6 +278,8 @@ def _dispatch(argv: list[str]) -> int:
         return _compare(argv[1:])
     if argv and argv[0] == "merge":
         return _merge(argv[1:])
+    if argv and argv[0] == "publish":
+        return _publish(argv[1:])
     args = _run_parser().parse_args(argv)
     if args.list:
         return _list()

@@ -19,7 +19,7 @@ from structbench.cache import cache_root
 from structbench.config import resolve
 from structbench.errors import StructbenchError, writable
 from structbench.publish import publish, summary
-from structbench.results import RunData, RunWriter, list_runs, load_run
+from structbench.results import RunData, RunWriter, list_runs, load_run, results_root
 from structbench.runner import run_suite
 from structbench.suite import RunContext, Suite
 from suites import SUITES
@@ -122,14 +122,14 @@ def _drive(suite: Suite, writer: RunWriter, config: dict[str, Any], executor: Ra
     ctx = RunContext(device=cli["device"], dtype=cli["dtype"], threads=cli["threads"], seed=cli["seed"],
                      quick=cli["quick"], run_dir=writer.run_dir, cache_dir=cache_root(), config=config,
                      retry_noisy=cli.get("retry_noisy", 0))
-    root = writer.run_dir.parent.parent
+    root = results_root(writer.run_dir)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         run_suite(suite, writer, ctx, executor)
     finally:  # an interrupted or failed run still gets tables and a report of what it finished
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the publishing
         try:
-            _publish_uninterrupted(writer.run_dir, root)
+            _publish_uninterrupted(writer.run_dir)
         finally:
             signal.signal(signal.SIGTERM, previous)
             writer.close()
@@ -144,12 +144,12 @@ def _drive(suite: Suite, writer: RunWriter, config: dict[str, Any], executor: Ra
     return 0
 
 
-def _publish_uninterrupted(run_dir: Path, root: Path) -> None:
+def _publish_uninterrupted(run_dir: Path) -> None:
     """Tables, report and index, with Ctrl-C held off: a second Ctrl-C while the first one's
     report is written must not leave the run without one."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        publish([run_dir], root)
+        publish([run_dir])
     except OSError as err:
         raise StructbenchError(f"cannot write the tables or report of {run_dir} ({err.filename or ''}: "
                                f"{err.strerror or err}); its rows are kept in rows.jsonl: rebuild them with "

@@ -1,5 +1,5 @@
 """The one publish step: a stored run becomes ``table.csv``, ``table.md`` and ``report.html``,
-and the results root's ``index.html`` lists every run.
+and the results root's ``index.html`` lists every run, the committed reference runs first.
 
 It reads only what a run folder holds (``structbench.results``), so a report can be rebuilt
 anywhere, and finds a run's report by the suite name stored in it among the suites'
@@ -8,6 +8,7 @@ a suite's code: running and reporting meet only in the stored run.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -15,12 +16,14 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from structbench import regenerate
 from structbench.errors import StructbenchError
 from structbench.report.html import (PLOTLY_FILE, Link, Section, cases_done, ensure_plotly, families_run,
                                      reliability_text, render_page, run_header)
 from structbench.report.tables import markdown, write_tables
-from structbench.results import ROWS_FILE, RunData, described, list_runs, load_run, shown_status
-from suites import reports, subtitles, summaries
+from structbench.results import (PROJECT_ROOT, REFERENCE, ROWS_FILE, RunData, described, list_runs, load_run,
+                                 results_root, shown_status)
+from suites import reports, subtitles, summaries, tables
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -31,7 +34,7 @@ def generic_sections(run: RunData) -> list[Section]:
 
 def run_report(run: RunData) -> Path:
     """Write ``report.html`` for one run from its stored rows (never re-measures)."""
-    root = run.run_dir.parent.parent
+    root = results_root(run.run_dir)
     ensure_plotly(root)
     render, subtitle = reports().get(run.suite), subtitles().get(run.suite)
     try:
@@ -39,20 +42,21 @@ def run_report(run: RunData) -> Path:
         about = subtitle(run) if subtitle is not None else None
     except StructbenchError as err:  # a run this report cannot read (an older schema): its rows, and why
         sections, about = [Section(f"No {run.suite} report for this run", str(err)), *generic_sections(run)], None
-    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run, about), sections, f"../../{PLOTLY_FILE}",
-                       run.meta.get("metrics"), index_href="../../index.html")
+    def href(path: Path) -> str:
+        return Path(os.path.relpath(path, run.run_dir)).as_posix()
+
+    page = render_page(f"{run.suite}: {run.run_dir.name}", run_header(run, about), sections,
+                       href(root / PLOTLY_FILE), run.meta.get("metrics"), index_href=href(root / "index.html"))
     out = run.run_dir / "report.html"
     out.write_text(page)
     return out
 
 
-def index(root: str | Path) -> Path:
-    """``<root>/index.html``: every run, newest first, linked to its report, with what a
-    reader picks a run by: its suite, machine, status, reliability and families."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+def _run_rows(runs: list[RunData], root: Path) -> pd.DataFrame:
+    """One line per run, linked to its report, with what a reader picks a run by: its suite,
+    machine, status, reliability and families."""
     rows = []
-    for run in list_runs(root):
+    for run in runs:
         m = run.meta
         report = (run.run_dir / "report.html").relative_to(root)
         rows.append({
@@ -64,10 +68,25 @@ def index(root: str | Path) -> Path:
             "status": shown_status(run), "cases": f"{cases_done(run)}/{m.get('n_cases')}",
             "reliability": reliability_text(run), "families": ", ".join(families_run(run)), "rows": len(run.rows),
         })
-    runs = Section("Runs", "Every stored run, newest first; click a column to sort, a run to open its report.",
-                   tables=[pd.DataFrame(rows)]) if rows else \
-        Section("No runs yet", "Try: python bench.py --suite kernels --quick")
-    page = render_page("structbench results", "", [runs], None)
+    return pd.DataFrame(rows)
+
+
+def index(root: str | Path) -> Path:
+    """``<root>/index.html``: the reference runs stored with the repository (what the docs'
+    tables come from), then the user's own runs, each newest first."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    reference, own = list_runs(root / REFERENCE), list_runs(root)
+    sections = []
+    if reference:
+        sections.append(Section("Reference runs", f"Committed with structbench under {REFERENCE}/: every published "
+                                "table in the README and docs/ is generated from these rows. Click a column to "
+                                "sort, a run to open its report.", tables=[_run_rows(reference, root)]))
+    if own:
+        sections.append(Section("Your runs", "Every run stored here, newest first.", tables=[_run_rows(own, root)]))
+    if not own:
+        sections.append(Section("No runs of yours yet", "Try: python bench.py --suite kernels --quick"))
+    page = render_page("structbench results", "", sections, None)
     out = root / "index.html"
     out.write_text(page)
     return out
@@ -100,9 +119,11 @@ def summary(run: RunData) -> str:
     return "\n".join(lines)
 
 
-def publish(run_dirs: Iterable[str | Path], root: str | Path) -> None:
-    """Tables and report of each run, then the index of ``root``; rows.jsonl lines left out of
-    a run's tables (``RunData.problems``) are said in one warning per run."""
+def publish(run_dirs: Iterable[str | Path]) -> None:
+    """Tables and report of each run, then the index of each results root they belong to;
+    rows.jsonl lines left out of a run's tables (``RunData.problems``) are said in one warning
+    per run."""
+    roots = []
     for run_dir in run_dirs:
         run = load_run(run_dir)
         if run.problems:
@@ -110,4 +131,16 @@ def publish(run_dirs: Iterable[str | Path], root: str | Path) -> None:
                   f"'bench.py --resume {run.run_dir}' repairs the file")
         write_tables(run)
         run_report(run)
-    index(root)
+        if results_root(run.run_dir) not in roots:
+            roots.append(results_root(run.run_dir))
+    for root in roots:
+        index(root)
+
+
+def publish_reference(results: Path, docs_root: Path = PROJECT_ROOT) -> list[Path]:
+    """Every derived artefact of the reference runs, from their stored rows alone: each run's
+    tables and report, the index, and every table published in the README and docs/
+    (``structbench.regenerate``). Returns the markdown files whose tables changed."""
+    publish(run.run_dir for run in list_runs(results / REFERENCE, warn=_warn))
+    index(results)
+    return regenerate.rewrite(results, tables(), docs_root)

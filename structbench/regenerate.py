@@ -25,10 +25,7 @@ import pandas as pd
 
 from structbench.errors import StructbenchError
 from structbench.report.tables import markdown
-from structbench.results import PROJECT_ROOT, RunData, list_runs, shown_status
-
-REFERENCE = "reference"
-"""The folder under a results root that holds the committed reference runs."""
+from structbench.results import PROJECT_ROOT, REFERENCE, RunData, list_runs, shown_status
 
 Tables = dict[str, dict[str, Callable[[RunData], pd.DataFrame]]]
 """Suite name -> published table name -> the table of a stored run (``suites.tables()``)."""

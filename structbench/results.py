@@ -213,6 +213,18 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunData(run_dir, meta, scan.rows, scan.problems)
 
 
+REFERENCE = "reference"
+"""The folder of a results root that holds the committed reference runs: a reference run is
+``<root>/reference/<suite>/<run_id>/``, a user's own run ``<root>/<suite>/<run_id>/``."""
+
+
+def results_root(run_dir: str | Path) -> Path:
+    """The results root a run belongs to, where its index and the one plotly.js every report
+    loads live: reference runs and a user's own runs share ``results/``."""
+    root = Path(run_dir).parent.parent
+    return root.parent if root.name == REFERENCE else root
+
+
 def list_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> list[RunData]:
     """Every readable run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first;
     an unreadable or malformed one is left out, and ``warn`` told which and why."""

@@ -153,10 +153,10 @@ def test_a_second_ctrl_c_while_publishing_still_leaves_a_report(tmp_path: Path, 
     real = launch.publish
     hits: list[str] = []
 
-    def interrupted_publish(run_dirs, root) -> None:  # noqa: ANN001 - the CLI's own callable
+    def interrupted_publish(run_dirs) -> None:  # noqa: ANN001 - the CLI's own callable
         os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C again while the report is written
         hits.append("published")
-        real(run_dirs, root)
+        real(run_dirs)
 
     monkeypatch.setattr(launch, "publish", interrupted_publish)
     out = tmp_path / "results"
@@ -204,9 +204,11 @@ def test_report_into_an_unwritable_out_is_one_line(where: str, finished: Path, t
     (tmp_path / "file").write_text("not a folder")
     out = tmp_path / "file" if where == "file" else Path(where)
     capsys.readouterr()
-    assert main(["report", str(run_dir), "--out", str(out)]) == 2
+    assert main(["report", "--out", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "cannot write" in line and str(out) in line
+    assert main(["report", str(run_dir), "--out", str(out)]) == 2
+    assert "not both" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("command", [["--suite", "kernels"], ["report"], ["merge", "RUN"]])

@@ -22,15 +22,17 @@ rounds: 6
 """
 
 
-def _row(family: str, speedup: float, noisy: bool = False, tokens: int = 4) -> dict:
+def _row(family: str, speedup: float, noisy: bool = False, tokens: int = 4, dense_s: float = 0.01) -> dict:
     return {"status": "ok", "family": family, "shape": "s", "tokens": tokens, "mode": "eager", "speedup": speedup,
-            "noisy": noisy}
+            "noisy": noisy, "dense_median_s": dense_s}
 
 
 @pytest.mark.parametrize(("rows", "expected"), [
     ([_row("dense", 1.02), _row("lowrank", 2.0)], []),
     ([_row("dense", 0.62), _row("lowrank", 2.0)], ["dense-vs-dense control at s, 4 tokens, eager: speedup 0.62"]),
     ([_row("dense", 1.3), _row("lowrank", 2.0)], ["speedup 1.30, outside [0.9, 1.1]"]),
+    ([_row("dense", 0.8, dense_s=2e-5), _row("lowrank", 2.0)], []),  # a 20 us call: the module's overhead, not noise
+    ([_row("dense", 0.8, dense_s=1e-3), _row("lowrank", 2.0)], ["speedup 0.80"]),
     ([_row("dense", 1.0), _row("lowrank", 2.0, True), _row("blast", 1.0)], []),  # 1 of 3: not more than a third
     ([_row("dense", 1.0, True), _row("lowrank", 2.0, True), _row("blast", 1.0)], ["2 of 3 rows noisy"]),
     ([{"status": "skipped", "family": "dense"}], []),

@@ -223,7 +223,7 @@ def hostile_results(kernels_run: tuple[Path, Path], tmp_path_factory: pytest.Tem
     meta = json.loads((unknown / "run.json").read_text())
     meta["suite"]["name"] = PAYLOAD
     (unknown / "run.json").write_text(json.dumps(meta))
-    publish([path.parent for path in sorted(out.glob("*/*/run.json"))], out)
+    publish([path.parent for path in sorted(out.glob("*/*/run.json"))])
     return out
 
 
@@ -250,3 +250,23 @@ def test_hostile_strings_are_shown_as_text_and_never_run(hostile_results: Path, 
             drawn = browser.evaluate("[...document.querySelectorAll('.plotly-graph-div .main-svg')].map(s => s.textContent).join(' ')")
             assert IMG in drawn, page
         assert browser.evaluate("window.__errors.length") == 0, page
+
+
+def test_the_committed_index_shows_every_reference_run_and_their_reports_draw_offline(browser: DevTools) -> None:
+    """``results/index.html`` as a fresh clone has it: the reference runs listed first, each
+    report drawing its plots from the one committed plotly.js, nothing fetched."""
+    from structbench.results import PROJECT_ROOT, REFERENCE, list_runs
+
+    results = PROJECT_ROOT / "results"
+    runs = list_runs(results / REFERENCE)
+    assert runs, f"no reference run is stored under {results / REFERENCE}"
+    browser.events.clear()
+    browser.open((results / "index.html").as_uri(), "document.querySelector('table.data') !== null")
+    assert browser.evaluate("document.querySelector('h2').textContent") == "Reference runs"
+    listed = browser.evaluate("[...document.querySelector('table.data').querySelectorAll('a')].map(a => a.href)")
+    assert listed == [(run.run_dir / "report.html").as_uri() for run in runs]
+    for run in runs:
+        browser.open((run.run_dir / "report.html").as_uri(), PLOTS_DRAWN)
+        assert browser.evaluate("window.__errors.length") == 0, run.run_dir
+    assert browser.console_errors() == []
+    assert all(url.startswith(("file:", "data:", "about:")) for url in browser.requested_urls()), browser.requested_urls()

@@ -13,8 +13,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 import pytest
 
-from structbench.publish import index, publish
-from structbench.results import load_run
+from structbench.publish import index, publish, publish_reference
+from structbench.report.html import PLOTLY_FILE
+from structbench.results import REFERENCE, load_run
 from suites import SUITES, reports
 from tests.stored_runs import approx_run, fake_run, llama_compress_case, train_case
 
@@ -30,7 +31,7 @@ def _hrefs(page: str) -> list[str]:
 
 
 def _published(run_dir: Path) -> str:
-    publish([run_dir], run_dir.parent.parent)
+    publish([run_dir])
     return (run_dir / "report.html").read_text()
 
 
@@ -138,13 +139,39 @@ def test_reports_and_index_link_to_each_other(kernels_run: tuple[Path, Path], ll
     root = tmp_path / "results"
     for run_dir in (kernels_run[1], llama_quick):
         shutil.copytree(run_dir, root / run_dir.parent.name / run_dir.name, ignore=shutil.ignore_patterns(".lock"))
-    publish([p.parent for p in root.glob("*/*/run.json")], root)
+    publish([p.parent for p in root.glob("*/*/run.json")])
     for report in root.glob("*/*/report.html"):
         back = [h for h in _hrefs(report.read_text()) if h.endswith("index.html")]
         assert back and (report.parent / back[0]).resolve() == (root / "index.html").resolve()
     linked = {(root / h).resolve() for h in _hrefs((root / "index.html").read_text())}
     assert linked == {p.resolve() for p in root.glob("*/*/report.html")}
 
+
+
+def test_publish_rebuilds_the_reference_runs_index_and_published_tables_from_rows(
+        kernels_run: tuple[Path, Path], llama_quick: Path, tmp_path: Path) -> None:
+    """Reference runs under ``results/reference`` and a user's own run share one results root:
+    one plotly.js, one index listing the reference runs first; the docs' blocks are rewritten."""
+    results = tmp_path / "results"
+    reference = results / REFERENCE / "llama-compress" / llama_quick.name
+    shutil.copytree(llama_quick, reference, ignore=shutil.ignore_patterns(".lock", "*.html", "table.*"))
+    own = results / "kernels" / kernels_run[1].name
+    shutil.copytree(kernels_run[1], own, ignore=shutil.ignore_patterns(".lock"))
+    page = tmp_path / "README.md"
+    page.write_text("# toy\n<!-- results:llama-compress:headline -->\nstale\n<!-- /results -->\n")
+    assert publish_reference(results, docs_root=tmp_path) == [page]
+    text = page.read_text()
+    assert "stale" not in text and f"[{reference.name}](results/reference/llama-compress/{reference.name}/report.html)" in text
+    assert (reference / "table.md").is_file() and not (results / REFERENCE / PLOTLY_FILE).exists()
+    report = (reference / "report.html").read_text()
+    assert f"src='../../../{PLOTLY_FILE}'" in report and (results / PLOTLY_FILE).is_file()
+    back = [h for h in _hrefs(report) if h.endswith("index.html")]
+    assert back and (reference / back[0]).resolve() == (results / "index.html").resolve()
+    index_page = (results / "index.html").read_text()
+    assert re.findall(r"<h2>(.*?)</h2>", index_page) == ["Reference runs", "Your runs"]
+    links = _hrefs(index_page)
+    assert links == [f"reference/llama-compress/{reference.name}/report.html", f"kernels/{own.name}/report.html"]
+    assert publish_reference(results, docs_root=tmp_path) == []  # regenerating again changes nothing
 
 def test_index_shows_cases_reliability_and_families(kernels_run: tuple[Path, Path], llama_quick: Path,
                                                     tmp_path: Path) -> None:
