@@ -76,11 +76,17 @@ def render_block(block: Block, runs: dict[str, RunData], tables: Tables) -> str:
     rows = run.frame()
     ok = int((rows["status"] == "ok").sum()) if "status" in rows else 0
     env, commits = run.meta.get("env") or {}, run.meta.get("commits") or [run.meta.get("git") or {}]
-    made_at = ", ".join(sorted({(c.get("commit") or "no git")[:10] + ("+dirty" if c.get("dirty") else "")
-                                for c in commits}))
+    if "commit" in rows:  # the commits the rows were made at (a resume that added none adds no commit)
+        made_at = ", ".join(sorted(str(c)[:10] + ("+dirty" if str(c).endswith("+dirty") else "")
+                                   for c in rows["commit"].dropna().unique()))
+    else:
+        made_at = ", ".join(sorted({(c.get("commit") or "no git")[:10] + ("+dirty" if c.get("dirty") else "")
+                                    for c in commits}))
+    reliability = run.meta.get("reliability") or {}
+    verdict = f"; marked unreliable: {'; '.join(reliability['reasons'])}" if reliability.get("unreliable") else ""
     source = (f"From the reference run [{run.run_dir.name}]({link}) ({shown_status(run)}, {ok} of "
-              f"{run.meta.get('n_cases')} cases ok; commit {made_at}; {env.get('device_name')}, "
-              f"{env.get('threads')} threads).")
+              f"{run.meta.get('n_cases')} cases ok; rows made at commit {made_at}; {env.get('device_name')}, "
+              f"{env.get('threads')} threads{verdict}).")
     table = markdown(frame, run.meta.get("metrics")) if not frame.empty else "_No ok rows yet._"
     return f"{table}\n\n{source}\n"
 

@@ -52,13 +52,17 @@ def now() -> str:
 
 
 def git_info() -> dict[str, Any]:
+    """The commit and whether tracked code differs from it. ``results/`` is left out: it is
+    data, and publishing a run rewrites the committed ``results/index.html``, which must not
+    mark the next run dirty."""
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                                                     ":(exclude)results"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 

@@ -193,3 +193,23 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     while k > 1 and 1 - 2 * binom.cdf(k - 1, n, 0.5) < confidence:
         k -= 1
     return ordered[k - 1], ordered[n - k]
+
+
+def geomean_of_medians(ratios: Sequence[Sequence[float]], *, confidence: float = CONFIDENCE, resamples: int = 2000,
+                       seed: int = 0) -> Interval:
+    """The geometric mean over cases of each case's median ratio, with a seeded percentile
+    bootstrap interval that resamples each case's rounds (paired dense / family ratios) on its
+    own: the uncertainty of the timing, for this fixed set of cases. The cases are the
+    question (which shapes and token counts), not a sample of one, so they are not resampled."""
+    if not ratios or any(len(r) < 2 for r in ratios):
+        raise ValueError("geomean_of_medians needs at least one case and two rounds per case")
+    rng = np.random.default_rng(seed)
+    logs = np.zeros(resamples)
+    for case in ratios:
+        values = np.asarray(case, dtype=np.float64)
+        drawn = values[rng.integers(0, len(values), size=(resamples, len(values)))]
+        logs += np.log(np.median(drawn, axis=1))
+    estimate = math.exp(sum(math.log(statistics.median(case)) for case in ratios) / len(ratios))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.exp(np.percentile(logs / len(ratios), [tail, 100 - tail]))
+    return Interval(estimate, float(low), float(high))

@@ -87,3 +87,24 @@ def test_a_run_resumed_at_another_commit_records_what_changed_under_the_result_c
     again = RunWriter(tmp_path / "run", meta)  # the same commit again: nothing new recorded
     again.close()
     assert len(meta["commits"]) == 2
+
+
+def test_a_published_index_does_not_mark_the_next_run_dirty_but_changed_code_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from structbench import results
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "index.html").write_text("<p>reference runs</p>")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "start")
+    monkeypatch.setattr(results, "PROJECT_ROOT", tmp_path)
+    (tmp_path / "results" / "index.html").write_text("<p>reference runs and yours</p>")  # what publishing does
+    assert results.git_info()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_info()["dirty"] is True

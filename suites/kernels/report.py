@@ -10,7 +10,7 @@ from structbench.report.html import Section
 from structbench.report.plots import family_rank, heatmap, lines_by_family, scatter_by_family
 from structbench.report.tables import geomean
 from structbench.results import RunData
-from structbench.stats import quartiles
+from structbench.stats import geomean_of_medians, quartiles
 
 SUMMARY = ["family", "shape", "rho", "rho_actual", "tokens", "mode", "median_s", "iqr_s", "runs", "dense_median_s",
            "speedup", "ideal_speedup", "efficiency", "products_efficiency", "products_share", "gflops", "macs", "macs_fvcore", "macs_agree", "param_bytes", "peak_mem_bytes", "noisy"]
@@ -53,6 +53,12 @@ def family_table(ok: pd.DataFrame) -> pd.DataFrame:
     table = groups.agg(cases=("speedup", "size"), rho_actual=("rho_actual", "mean")).reset_index()
     for col in ("speedup", "ideal_speedup", "efficiency"):
         table[f"geomean_{col}"] = groups[col].apply(geomean).to_numpy()
+    if "samples_s" in ok:  # the rounds each speedup is the median of
+        intervals = [geomean_of_medians([[d / f for d, f in zip(dense, fam)]
+                                         for dense, fam in zip(part["dense_samples_s"], part["samples_s"])])
+                     for _, part in groups]
+        table["geomean_speedup_low"] = [i.low for i in intervals]
+        table["geomean_speedup_high"] = [i.high for i in intervals]
     table["min_efficiency"] = groups["efficiency"].min().to_numpy()
     if "products_efficiency" in ok:  # CPU eager rows only; a mean over the rows that have it
         table["geomean_products_efficiency"] = groups["products_efficiency"].apply(lambda v: geomean(v.dropna())).to_numpy()
@@ -177,7 +183,8 @@ def summary(run: RunData) -> pd.DataFrame:
     frame = run.frame()
     ok = frame[frame["status"] == "ok"]
     table = family_table(ok) if not ok.empty else pd.DataFrame()
-    return table[[c for c in ("family", "rho", "mode", "cases", "geomean_speedup", "geomean_efficiency", "noisy_cases")
+    return table[[c for c in ("family", "rho", "mode", "cases", "geomean_speedup", "geomean_speedup_low",
+                              "geomean_speedup_high", "geomean_efficiency", "noisy_cases")
                   if c in table]]
 
 
