@@ -189,3 +189,16 @@ def test_index_shows_cases_reliability_and_families(kernels_run: tuple[Path, Pat
     assert "dense, lowrank, blockdiag" in cells  # the kernels run's families, in plot order
     families = load_run(llama_quick).frame()["family"]
     assert any(c.startswith("dense, ") and all(f in c for f in families) for c in cells)
+
+
+def test_training_tables_show_the_mean_and_sd_over_seeds(tmp_path: Path) -> None:
+    from suites.train_lm.report import summary
+
+    run_dir = fake_run(tmp_path / "results", "train-lm", train_case, quick=False, families=["lowrank"])
+    table = summary(load_run(run_dir)).set_index("family")
+    one = train_case({"family": "lowrank", "rho": 0.25}, None)[0]["val_ppl"]  # seed 0's score
+    assert table.loc["lowrank", "val_ppl @0.25"] == pytest.approx(one + 0.05)  # seeds 0, 1, 2 add 0, .05, .1
+    assert table.loc["lowrank", "val_ppl_sd @0.25"] == pytest.approx(0.05)
+    assert table.loc["lowrank", "seeds"] == "3" and table.loc["dense", "seeds"] == "3"
+    page = _published(run_dir)
+    assert "mean over its 3 training seeds" in page and "val_ppl_sd" in page

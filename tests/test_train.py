@@ -254,3 +254,20 @@ def test_lm_quick_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     _check_run(run_dir, "val_ppl")
     ok = [r for r in load_run(run_dir).rows if r["status"] == "ok"]
     assert all(r["val_ppl"] < 256 for r in ok)  # better than a uniform guess over bytes
+
+
+def test_seeds_are_cases_that_train_differently_on_the_same_data(tmp_path: Path) -> None:
+    make_fashion_mnist(tmp_path / "fmnist")
+    config = tmp_path / "seeds.yaml"
+    config.write_text(json.dumps({"include": str(SUITES.get("train-vision").config_path),
+                                  "data": {"root": str(tmp_path / "fmnist")}}))
+    out = tmp_path / "results"
+    assert main(["--suite", "train-vision", "--quick", "--config", str(config), "--families", "lowrank",
+                 "--set", "seeds=[0, 1]", "--out", str(out), "--threads", "1"]) == 0
+    (run_dir,) = (out / "train-vision").iterdir()
+    rows = {(r["family"], r["seed"]): r for r in load_run(run_dir).rows}
+    assert set(rows) == {("dense", 0), ("lowrank", 0), ("dense", 1), ("lowrank", 1)}
+    for family in ("dense", "lowrank"):
+        first, second = rows[(family, 0)], rows[(family, 1)]
+        assert first["curves"]["train_loss"] != second["curves"]["train_loss"]  # init and order follow the seed
+        assert first["macs"] == second["macs"] and first["params"] == second["params"]

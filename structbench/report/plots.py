@@ -65,12 +65,22 @@ def lines_by_family(
     return _axes(fig, title, x_title, y_title, log_x, log_y)
 
 
+def _error_bars(part: pd.DataFrame, value: str, band: tuple[str, str] | None) -> dict | None:
+    """Plotly error bars from the interval columns ``band = (low, high)`` around ``value``."""
+    if band is None:
+        return None
+    return {"type": "data", "symmetric": False, "array": (part[band[1]] - part[value]).tolist(),
+            "arrayminus": (part[value] - part[band[0]]).tolist(), "thickness": 1.2}
+
+
 def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_title: str,
                       text: str | None = None, log_x: bool = False, log_y: bool = False, pareto: bool = False,
-                      higher_is_better: bool = True, hollow: str | None = None) -> go.Figure:
+                      higher_is_better: bool = True, hollow: str | None = None,
+                      x_band: tuple[str, str] | None = None, y_band: tuple[str, str] | None = None) -> go.Figure:
     """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn;
     the rows where the boolean column ``hollow`` holds are drawn as open markers (a flagged
-    measurement: noisy, say)."""
+    measurement: noisy, say); ``x_band`` / ``y_band`` name (low, high) columns drawn as error
+    bars."""
     fig = go.Figure()
     for family, part in frame.groupby("family", sort=False):
         color = family_color(str(family))
@@ -78,7 +88,8 @@ def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, x_titl
         if hollow is not None:
             marker["symbol"] = ["circle-open" if pd.notna(flag) and bool(flag) else "circle" for flag in part[hollow]]
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(family), marker=marker,
-                                 text=part[text] if text else None, legendgroup=str(family)))
+                                 text=part[text] if text else None, legendgroup=str(family),
+                                 error_x=_error_bars(part, x, x_band), error_y=_error_bars(part, y, y_band)))
         if pareto:
             front = pareto_front(part, x, y, higher_is_better)
             fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line={"color": color, "dash": "dash"},

@@ -1,9 +1,11 @@
 """What train-vision and train-lm share: config checks, cases, and running one case.
 
 A suite supplies a ``Task`` (how to build its model, feed it, score it); everything else is
-here, so both suites train, count and report identically. One case is one (family, rho)
-training run; the dense reference is the case ``(dense, 1.0)``. ``--resume`` therefore loses
-at most the training run in progress.
+here, so both suites train, count and report identically. One case is one (family, rho,
+seed) training run; the dense reference is ``(dense, 1.0, seed)``. A case's seed sets its
+initial weights, data order and augmentation, so the spread over ``seeds`` is the
+training's own variance; the data (train-vision's image subset) follows the run's ``--seed``
+and is the same for every seed. ``--resume`` loses at most the training run in progress.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from structbench.capacity import check_fits
-from structbench.config import betas, check_keys, fraction, positive_int, positive_number, section
+from structbench.config import betas, check_keys, fraction, number_list, positive_int, positive_number, section
 from structbench.errors import NotApplicable, StructbenchError
 from structbench.families import resolve_families
 from structbench.suite import Metric, RunContext, Schema, Suite
@@ -59,7 +61,7 @@ class Prepared:
     evaluate: Callable[[nn.Module], dict[str, float]]
 
 
-TOP_KEYS = {"families", "rhos", "layers", "model", "recipe", "data"}
+TOP_KEYS = {"families", "rhos", "seeds", "layers", "model", "recipe", "data"}
 
 
 def validate(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -73,7 +75,9 @@ def validate(task: Task, config: dict[str, Any], where: str) -> dict[str, Any]:
         raise StructbenchError(f"{where}.rhos must be a non-empty list of numbers in (0, 1), got {rhos!r}")
     if config.get("layers") not in task.layers:
         raise StructbenchError(f"{where}.layers must be one of {sorted(task.layers)}, got {config.get('layers')!r}")
-    resolved: dict[str, Any] = {"families": families, "rhos": [float(r) for r in rhos], "layers": config["layers"]}
+    seeds = number_list(f"{where}.seeds", config.get("seeds", [0]), integer=True, low=-1)
+    resolved: dict[str, Any] = {"families": families, "rhos": [float(r) for r in rhos], "seeds": seeds,
+                                "layers": config["layers"]}
     for name, spec in (("model", task.model), ("recipe", task.recipe), ("data", task.data)):
         given = section(f"{where}.{name}", config.get(name), spec)
         resolved[name] = {key: check(f"{where}.{name}.{key}", given[key]) for key, check in spec.items()}
@@ -102,10 +106,11 @@ def _check_size(task: Task, cfg: dict[str, Any], where: str) -> None:
 
 
 def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The dense reference first, then every family at every rho."""
-    return [{"family": "dense", "rho": 1.0}] + [
-        {"family": f, "rho": rho} for f in config["families"] if f != "dense" for rho in config["rhos"]
-    ]
+    """Seed by seed (a run cut short still has whole tables for its first seeds): the dense
+    reference first, then every family at every rho."""
+    return [case for seed in config["seeds"] for case in
+            [{"family": "dense", "rho": 1.0, "seed": seed}] +
+            [{"family": f, "rho": rho, "seed": seed} for f in config["families"] if f != "dense" for rho in config["rhos"]]]
 
 
 def _layer_hparams(hparams: dict[str, dict[str, Any]]) -> str:
@@ -120,20 +125,21 @@ def _layer_hparams(hparams: dict[str, dict[str, Any]]) -> str:
 
 
 def run_case(task: Task, case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
-    """Build, structure, train and score one (family, rho) model; one result row."""
+    """Build, structure, train and score one (family, rho, seed) model; one result row."""
     if ctx.dtype != "float32":
         raise NotApplicable(f"{task.name} trains in float32 only, not --dtype {ctx.dtype}")
     cfg = ctx.config
     include = task.layers[cfg["layers"]]
-    torch.manual_seed(ctx.seed)
+    seed = case["seed"]
+    torch.manual_seed(seed)
     dense_model = task.build(cfg)
     dense_macs = model_macs(dense_model, task.example(cfg))
-    torch.manual_seed(ctx.seed)  # same initial embeddings, norms and head for every family
+    torch.manual_seed(seed)  # same initial embeddings, norms and head for every family
     model = task.build(cfg)
     structure = structure_(model, case["family"], case["rho"], include)
     prepared = task.prepare(cfg, ctx)
-    gen = torch.Generator().manual_seed(ctx.seed)  # data order and augmentation: seed only
-    ctx.log(f"{task.name}: {case['family']} rho={case['rho']}: {structure.layers} layers at "
+    gen = torch.Generator().manual_seed(seed)  # data order and augmentation: seed only
+    ctx.log(f"{task.name}: {case['family']} rho={case['rho']} seed {seed}: {structure.layers} layers at "
             f"rho_actual {structure.budget.rho_actual:.3f}, macs_ratio {structure.budget.macs_ratio:.3f}, "
             f"{prepared.recipe.steps} steps")
     history = train(model.to(ctx.device), prepared.recipe, prepared.batches(gen), task.loss, prepared.evaluate,
@@ -180,7 +186,7 @@ def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[
         validate=lambda config, where=task.name: validate(task, config, where),
         expand=expand,
         run_case=lambda case, ctx: run_case(task, case, ctx),
-        schema=Schema(case_keys=("family", "rho"), headline=headline, hidden=("curves",)),
+        schema=Schema(case_keys=("family", "rho", "seed"), headline=headline, hidden=("curves",)),
         metrics={**shared_metrics(), **metrics},
         inputs=task.inputs,
     )

@@ -3,7 +3,7 @@ linears replaced by each family at several parameter budgets; test accuracy agai
 model's MACs relative to dense.
 
 One recipe (AdamW, warmup + cosine, epochs, shift-and-flip augmentation, seed) for every
-family; one case = one (family, rho) training run (``structbench.train.task``).
+family; one case = one (family, rho, seed) training run (``structbench.train.task``).
 """
 from __future__ import annotations
 
