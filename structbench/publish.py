@@ -18,12 +18,14 @@ import pandas as pd
 
 from structbench import regenerate
 from structbench.errors import StructbenchError
+from structbench.estimate import duration
 from structbench.report.html import (PLOTLY_FILE, Link, Section, cases_done, ensure_plotly, families_run,
                                      reliability_text, render_page, run_header)
 from structbench.report.tables import markdown, write_tables
 from structbench.results import (PROJECT_ROOT, REFERENCE, ROWS_FILE, RunData, described, list_runs, load_run,
                                  results_root, shown_status)
 from suites import reports, subtitles, summaries, tables
+from suites.which_structure import PAGE as WHICH_STRUCTURE, write_page
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -86,7 +88,9 @@ def index(root: str | Path) -> Path:
         sections.append(Section("Your runs", "Every run stored here, newest first.", tables=[_run_rows(own, root)]))
     if not own:
         sections.append(Section("No runs of yours yet", "Try: python bench.py --suite kernels --quick"))
-    page = render_page("structbench results", "", sections, None)
+    header = (f"<p class='nav'><a href='{WHICH_STRUCTURE}'>Which structure? Every family across the reference "
+              "runs</a></p>" if (root / WHICH_STRUCTURE).is_file() else "")
+    page = render_page("structbench results", header, sections, None)
     out = root / "index.html"
     out.write_text(page)
     return out
@@ -107,6 +111,10 @@ def summary(run: RunData) -> str:
     if "noisy" in frame:
         parts.append(f"{int(frame['noisy'].fillna(False).astype(bool).sum())} noisy")
     lines = [f"{run.suite}: {len(frame)} rows: {', '.join(parts)}"]
+    estimates, took = run.meta.get("estimates") or [], run.meta.get("session_s")
+    if estimates and took is not None:
+        said = "; ".join(f"after {e['cases_run']} of {e['of']} cases {duration(e['total_s'])}" for e in estimates)
+        lines.append(f"  this session took {duration(took)}; its estimated total was {said}")
     bad = frame[frame["status"] != "ok"]
     for (status, reason), group in bad.groupby(["status", bad["reason"].fillna("(no reason)")], sort=False):
         lines.append(f"  {status} x{len(group)}: {reason}")
@@ -139,8 +147,10 @@ def publish(run_dirs: Iterable[str | Path]) -> None:
 
 def publish_reference(results: Path, docs_root: Path = PROJECT_ROOT) -> list[Path]:
     """Every derived artefact of the reference runs, from their stored rows alone: each run's
-    tables and report, the index, and every table published in the README and docs/
-    (``structbench.regenerate``). Returns the markdown files whose tables changed."""
+    tables and report, the "which structure" page across them, the index, and every table
+    published in the README and docs/ (``structbench.regenerate``). Returns the markdown files
+    whose tables changed."""
     publish(run.run_dir for run in list_runs(results / REFERENCE, warn=_warn))
+    write_page(results)
     index(results)
     return regenerate.rewrite(results, tables(), docs_root)

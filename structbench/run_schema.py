@@ -100,7 +100,7 @@ RUN = mapping({
     "schema_version": choice(1, 2),
     "suite": mapping({"name": TEXT, "version": TEXT, "description": TEXT}, required=("name", "version")),
     "schema": nullable(mapping({"case_keys": WORDS, "headline": WORDS, "hidden": WORDS, "compare_on": WORDS,
-                                "shard_keys": WORDS, "samples": mapping(values=TEXT)})),
+                                "shard_keys": WORDS, "cost_keys": WORDS, "samples": mapping(values=TEXT)})),
     "config": mapping(),
     "cli": mapping({"device": TEXT, "dtype": TEXT, "threads": integer(1), "quick": BOOLEAN, "seed": typed("an integer", int),
                     "retry_noisy": integer(0), "shard": nullable(list_of(integer(0))), "families": WHEN,

@@ -7,12 +7,14 @@ configuration does not cost hours of finished measurements; Ctrl-C marks the run
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from tqdm import tqdm
 
 from structbench.cases import run_one
+from structbench.estimate import Estimate, duration
 from structbench.results import RunWriter, now
 from structbench.suite import RunContext, Suite, case_key, shard_of
 
@@ -70,6 +72,9 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
     todo = [c for c in cases if case_key(c) not in done]
     writer.meta["n_cases"] = len(cases)
     _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
+    estimate, started = Estimate(todo, suite.schema.cost_keys), time.monotonic()
+    checkpoints = sorted({max(1, round(share * len(todo))) for share in CHECKPOINTS}) if todo else []
+    writer.meta["estimates"] = []
     # A terminal gets the bar; a log file or pipe gets one line per finished case instead.
     tty = sys.stderr.isatty()
     with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True,
@@ -79,22 +84,32 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
 
         def finished(group: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
             nonlocal count
+            for case in group:
+                mine = [r for r in rows if r["case_key"] == case_key(case)]
+                estimate.finished(case, float(mine[0].get("case_seconds") or 0.0) if mine else 0.0)
             writer.append(rows)  # the driver is the only writer, whoever ran the case
             bar.update(len(group))
             for case in group:
                 count += 1
+                ran = count - (len(cases) - len(todo))
                 if not tty:
                     mine = [r for r in rows if r["case_key"] == case_key(case)]
                     statuses = ", ".join(sorted({str(r["status"]) for r in mine}))
                     seconds = mine[0]["case_seconds"] if mine else 0.0
-                    _log(f"[{count}/{len(cases)}] {_label(suite, case)}: {statuses} ({seconds:.1f} s)")
+                    _log(f"[{count}/{len(cases)}] {_label(suite, case)}: {statuses} ({seconds:.1f} s; "
+                         f"{duration(time.monotonic() - started)} so far, {estimate.text()})")
+                if ran in checkpoints and ran < len(todo):
+                    _checkpoint(writer, estimate, ran, len(todo), time.monotonic() - started)
 
-        if executor is None:
-            for case in todo:
-                bar.set_postfix_str(_label(suite, case)[:60])
-                finished([case], run_one(suite, case, ctx))
-        else:
-            executor.run(suite, ctx, groups(suite, todo), writer.rows, finished)
+        try:
+            if executor is None:
+                for case in todo:
+                    bar.set_postfix_str(" | ".join(filter(None, [_label(suite, case)[:60], estimate.text()])))
+                    finished([case], run_one(suite, case, ctx))
+            else:
+                executor.run(suite, ctx, groups(suite, todo), writer.rows, finished)
+        finally:  # what the estimates are set against at the end
+            writer.meta["session_s"] = round(time.monotonic() - started, 1)
 
 
 def _note_executor(writer: RunWriter, used: dict[str, Any]) -> None:
@@ -106,8 +121,38 @@ def _note_executor(writer: RunWriter, used: dict[str, Any]) -> None:
     writer.meta["executor"] = used
 
 
+CHECKPOINTS = (0.1, 0.5)
+"""Shares of a session's cases after which the estimated total is printed and stored."""
+
+
+def _checkpoint(writer: RunWriter, estimate: Estimate, ran: int, todo: int, elapsed: float) -> None:
+    """The estimated total at this point, printed and kept in ``run.json`` (``estimates``), so
+    the end of the run can set it against the measured time."""
+    found = estimate.remaining()
+    if found is None:
+        return
+    left, unseen = found
+    writer.meta["estimates"].append({"cases_run": ran, "of": todo, "elapsed_s": round(elapsed, 1),
+                                     "total_s": round(elapsed + left, 1), "unseen": unseen})
+    _log(f"{ran} of {todo} cases run in {duration(elapsed)}: estimated total {duration(elapsed + left)} "
+         f"({estimate.text()})")
+
+
 def _label(suite: Suite, case: dict[str, Any]) -> str:
-    return " ".join(str(case[k]) for k in suite.schema.case_keys if k in case)
+    """The case's fields by name where a bare value would not say what it is: ``blast
+    rho=0.8 calibrated retrained``; a false flag and a missing field are left out."""
+    words = []
+    for key in suite.schema.case_keys:
+        value = case.get(key)
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(key)
+        elif isinstance(value, (int, float)) and key != "family":
+            words.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+        else:
+            words.append(str(value))
+    return " ".join(words)
 
 
 def groups(suite: Suite, cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -213,3 +213,26 @@ def geomean_of_medians(ratios: Sequence[Sequence[float]], *, confidence: float =
     tail = (1 - confidence) / 2 * 100
     low, high = np.exp(np.percentile(logs / len(ratios), [tail, 100 - tail]))
     return Interval(estimate, float(low), float(high))
+
+
+def weighted_median_ratio(cases: Sequence[tuple[float, Sequence[float], Sequence[float]]], *,
+                          confidence: float = CONFIDENCE, resamples: int = 2000, seed: int = 0) -> Interval:
+    """``sum(w * median(a)) / sum(w * median(b))`` over cases ``(w, a, b)`` whose samples ``a``
+    and ``b`` were taken in paired rounds (``a[i]`` beside ``b[i]``), with a seeded percentile
+    bootstrap that resamples each case's rounds on its own, pairs kept: e.g. a model's time in
+    a family's linears over its time in dense ones, each shape weighted by how often the model
+    has it."""
+    if not cases or any(len(a) != len(b) or len(a) < 2 for _, a, b in cases):
+        raise ValueError("weighted_median_ratio needs cases of two or more paired rounds")
+    rng = np.random.default_rng(seed)
+    top, bottom = np.zeros(resamples), np.zeros(resamples)
+    for weight, a, b in cases:
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        drawn = rng.integers(0, len(a), size=(resamples, len(a)))
+        top += weight * np.median(a[drawn], axis=1)
+        bottom += weight * np.median(b[drawn], axis=1)
+    estimate = (sum(w * statistics.median(a) for w, a, _ in cases)
+                / sum(w * statistics.median(b) for w, _, b in cases))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(top / bottom, [tail, 100 - tail])
+    return Interval(estimate, float(low), float(high))

@@ -47,6 +47,9 @@ class Schema:
     shard_keys: tuple[str, ...] = ()
     """Case fields that keep cases together in one ``--shard`` (cases that read earlier ones'
     rows, like approx's GD sweep); empty: every case is placed on its own."""
+    cost_keys: tuple[str, ...] = ()
+    """Case fields that decide how long a case takes (its family, whether it re-trains):
+    ``structbench.estimate`` prices the cases left by the finished ones alike in them."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -216,7 +216,7 @@ def test_runner_shows_progress_and_records_a_crashing_case(stub_run: Any, capsys
     run_suite(suite, writer, ctx)
     err = capsys.readouterr().err
     # not a terminal (pytest captures stderr): one line per finished case, no bar
-    assert "[2/3] 1: error" in err and "[3/3] 2: ok" in err and "\r" not in err
+    assert "[2/3] i=1: error" in err and "[3/3] i=2: ok" in err and "\r" not in err
     run = load_run(writer.run_dir)
     assert [r["status"] for r in run.rows] == ["ok", "error", "ok"] and run.meta["status"] == "complete"
     assert run.rows[1]["reason"] == "RuntimeError: kernel exploded"

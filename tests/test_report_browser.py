@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Any
 
 import pytest
@@ -268,5 +269,26 @@ def test_the_committed_index_shows_every_reference_run_and_their_reports_draw_of
     for run in runs:
         browser.open((run.run_dir / "report.html").as_uri(), PLOTS_DRAWN)
         assert browser.evaluate("window.__errors.length") == 0, run.run_dir
+    _which_structure_draws_every_family_and_a_click_opens_a_report(browser, results)
     assert browser.console_errors() == []
     assert all(url.startswith(("file:", "data:", "about:")) for url in browser.requested_urls()), browser.requested_urls()
+
+
+def _which_structure_draws_every_family_and_a_click_opens_a_report(browser: DevTools, results: Path) -> None:
+    from structbench.families import list_families
+
+    browser.open((results / "which-structure.html").as_uri(), PLOTS_DRAWN)
+    assert browser.evaluate("window.__errors.length") == 0
+    coverage = browser.evaluate("""[...document.querySelectorAll('h2')].find(h => h.textContent === 'Coverage')
+        .nextElementSibling.nextElementSibling.querySelectorAll('tbody tr td:first-child')""" + ".length")
+    assert coverage == len(list_families())
+    target = browser.evaluate("""(() => { for (const d of document.querySelectorAll('.plotly-graph-div'))
+        for (const t of d.data) if (t.customdata && t.customdata.length) {
+            d.emit('plotly_click', {points: [{customdata: t.customdata[0]}]}); return t.customdata[0]; }
+        return null; })()""")
+    if target is not None:  # a figure with links: the click went to the run's report
+        expected = (results / unquote(target)).resolve().as_uri()
+        deadline = time.monotonic() + 30
+        while browser.evaluate("document.readyState === 'complete' && document.location.href") != expected:
+            assert time.monotonic() < deadline, f"a click on a point did not open {expected}"
+            time.sleep(0.2)

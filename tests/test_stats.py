@@ -136,3 +136,19 @@ def test_geomean_of_medians_covers_the_true_geomean_about_95_percent_of_the_time
         half_widths.append(math.log(got.high / got.low) / 2)
     assert hits / 200 >= 0.9  # a median's bootstrap is discrete and errs wide, never narrow
     assert np.mean(half_widths) < 1.5 * normal_half_width  # ... but not uselessly wide
+
+
+def test_weighted_median_ratio_weights_each_case_and_covers_the_truth() -> None:
+    exact = stats.weighted_median_ratio([(2, [3.0] * 5, [1.0] * 5), (1, [1.0] * 5, [2.0] * 5)])
+    assert exact.estimate == pytest.approx((2 * 3 + 1) / (2 * 1 + 2)) and exact.low == exact.high == pytest.approx(7 / 4)
+    with pytest.raises(ValueError):
+        stats.weighted_median_ratio([(1, [1.0, 2.0], [1.0])])
+    rng = np.random.default_rng(2)
+    truth = (2 * 3.0 + 1 * 0.5) / (2 * 1.0 + 1 * 1.0)
+    hits = 0
+    for trial in range(200):
+        cases = [(2, 3.0 * np.exp(rng.normal(0, 0.2, 20)), np.exp(rng.normal(0, 0.2, 20))),
+                 (1, 0.5 * np.exp(rng.normal(0, 0.2, 20)), np.exp(rng.normal(0, 0.2, 20)))]
+        got = stats.weighted_median_ratio(cases, seed=trial)
+        hits += got.low <= truth <= got.high
+    assert hits / 200 >= 0.9

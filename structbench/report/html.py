@@ -105,6 +105,12 @@ def _plain_text(value: Any) -> Any:
     return value
 
 
+CLICK_JS = ("gd=>gd.on('plotly_click',e=>{const h=e.points[0].customdata;"
+            "if(typeof h==='string'&&/^[^:]*[.]html$/.test(h))window.location.href=h;})")
+"""A click on a point whose ``customdata`` is a relative ``.html`` address opens it (no
+scheme: a stored string can never send the reader off-site or run a ``javascript:`` URL)."""
+
+
 def figure_html(fig: go.Figure, div_id: str) -> str:
     """The figure's div and the script that draws it once plotly.js is there (a page opened
     without it shows ``MISSING_PLOTLY``'s note instead of failing)."""
@@ -112,7 +118,7 @@ def figure_html(fig: go.Figure, div_id: str) -> str:
     spec["config"] = {"displaylogo": False, "responsive": True}
     height = int(spec.get("layout", {}).get("height") or 450)
     return (f"<div id='{div_id}' class='plotly-graph-div' style='height:{height}px;width:100%'></div>"
-            f"<script>if(window.Plotly)Plotly.newPlot('{div_id}',{script_json(spec)});</script>")
+            f"<script>if(window.Plotly)Plotly.newPlot('{div_id}',{script_json(spec)}).then({CLICK_JS});</script>")
 
 
 def plotly_missing_note(plotly_src: str) -> str:

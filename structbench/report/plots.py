@@ -76,11 +76,13 @@ def _error_bars(part: pd.DataFrame, value: str, band: tuple[str, str] | None) ->
 def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_title: str,
                       text: str | None = None, log_x: bool = False, log_y: bool = False, pareto: bool = False,
                       higher_is_better: bool = True, hollow: str | None = None,
-                      x_band: tuple[str, str] | None = None, y_band: tuple[str, str] | None = None) -> go.Figure:
-    """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn;
-    the rows where the boolean column ``hollow`` holds are drawn as open markers (a flagged
-    measurement: noisy, say); ``x_band`` / ``y_band`` name (low, high) columns drawn as error
-    bars."""
+                      x_band: tuple[str, str] | None = None, y_band: tuple[str, str] | None = None,
+                      link: str | None = None, overall_front: bool = False) -> go.Figure:
+    """Points per family; with ``pareto`` each family's front (lower x, better y) is drawn,
+    with ``overall_front`` the front over every family's points; the rows where the boolean
+    column ``hollow`` holds are drawn as open markers (a flagged measurement: noisy, say);
+    ``x_band`` / ``y_band`` name (low, high) columns drawn as error bars; a click on a point
+    opens the relative address in the column ``link`` (``structbench.report.html``)."""
     fig = go.Figure()
     for family, part in frame.groupby("family", sort=False):
         color = family_color(str(family))
@@ -89,11 +91,16 @@ def scatter_by_family(frame: pd.DataFrame, x: str, y: str, *, title: str, x_titl
             marker["symbol"] = ["circle-open" if pd.notna(flag) and bool(flag) else "circle" for flag in part[hollow]]
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(family), marker=marker,
                                  text=part[text] if text else None, legendgroup=str(family),
+                                 customdata=part[link] if link else None,
                                  error_x=_error_bars(part, x, x_band), error_y=_error_bars(part, y, y_band)))
         if pareto:
             front = pareto_front(part, x, y, higher_is_better)
             fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line={"color": color, "dash": "dash"},
                                      showlegend=False, legendgroup=str(family)))
+    if overall_front and not frame.empty:
+        front = pareto_front(frame, x, y, higher_is_better)
+        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front, all families",
+                                 line={"color": "black", "width": 1.5}))
     return _axes(fig, title, x_title, y_title, log_x, log_y)
 
 

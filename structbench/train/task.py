@@ -186,7 +186,8 @@ def make_suite(task: Task, *, description: str, config_path: Any, metrics: dict[
         validate=lambda config, where=task.name: validate(task, config, where),
         expand=expand,
         run_case=lambda case, ctx: run_case(task, case, ctx),
-        schema=Schema(case_keys=("family", "rho", "seed"), headline=headline, hidden=("curves",)),
+        schema=Schema(case_keys=("family", "rho", "seed"), headline=headline, hidden=("curves",),
+                      cost_keys=("family",)),
         metrics={**shared_metrics(), **metrics},
         inputs=task.inputs,
     )

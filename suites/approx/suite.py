@@ -424,7 +424,8 @@ SUITE = Suite(
     inputs=inputs,
     schema=Schema(case_keys=("experiment", "source", "matrix", "layer", "family", "rho", "objective", "method"),
                   headline=("rel_error", "weighted_error", "seconds"), hidden=("iterations", "errors"),
-                  shard_keys=("source", "matrix", "layer")),  # a GD sweep stays with the cases reading it
+                  shard_keys=("source", "matrix", "layer"),  # a GD sweep stays with the cases reading it
+                  cost_keys=("experiment", "source", "family", "objective")),
     metrics={
         "rel_error": Metric("", higher_is_better=False, description="||W - What||_F / ||W||_F"),
         "weighted_error": Metric("", higher_is_better=False, description="||(W - What) X||_F / ||W X||_F on the "

@@ -286,6 +286,7 @@ SUITE = Suite(
         hidden=("samples_s", "dense_samples_s", "unsupported_ops", "min_run_time", "rounds", "precision", "max_time"),
         samples={"median_s": "samples_s"},
         compare_on=("family", "shape", "out_features", "in_features", "rho", "tokens", "mode", "dtype"),
+        cost_keys=("family", "shape", "tokens", "mode"),
     ),
     metrics={
         "median_s": Metric("s", False, "median forward latency"),

