@@ -188,6 +188,54 @@ def summary(run: RunData) -> pd.DataFrame:
                   if c in table]]
 
 
+EFFICIENCY_CELLS = {"rho": 0.5, "shapes": ("square-1024", "square-4096"), "tokens": (16, 128, 512)}
+FLOOR_CELL = {"rho": 0.5, "shape": "smollm2-q", "tokens": 1}
+
+
+def _eager_ok(run: RunData) -> pd.DataFrame:
+    frame = run.frame()
+    if frame.empty or "status" not in frame:
+        return frame
+    return frame[(frame["status"] == "ok") & (frame["mode"] == "eager")]
+
+
+def _ranked(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(_rank=frame["family"].map(lambda f: family_rank(f)[0])).sort_values("_rank").drop(columns="_rank")
+
+
+def efficiency_cells(run: RunData) -> pd.DataFrame:
+    """Efficiency (speedup / ideal speedup) with its 95 % interval (the speedup's, over the
+    fixed ideal) per family at rho 0.5 (dense: the control) on the two square shapes at 16, 128
+    and 512 tokens, eager."""
+    ok = _eager_ok(run)
+    if ok.empty:
+        return pd.DataFrame()
+    cells = ok[ok["shape"].isin(EFFICIENCY_CELLS["shapes"]) & ok["tokens"].isin(EFFICIENCY_CELLS["tokens"])
+               & ((ok["rho"] == EFFICIENCY_CELLS["rho"]) | (ok["family"] == "dense"))]
+    lines: dict[str, dict[str, str]] = {}
+    for row in _ranked(cells).to_dict("records"):
+        ideal = row["ideal_speedup"]
+        lines.setdefault(row["family"], {"family": row["family"]})[f"{row['shape']} @{row['tokens']}"] = (
+            f"{row['efficiency']:.3g} [{row['speedup_low'] / ideal:.3g}, {row['speedup_high'] / ideal:.3g}]")
+    columns = [f"{shape} @{tokens}" for shape in EFFICIENCY_CELLS["shapes"] for tokens in EFFICIENCY_CELLS["tokens"]]
+    return pd.DataFrame(list(lines.values())).reindex(columns=["family", *columns])
+
+
+def floor_cells(run: RunData) -> pd.DataFrame:
+    """One token through SmolLM2's 576x576 at rho 0.5, eager: each family's median latency
+    against ``nn.Linear``'s, and the speedup with its 95 % interval: what a forward costs when
+    there is almost no work."""
+    ok = _eager_ok(run)
+    if ok.empty:
+        return pd.DataFrame()
+    cell = ok[(ok["shape"] == FLOOR_CELL["shape"]) & (ok["tokens"] == FLOOR_CELL["tokens"])
+              & ((ok["rho"] == FLOOR_CELL["rho"]) | (ok["family"] == "dense"))]
+    return pd.DataFrame([{"family": r["family"], "median_us": 1e6 * r["median_s"],
+                          "dense_median_us": 1e6 * r["dense_median_s"], "speedup": r["speedup"],
+                          "speedup_low": r["speedup_low"], "speedup_high": r["speedup_high"]}
+                         for r in _ranked(cell).to_dict("records")])
+
+
 REPORTS = {"kernels": kernels_report}
 SUMMARIES = {"kernels": summary}
-TABLES = {"kernels": {"headline": summary}}
+TABLES = {"kernels": {"headline": summary, "efficiency": efficiency_cells, "floor": floor_cells}}
