@@ -13,8 +13,9 @@ RUNNER_COLUMNS = ("case_key",)  # the runner's resume bookkeeping, meaningless t
 
 
 def _cell(value: Any) -> Any:
+    """A shown cell: floats to 4 significant digits, a missing value (NaN, None) empty."""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "" if math.isnan(value) else f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return value
@@ -50,7 +51,8 @@ def display_frame(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None
 
 
 def markdown(frame: pd.DataFrame, metrics: dict[str, dict[str, Any]] | None = None, hidden: Iterable[str] = ()) -> str:
-    return display_frame(frame, metrics, hidden).to_markdown(index=False)
+    """A markdown table; a missing value (a budget a family has no run at) is an empty cell."""
+    return display_frame(frame, metrics, hidden).to_markdown(index=False, missingval="")
 
 
 def split_constant(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
