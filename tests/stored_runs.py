@@ -32,10 +32,15 @@ def llama_compress_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str,
     rho, k = float(case["rho"]), _rank(case)
     kept = rho if case["family"] == "dense" else rho - 0.01 * k
     tasks = {"social_iqa": 1 / 3, "goal_inference": 1 / 4}
-    row: dict[str, Any] = {"perplexity": 20.0 / rho + k, "ppl_tokens": 511, "ppl_windows": 2,
+    ppl = 20.0 / rho + k - (2.0 if case["retrained"] else 0.0)
+    row: dict[str, Any] = {"perplexity": ppl, "ppl_low": 0.97 * ppl, "ppl_high": 1.03 * ppl, "ppl_tokens": 511,
+                           "ppl_windows": 2, "ppl_seconds": 3.0, "tasks_seconds": 5.0,
                            "calibration_mode": None if case["objective"] != "calibrated" else "dense"}
+    if case["retrained"]:
+        row.update({"retrain_loss_first": 3.0, "retrain_loss_last": 2.5})
     for label, chance in tasks.items():
         row.update({f"acc_{label}": chance + 0.05 * rho, f"acc_norm_{label}": chance + 0.04 * rho,
+                    f"acc_stderr_{label}": 0.02, f"acc_norm_stderr_{label}": 0.02,
                     f"chance_{label}": chance, f"items_{label}": 8})
     row.update({"acc_avg": 0.3 + 0.1 * rho, "acc_norm_avg": 0.3 + 0.08 * rho, "rho_actual": kept,
                 "cr": 1 - kept, "params": int(1e6 * (0.5 + rho)), "bytes": int(4e6 * (0.5 + rho)),

@@ -204,3 +204,19 @@ def test_training_tables_show_the_mean_and_sd_over_seeds(tmp_path: Path) -> None
     assert table.loc["lowrank", "seeds"] == "3" and table.loc["dense", "seeds"] == "3"
     page = _published(run_dir)
     assert "mean over its 3 training seeds" in page and "val_ppl_sd" in page
+
+
+def test_the_llama_compress_published_tables_read_the_stored_rows(tmp_path: Path) -> None:
+    from suites.llama_compress.report import protocol_table, retrained_table, speed_table
+
+    run = load_run(fake_run(tmp_path / "results", "llama-compress", llama_compress_case, quick=False,
+                            families=["lowrank"]))
+    protocol = protocol_table(run).set_index("figure")
+    assert protocol.loc["perplexity", "half-width %"] == pytest.approx(3.0)  # the fake interval is +-3 %
+    assert protocol.loc["perplexity", "units"] == "2 windows, 511 tokens"
+    assert protocol.loc["social_iqa acc", "interval or ± stderr"] == "± 0.02"
+    retrained = retrained_table(run).set_index("CR %")
+    before, after, control = (retrained.loc[50, c] for c in ("ppl before", "ppl after", "ppl control"))
+    assert after == before - 2.0 and retrained.loc[50, "gap closed"] == pytest.approx((before - after) / (before - control))
+    speed = speed_table(run)
+    assert len(speed) == 1 + 3 * 2 and "generate_tokens_per_s" in speed  # dense + 3 rhos x 2 objectives

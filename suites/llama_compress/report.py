@@ -371,7 +371,72 @@ def summary(run: RunData) -> pd.DataFrame:
     return paper_table(ok, verdict_table(ok, _seed(run)))
 
 
+def _ok_ordered(run: RunData) -> pd.DataFrame:
+    frame = run.frame()
+    ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+    return ordered(ok.copy()) if not ok.empty and "perplexity" in ok else pd.DataFrame()
+
+
+def protocol_table(run: RunData) -> pd.DataFrame:
+    """What the default evaluation size buys: the dense model's perplexity with its 95 %
+    interval and relative half-width, each task's accuracy with its standard error, the units
+    behind each and the seconds each took."""
+    ok = _ok_ordered(run)
+    dense = ok[(ok["family"] == "dense") & ~ok["retrained"].astype(bool)] if not ok.empty else ok
+    if dense.empty:
+        return pd.DataFrame()
+    row = dense.iloc[0]
+    lines = [{"figure": "perplexity", "units": f"{int(row['ppl_windows'])} windows, {int(row['ppl_tokens'])} tokens",
+              "value": row["perplexity"], "interval or ± stderr": f"[{row['ppl_low']:.4g}, {row['ppl_high']:.4g}]",
+              "half-width %": 100 * (row["ppl_high"] - row["ppl_low"]) / (2 * row["perplexity"]),
+              "seconds": row.get("ppl_seconds")}]
+    for task in task_labels(ok):
+        for kind in ("acc", "acc_norm"):
+            lines.append({"figure": f"{task} {kind}", "units": f"{int(row[f'items_{task}'])} items",
+                          "value": row[f"{kind}_{task}"], "interval or ± stderr": f"± {row[f'{kind}_stderr_{task}']:.3g}",
+                          "half-width %": None, "seconds": row.get("tasks_seconds") if kind == "acc" else None})
+    return pd.DataFrame(lines)
+
+
+def retrained_table(run: RunData) -> pd.DataFrame:
+    """Each re-trained model against itself before re-training and against the re-trained
+    dense control: perplexities (means over draws), the share of the gap to the control it
+    closed, and its first and last training loss."""
+    ok = _ok_ordered(run)
+    if ok.empty or not ok["retrained"].astype(bool).any():
+        return pd.DataFrame()
+    means = case_means(ok)
+    control = means[(means["family"] == "dense") & means["retrained"].astype(bool)]
+    control_ppl = float(control["perplexity"].iloc[0]) if not control.empty else math.nan
+    lines = []
+    for row in means[means["retrained"].astype(bool) & (means["family"] != "dense")].to_dict("records"):
+        before = means[(means["family"] == row["family"]) & (means["rho"] == row["rho"])
+                       & (means["objective"] == row["objective"]) & ~means["retrained"].astype(bool)]
+        ppl_before = float(before["perplexity"].iloc[0]) if not before.empty else math.nan
+        gap = ppl_before - control_ppl
+        lines.append({"family": row["family"], "CR %": round((1 - row["rho"]) * 100), "objective": row["objective"],
+                      "ppl before": ppl_before, "ppl after": row["perplexity"], "ppl control": control_ppl,
+                      "gap closed": (ppl_before - row["perplexity"]) / gap if gap > 0 else math.nan,
+                      "loss first": row.get("retrain_loss_first"), "loss last": row.get("retrain_loss_last")})
+    return pd.DataFrame(lines)
+
+
+def speed_table(run: RunData) -> pd.DataFrame:
+    """Size and speed per model: parameters, bytes, MACs per token, the achieved CR of the
+    targeted linears and of the whole model, batch-1 prefill and decode throughput with the
+    decode repeats' spread (IQR / median)."""
+    ok = _ok_ordered(run)
+    if ok.empty:
+        return pd.DataFrame()
+    means = case_means(ok)
+    means = means[~means["retrained"].astype(bool)]
+    columns = [c for c in ("family", "rho", "objective", "cr_linear", "cr_model", "params", "bytes", "macs_per_token",
+                           "prefill_tokens_per_s", "generate_tokens_per_s", "generate_spread") if c in means]
+    return means[columns]
+
+
 REPORTS = {"llama-compress": llama_compress_report}
 SUMMARIES = {"llama-compress": summary}
-TABLES = {"llama-compress": {"headline": summary}}
+TABLES = {"llama-compress": {"headline": summary, "protocol": protocol_table, "retrained": retrained_table,
+                             "speed": speed_table}}
 SUBTITLES = {"llama-compress": subtitle}
