@@ -97,9 +97,9 @@ def _kernels_section(run: RunData, href: str) -> Section:
     table = table.rename(columns={"latency": f"latency @{PREFILL_TOKENS} tokens",
                                   "latency_low": f"latency_low @{PREFILL_TOKENS} tokens",
                                   "latency_high": f"latency_high @{PREFILL_TOKENS} tokens"})
-    prefill = prefill.assign(link=href, label=prefill["family"] + " rho=" + prefill["rho"].map("{:g}".format))
+    prefill = prefill.assign(link=href)
     figures = [lines_by_family(prefill[prefill["model"] == model].sort_values("rho"), "rho", "latency",
-                               band=("latency_low", "latency_high"), reference=1.0, log_y=True,
+                               band=("latency_low", "latency_high"), reference=1.0, log_y=True, link="link",
                                title=f"{model}: one decoder layer's linears, {PREFILL_TOKENS} tokens",
                                x_title="kept fraction rho", y_title="time / dense nn.Linear's (log; lower is faster)")
                for model in prefill["model"].unique()]
@@ -203,11 +203,13 @@ def layer_errors(run: RunData) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def _approx_section(run: RunData) -> Section:
+def _approx_section(run: RunData, page_dir: Path) -> Section:
     errors = layer_errors(run)
     if errors.empty:
         return Section("Approximation error of real layers", "The approx reference run holds no real-layer rows.")
-    figures = [lines_by_family(part, "rho", "mean", band=("low", "high"), title=f"{source}: {objective} error",
+    errors = errors.assign(link=_report_href(run, page_dir))
+    figures = [lines_by_family(part, "rho", "mean", band=("low", "high"), link="link",
+                               title=f"{source}: {objective} error",
                                x_title="kept fraction rho", y_title=f"mean {part['error'].iloc[0]} over layers")
                for (source, objective), part in errors.groupby(["source", "objective"], sort=False)]
     return Section(
@@ -215,7 +217,7 @@ def _approx_section(run: RunData) -> Section:
         f"From the approx reference run ({shown_status(run)}): each family's projection of every real layer, the mean "
         "error over the layers with a band of 1.96 standard errors (frobenius: ||W - What||_F / ||W||_F; calibrated: "
         "the error on calibration inputs it minimised). Lower is better.",
-        figures=figures, tables=[errors.drop(columns=["low", "high"])])
+        figures=figures, tables=[errors.drop(columns=["low", "high", "link"])])
 
 
 # ---- training from scratch ------------------------------------------------------------------
@@ -335,7 +337,7 @@ def page_sections(runs: dict[str, RunData], page_dir: Path) -> list[Section]:
     if "llama-compress" in runs:
         sections.append(_llama_section(runs["llama-compress"], kernels, page_dir))
     if "approx" in runs:
-        sections.append(_approx_section(runs["approx"]))
+        sections.append(_approx_section(runs["approx"], page_dir))
     sections.extend(_training_section(runs[suite], page_dir) for suite in ("train-vision", "train-lm") if suite in runs)
     return sections
 

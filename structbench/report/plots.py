@@ -47,9 +47,11 @@ def _axes(fig: go.Figure, title: str, x_title: str, y_title: str, log_x: bool, l
 def lines_by_family(
     frame: pd.DataFrame, x: str, y: str, *, title: str, x_title: str, y_title: str,
     band: tuple[str, str] | None = None, log_x: bool = False, log_y: bool = False, reference: float | None = None,
+    link: str | None = None,
 ) -> go.Figure:
-    """One line per family; ``band = (low_col, high_col)`` draws a shaded interval. Axis
-    titles are words with units: a reader does not know the columns."""
+    """One line per family; ``band = (low_col, high_col)`` draws a shaded interval; a click on
+    a point opens the relative address in the column ``link``. Axis titles are words with
+    units: a reader does not know the columns."""
     fig = go.Figure()
     for family, part in frame.groupby("family", sort=False):
         part = part.sort_values(x)
@@ -59,7 +61,8 @@ def lines_by_family(
                                      fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, mode="lines",
                                      hoverinfo="skip", showlegend=False, legendgroup=str(family)))
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(family),
-                                 line={"color": color}, legendgroup=str(family)))
+                                 line={"color": color}, legendgroup=str(family),
+                                 customdata=part[link] if link else None))
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dot", line_color="grey")
     return _axes(fig, title, x_title, y_title, log_x, log_y)
