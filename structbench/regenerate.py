@@ -25,7 +25,7 @@ import pandas as pd
 
 from structbench.errors import StructbenchError
 from structbench.report.tables import markdown
-from structbench.results import PROJECT_ROOT, REFERENCE, RunData, list_runs, shown_status
+from structbench.results import PROJECT_ROOT, REFERENCE, RunData, list_runs, rows_made_at, shown_status
 
 Tables = dict[str, dict[str, Callable[[RunData], pd.DataFrame]]]
 """Suite name -> published table name -> the table of a stored run (``suites.tables()``)."""
@@ -75,13 +75,7 @@ def render_block(block: Block, runs: dict[str, RunData], tables: Tables) -> str:
     link = Path(os.path.relpath(run.run_dir / "report.html", block.path.parent)).as_posix()
     rows = run.frame()
     ok = int((rows["status"] == "ok").sum()) if "status" in rows else 0
-    env, commits = run.meta.get("env") or {}, run.meta.get("commits") or [run.meta.get("git") or {}]
-    if "commit" in rows:  # the commits the rows were made at (a resume that added none adds no commit)
-        made_at = ", ".join(sorted(str(c)[:10] + ("+dirty" if str(c).endswith("+dirty") else "")
-                                   for c in rows["commit"].dropna().unique()))
-    else:
-        made_at = ", ".join(sorted({(c.get("commit") or "no git")[:10] + ("+dirty" if c.get("dirty") else "")
-                                    for c in commits}))
+    env, made_at = run.meta.get("env") or {}, ", ".join(rows_made_at(run))
     reliability = run.meta.get("reliability") or {}
     verdict = f"; marked unreliable: {'; '.join(reliability['reasons'])}" if reliability.get("unreliable") else ""
     source = (f"From the reference run [{run.run_dir.name}]({link}) ({shown_status(run)}, {ok} of "

@@ -229,6 +229,20 @@ def results_root(run_dir: str | Path) -> Path:
     return root.parent if root.name == REFERENCE else root
 
 
+def rows_made_at(run: RunData) -> list[str]:
+    """The short commits a run's rows were made at (``+dirty`` kept): the rows' own ``commit``
+    field, so a resume that added no row adds no commit; a run whose rows predate that field
+    gives the commits its ``run.json`` records."""
+    def short(commit: str, dirty: bool) -> str:
+        return commit[:10] + ("+dirty" if dirty else "")
+
+    made = {str(r["commit"]) for r in run.rows if r.get("commit")}
+    if made:
+        return sorted(short(c, c.endswith("+dirty")) for c in made)
+    commits = run.meta.get("commits") or [run.meta.get("git") or {}]
+    return sorted({short(c.get("commit") or "no git", bool(c.get("dirty"))) for c in commits})
+
+
 def list_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> list[RunData]:
     """Every readable run under ``root`` (``<root>/<suite>/<run_id>/run.json``), newest first;
     an unreadable or malformed one is left out, and ``warn`` told which and why."""

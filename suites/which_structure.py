@@ -21,7 +21,7 @@ from structbench.families import list_families
 from structbench.report.html import PLOTLY_FILE, Link, Section, reliability_text, render_page
 from structbench.report.plots import family_rank, lines_by_family, scatter_by_family
 from structbench.report.training import by_budget, trained_runs
-from structbench.results import REFERENCE, RunData, list_runs, shown_status
+from structbench.results import REFERENCE, RunData, list_runs, rows_made_at, shown_status
 from structbench.stats import mean_stderr, weighted_median_ratio
 from suites.llama_compress.report import case_means, ordered
 
@@ -314,7 +314,7 @@ def _runs_table(runs: dict[str, RunData], page_dir: Path) -> pd.DataFrame:
     return pd.DataFrame([{
         "suite": suite, "run": Link(run.run_dir.name, _report_href(run, page_dir)), "status": shown_status(run),
         "reliability": reliability_text(run),
-        "commits": ", ".join(sorted({str(c)[:10] for c in run.frame().get("commit", pd.Series(dtype=str)).dropna()})),
+        "commits": ", ".join(rows_made_at(run)),
         "machine": (run.meta.get("env") or {}).get("device_name"),
     } for suite in SUITE_ORDER if (run := runs.get(suite)) is not None])
 
