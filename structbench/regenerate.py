@@ -9,7 +9,9 @@ lines of their own::
 
 ``results:SUITE:TABLE`` names a suite and one of the tables its ``report.py`` publishes
 (``TABLES``); what sits between the markers is that table of the suite's newest reference run
-under ``results/reference/SUITE/`` with a line naming the run, its commit and its machine. The
+under ``results/reference/SUITE/`` at its default config (``SUITE@CONFIG``: at the suite's
+config file ``CONFIG.yaml``; ``results.reference_key``), with a line naming the run, its
+commit and its machine. The
 ``publish`` command rewrites every such block from the stored rows alone, and a test fails when
 any block differs from what regeneration gives, so a figure in the docs always has its row.
 """
@@ -25,13 +27,13 @@ import pandas as pd
 
 from structbench.errors import StructbenchError
 from structbench.report.tables import markdown
-from structbench.results import PROJECT_ROOT, REFERENCE, RunData, list_runs, rows_made_at, shown_status
+from structbench.results import PROJECT_ROOT, REFERENCE, RunData, reference_runs, rows_made_at, shown_status
 
 Tables = dict[str, dict[str, Callable[[RunData], pd.DataFrame]]]
 """Suite name -> published table name -> the table of a stored run (``suites.tables()``)."""
 
-BLOCK = re.compile(r"^<!-- results:(?P<suite>[a-z0-9_-]+):(?P<table>[a-z0-9_-]+) -->\n(?P<body>.*?)^<!-- /results -->$",
-                   re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(r"^<!-- results:(?P<suite>[a-z0-9_-]+(?:@[a-z0-9_.-]+)?):(?P<table>[a-z0-9_-]+) -->\n"
+                   r"(?P<body>.*?)^<!-- /results -->$", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,8 @@ class Block:
     """One published table: where it is and what it shows."""
 
     path: Path
-    suite: str
+    suite: str  # a reference key: the suite, or SUITE@CONFIG
     table: str
-
-
-def reference_runs(results: Path) -> dict[str, RunData]:
-    """The newest stored reference run of each suite under ``results/reference``."""
-    newest: dict[str, RunData] = {}
-    for run in list_runs(results / REFERENCE):  # newest first
-        newest.setdefault(run.suite, run)
-    return newest
 
 
 def markdown_files(root: Path = PROJECT_ROOT) -> list[Path]:
@@ -63,14 +57,16 @@ def blocks(path: Path) -> list[Block]:
 def render_block(block: Block, runs: dict[str, RunData], tables: Tables) -> str:
     """The generated text between one block's markers: the table of the suite's reference run and
     its source, or a line saying that no reference run is stored yet."""
-    known = tables.get(block.suite, {})
+    known = tables.get(block.suite.partition("@")[0], {})
     if block.table not in known:
         accepted = ", ".join(f"{s}:{t}" for s in sorted(tables) for t in sorted(tables[s]))
         raise StructbenchError(f"{block.path.name}: <!-- results:{block.suite}:{block.table} --> names no published "
                                f"table; accepted: {accepted}")
     run = runs.get(block.suite)
     if run is None:
-        return f"_No reference run of {block.suite} is stored yet (`results/{REFERENCE}/{block.suite}/`)._\n"
+        suite, _, config = block.suite.partition("@")
+        at = f" at `suites/.../{config}.yaml`" if config else ""
+        return f"_No reference run of {suite}{at} is stored yet (`results/{REFERENCE}/{suite}/`)._\n"
     frame = known[block.table](run)
     link = Path(os.path.relpath(run.run_dir / "report.html", block.path.parent)).as_posix()
     rows = run.frame()

@@ -229,6 +229,24 @@ def results_root(run_dir: str | Path) -> Path:
     return root.parent if root.name == REFERENCE else root
 
 
+def reference_key(run: RunData) -> str:
+    """What a reference run stands for: its suite at its default config (``llama-compress``),
+    or at another of its configs, named by the file (``llama-compress@gemma3`` for
+    ``--config suites/llama_compress/gemma3.yaml``), so each experiment's newest run is the
+    one published."""
+    config = (run.meta.get("cli") or {}).get("config")
+    return f"{run.suite}@{Path(config).stem}" if config else run.suite
+
+
+def reference_runs(results: Path) -> dict[str, RunData]:
+    """The newest stored reference run of each experiment under ``<results>/reference``, by
+    ``reference_key``."""
+    newest: dict[str, RunData] = {}
+    for run in list_runs(results / REFERENCE):  # newest first
+        newest.setdefault(reference_key(run), run)
+    return newest
+
+
 def rows_made_at(run: RunData) -> list[str]:
     """The short commits a run's rows were made at (``+dirty`` kept): the rows' own ``commit``
     field, so a resume that added no row adds no commit; a run whose rows predate that field

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from structbench.cases import run_one
 from structbench.estimate import Estimate, duration
-from structbench.results import RunWriter, now
+from structbench.results import REFERENCE, RunWriter, list_runs, now, results_root
 from structbench.suite import RunContext, Suite, case_key, shard_of
 
 
@@ -74,9 +74,11 @@ def _run_cases(suite: Suite, writer: RunWriter, ctx: RunContext, executor: Execu
     _log(f"{suite.name}: {len(cases)} cases, {len(cases) - len(todo)} already done -> {writer.run_dir}")
     if suite.phases is not None and todo:
         _log("phases: " + ", ".join(f"{name} {count}" for name, count in suite.phases(todo).items()))
-    estimate, started = Estimate(todo, suite.schema.cost_keys), time.monotonic()
+    estimate, started = Estimate(todo, suite.schema.cost_keys, prior_rows(writer, suite.name)), time.monotonic()
     checkpoints = sorted({max(1, round(share * len(todo))) for share in CHECKPOINTS}) if todo else []
     writer.meta["estimates"] = []
+    if todo:
+        _checkpoint(writer, estimate, 0, len(todo), 0.0)
     # A terminal gets the bar; a log file or pipe gets one line per finished case instead.
     tty = sys.stderr.isatty()
     with tqdm(total=len(cases), initial=len(cases) - len(todo), unit="case", file=sys.stderr, dynamic_ncols=True,
@@ -127,17 +129,38 @@ CHECKPOINTS = (0.1, 0.5)
 """Shares of a session's cases after which the estimated total is printed and stored."""
 
 
+def prior_rows(writer: RunWriter, suite: str) -> list[dict[str, Any]]:
+    """The stored timings a session prices its cases with before they run: this run's rows from
+    earlier sessions, and the rows of every other stored run of the suite (the reference runs
+    and the user's, under the same results root) made on the same device with the same threads
+    and size (``--quick`` or not)."""
+    cli = writer.meta.get("cli") or {}
+    root, here = results_root(writer.run_dir), writer.run_dir.resolve()
+    rows = list(writer.rows)
+    for base in (root, root / REFERENCE):
+        for run in list_runs(base):
+            other = run.meta.get("cli") or {}
+            if (run.suite == suite and run.run_dir.resolve() != here
+                    and all(other.get(k) == cli.get(k) for k in ("device", "threads", "quick"))):
+                rows += run.rows
+    return rows
+
+
 def _checkpoint(writer: RunWriter, estimate: Estimate, ran: int, todo: int, elapsed: float) -> None:
-    """The estimated total at this point, printed and kept in ``run.json`` (``estimates``), so
-    the end of the run can set it against the measured time."""
+    """The estimated total at this point (before the first case from stored timings, if any),
+    printed and kept in ``run.json`` (``estimates``), so the end of the run can set it against
+    the measured time."""
     found = estimate.remaining()
     if found is None:
+        if ran == 0:
+            _log("estimated total: none yet (no stored run of this suite has timings of these kinds on this "
+                 "device and thread count); the first comes after the first case")
         return
-    left, unseen = found
+    left, stored, unseen = found
     writer.meta["estimates"].append({"cases_run": ran, "of": todo, "elapsed_s": round(elapsed, 1),
-                                     "total_s": round(elapsed + left, 1), "unseen": unseen})
-    _log(f"{ran} of {todo} cases run in {duration(elapsed)}: estimated total {duration(elapsed + left)} "
-         f"({estimate.text()})")
+                                     "total_s": round(elapsed + left, 1), "stored": stored, "unseen": unseen})
+    when = "before the first case" if ran == 0 else f"{ran} of {todo} cases run in {duration(elapsed)}"
+    _log(f"{when}: estimated total {duration(elapsed + left)} ({estimate.text()})")
 
 
 def _label(suite: Suite, case: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from structbench.families import list_families
 from structbench.report.html import PLOTLY_FILE, Link, Section, reliability_text, render_page
 from structbench.report.plots import family_rank, lines_by_family, scatter_by_family
 from structbench.report.training import by_budget, trained_runs
-from structbench.results import REFERENCE, RunData, list_runs, rows_made_at, shown_status
+from structbench.results import REFERENCE, RunData, reference_runs, rows_made_at, shown_status
 from structbench.stats import mean_stderr, weighted_median_ratio
 from suites.llama_compress.report import case_means, ordered
 
@@ -37,14 +37,6 @@ q and o are 576x576, k and v 192x576, gate and up 1536x576; Gemma3-270M: k and v
 gate and up 2048x640), so a model's latency weights each shape as the model does."""
 
 PREFILL_TOKENS, DECODE_TOKENS = 128, 1
-
-
-def newest_runs(results: Path) -> dict[str, RunData]:
-    """The newest reference run of each suite under ``results/reference``."""
-    found: dict[str, RunData] = {}
-    for run in list_runs(results / REFERENCE):
-        found.setdefault(run.suite, run)
-    return found
 
 
 def _report_href(run: RunData, page_dir: Path) -> str:
@@ -344,7 +336,7 @@ def page_sections(runs: dict[str, RunData], page_dir: Path) -> list[Section]:
 
 def write_page(results: Path) -> Path:
     """``<results>/which-structure.html`` from the newest reference run of each suite."""
-    runs = newest_runs(results)
+    runs = reference_runs(results)
     header = ("<p class='note'>Which structure gives the best accuracy for the FLOPs, bytes and latency it costs? "
               "Every figure here is generated from the rows of the reference runs committed under "
               f"results/{REFERENCE}/, compared at matched budgets (the same kept fraction rho in every suite). "

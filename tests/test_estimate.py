@@ -19,10 +19,26 @@ def test_cases_are_priced_by_the_finished_cases_of_their_kind() -> None:
     estimate = Estimate(todo, ["family"])
     assert estimate.remaining() is None and estimate.text() == ""
     estimate.finished(todo[0], 10.0)
-    assert estimate.remaining() == (10.0 + 2 * 10.0, 2)  # kronecker not run yet: at the mean
-    assert "2 of them of kinds not run yet" in estimate.text()
+    assert estimate.remaining() == (10.0 + 2 * 10.0, 0, 2)  # kronecker not run yet: at the mean
+    assert "2 of kinds not run yet" in estimate.text()
     estimate.finished(todo[2], 100.0)
-    assert estimate.remaining() == (10.0 + 100.0, 0) and estimate.text() == "~2 min left"
+    assert estimate.remaining() == (10.0 + 100.0, 0, 0) and estimate.text() == "~2 min left"
+
+
+def test_stored_timings_price_a_run_before_its_first_case_and_yield_to_measured_ones() -> None:
+    todo = [{"family": f, "rho": r} for f in ("lowrank", "kronecker", "gaudi") for r in (0.5, 0.2)]
+    prior = [{"family": "lowrank", "status": "ok", "case_key": "a", "case_seconds": 4.0},
+             {"family": "lowrank", "status": "ok", "case_key": "a", "case_seconds": 4.0},  # one case's two rows
+             {"family": "lowrank", "status": "ok", "case_key": "b", "case_seconds": 8.0},
+             {"family": "lowrank", "status": "ok", "case_key": "c", "case_seconds": 30.0},  # median 8
+             {"family": "kronecker", "status": "error", "case_key": "d", "case_seconds": 1.0},  # not a timing
+             {"family": "kronecker", "status": "ok", "case_key": "e", "case_seconds": 100.0}]
+    estimate = Estimate(todo, ["family"], prior)
+    # lowrank 2 x 8, kronecker 2 x 100, gaudi (no timing) 2 x the mean of the known kinds, 54
+    assert estimate.remaining() == (2 * 8 + 2 * 100 + 2 * 54, 4, 2)
+    assert estimate.text() == "~5 min left (4 priced from stored runs, 2 of kinds not run yet, priced at the mean)"
+    estimate.finished(todo[0], 20.0)  # a measured lowrank case replaces the stored price
+    assert estimate.remaining() == (20 + 2 * 100 + 2 * 60, 2, 2)
 
 
 def test_durations_read_in_their_unit() -> None:
@@ -50,10 +66,18 @@ def test_a_run_prints_and_stores_its_estimate_and_the_time_it_took(stub_run: Any
     suite = dataclasses.replace(suite, schema=Schema(("i",), cost_keys=()))
     run_suite(suite, writer, ctx)
     err = capsys.readouterr().err
-    assert "[10/10] i=9: ok" in err and " left" in err and err.count("estimated total") == 2
+    assert "[10/10] i=9: ok" in err and " left" in err and err.count("estimated total") == 3
+    assert "estimated total: none yet" in err  # nothing stored before the first case
     run = load_run(writer.run_dir)
     assert [e["cases_run"] for e in run.meta["estimates"]] == [1, 5] and run.meta["session_s"] >= 0
     assert "this session took" in summary(run) and "after 1 of 10 cases" in summary(run)
+    # the next run of the suite in the same results folder is priced by this one's rows up front
+    again, writer, ctx = stub_run(run_case, 10)
+    run_suite(dataclasses.replace(again, schema=Schema(("i",), cost_keys=())), writer, ctx)
+    err = capsys.readouterr().err
+    assert "before the first case: estimated total" in err and "(10 priced from stored runs)" in err
+    assert load_run(writer.run_dir).meta["estimates"][0]["cases_run"] == 0
+    assert "before the first case" in summary(load_run(writer.run_dir))
 
 
 def test_llama_compress_names_its_phases_before_the_first_case(stub_run: Any,

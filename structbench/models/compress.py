@@ -23,6 +23,7 @@ from torch import nn
 
 from structbench.errors import StructbenchError
 from structbench.models.calibration import OBJECTIVES, Calibration, collect_grams, sequential_grams
+from structbench.models.evaluation import with_prefix
 from structbench.families import get_family
 from structbench.cache import torch_save_atomic
 from structbench.structured import StructuredLinear
@@ -152,8 +153,10 @@ def finetune(
     seq_len: int = 256,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    prefix: Sequence[int] = (),
 ) -> list[float]:
-    """Next-token training of ``trainable_parameters`` on random windows of ``token_ids``.
+    """Next-token training of ``trainable_parameters`` on random windows of ``token_ids``, each
+    fed after ``prefix`` (the tokenizer's BOS where it adds one).
 
     AdamW with a linear decay to zero; returns the loss of every step. The model is
     left in eval mode.
@@ -176,7 +179,7 @@ def finetune(
     try:
         for step in range(steps):
             starts = torch.randint(0, len(token_ids) - seq_len, (batch_size,), generator=generator)
-            x = torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()]).to(device)
+            x = with_prefix(torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()]), prefix).to(device)
             loss = model(input_ids=x, labels=x).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,9 +10,14 @@ what readers expect:
   every scored token sees at least ``window - stride`` tokens of context. Each window's
   summed loss and scored tokens are kept: the windows are the units an interval
   resamples (``structbench.stats``).
+* the tokenizer's own prefix: a model whose tokenizer starts every text with a BOS token
+  (Gemma) is fed it before every window, calibration and training sequence and context,
+  as it was trained; it is context only, never a scored token (``bos_prefix``). Llama-style
+  tokenizers that add nothing (SmolLM2) get no prefix.
 * multiple choice: the summed log-likelihood of each answer's tokens given the context,
   where the answer's tokens are those of ``tokenize(context + answer)`` after the
-  context's (lm-eval's split, which keeps the tokenizer's merges across the boundary).
+  context's (lm-eval's split, which keeps the tokenizer's merges across the boundary); an
+  item's answers share one forward of its context (``loglikelihoods``).
   ``acc`` takes the argmax of the sum, ``acc_norm`` of the sum divided by the answer's
   length in characters.
 """
@@ -22,13 +27,14 @@ import inspect
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structbench.errors import StructbenchError
 from structbench.measure.flops import fvcore_macs
 from structbench.measure.memory import module_bytes
 from structbench.models.tasks import MultipleChoice
@@ -53,6 +59,23 @@ def text_token_ids(tokenizer: Any, texts: Iterable[str], max_tokens: int | None 
     return torch.tensor(ids[:max_tokens], dtype=torch.long)
 
 
+def bos_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The token ids the tokenizer puts before every text (its BOS, for Gemma), found by
+    tokenising a word with and without special tokens; ``()`` when it adds none in front."""
+    plain = tokenizer("text", add_special_tokens=False)["input_ids"]
+    full = tokenizer("text")["input_ids"]
+    cut = len(full) - len(plain)
+    return tuple(full[:cut]) if cut > 0 and full[cut:] == plain else ()
+
+
+def with_prefix(x: torch.Tensor, prefix: Sequence[int]) -> torch.Tensor:
+    """``(batch, seq)`` ids with ``prefix`` put before every row."""
+    if not prefix:
+        return x
+    head = torch.tensor(prefix, dtype=x.dtype, device=x.device).expand(x.shape[0], len(prefix))
+    return torch.cat([head, x], dim=1)
+
+
 def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
     """Starts of the full windows over ``n_tokens`` tokens (a short tail is dropped)."""
     if window < 2 or not 0 < stride <= window:
@@ -72,8 +95,9 @@ class Perplexity:
 
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int, batch_size: int = 2,
-               progress: Callable[[int, int], None] | None = None) -> Perplexity:
-    """Perplexity of ``model`` on the token sequence ``ids`` (see the module docstring)."""
+               progress: Callable[[int, int], None] | None = None, prefix: Sequence[int] = ()) -> Perplexity:
+    """Perplexity of ``model`` on the token sequence ``ids`` (see the module docstring); each
+    window is fed after ``prefix``, which adds context and no scored token."""
     starts = window_starts(len(ids), window, stride)
     if not starts:
         raise ValueError(f"{len(ids)} tokens do not fill one window of {window}")
@@ -83,7 +107,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, window: int, stride: int, ba
     for b in range(0, len(starts), batch_size):
         chunk = starts[b:b + batch_size]
         x = torch.stack([ids[s:s + window] for s in chunk]).to(device)
-        logits = model(x).logits[:, :-1].float()
+        logits = model(with_prefix(x, prefix)).logits[:, len(prefix):-1].float()
         nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # (B, window - 1)
         for row, start in zip(nll, chunk):
             # later windows score the tokens the previous one did not (a token at the
@@ -105,49 +129,132 @@ def continuation_ids(tokenizer: Any, context: str, continuation: str) -> tuple[l
     return whole[:n_context], whole[n_context:]
 
 
+@dataclass
+class _Pack:
+    """Requests that share their context's tokens, scored in one sequence: the context once,
+    then each continuation but its last token, every continuation seeing the context and its
+    own earlier tokens only (a block-causal mask, positions as if it were alone)."""
+
+    context: list[int]
+    continuations: list[tuple[int, list[int]]] = field(default_factory=list)  # (request index, its tokens)
+
+    def tokens(self) -> list[int]:
+        return self.context + [t for _, cont in self.continuations for t in cont[:-1]]
+
+    def layout(self) -> tuple[list[int], list[tuple[int, int]]]:
+        """Position ids of ``tokens()``, and each continuation's ``[start, end)`` in them."""
+        positions, blocks, start = list(range(len(self.context))), [], len(self.context)
+        for _, cont in self.continuations:
+            positions += range(len(self.context), len(self.context) + len(cont) - 1)
+            blocks.append((start, start + len(cont) - 1))
+            start += len(cont) - 1
+        return positions, blocks
+
+
+def _packs(encoded: Sequence[tuple[list[int], list[int]]], limit: int) -> list[_Pack]:
+    """The requests grouped by identical context tokens, each group in as few packs of at most
+    ``limit`` tokens as it takes; a context too long for its continuation keeps its right end
+    (the continuation is never cut)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(encoded):
+        groups.setdefault(tuple(ctx), []).append(i)
+    packs: list[_Pack] = []
+    for ctx, members in groups.items():
+        current: _Pack | None = None
+        for i in members:
+            cont = encoded[i][1]
+            if current is None or len(current.tokens()) + len(cont) - 1 > limit:
+                room = max(1, limit - (len(cont) - 1))
+                current = _Pack(list(ctx)[-room:])
+                packs.append(current)
+            current.continuations.append((i, cont))
+    return packs
+
+
+def _block_mask(packs: Sequence[_Pack], width: int, dtype: torch.dtype,
+                window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive ``(batch, 1, width, width)`` attention mask and the position ids of packs
+    padded on the right to ``width`` (a padding position attends to itself only); with
+    ``window``, a sliding-window layer's: a token also sees no key ``window`` or more positions
+    before its own, as Hugging Face's sliding layers do."""
+    allowed = torch.zeros((len(packs), width, width), dtype=torch.bool)
+    positions = torch.zeros((len(packs), width), dtype=torch.long)
+    for r, pack in enumerate(packs):
+        n, pos_ids, blocks = len(pack.context), *pack.layout()
+        allowed[r, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+        for start, end in blocks:
+            allowed[r, start:end, :n] = True
+            allowed[r, start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
+        positions[r, :len(pos_ids)] = torch.tensor(pos_ids)
+        used = len(pos_ids)
+        allowed[r, range(used, width), range(used, width)] = True
+    if window is not None:
+        allowed &= positions[:, :, None] - positions[:, None, :] < window
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None], positions
+
+
 @torch.no_grad()
 def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[str, str]], batch_size: int = 16,
                    max_length: int = 1024) -> list[float]:
-    """Summed log-probability of each ``continuation`` given its ``context``.
+    """Summed log-probability of each ``continuation`` given its ``context`` (after the
+    tokenizer's ``bos_prefix``).
 
-    Requests are batched longest first with right padding; a sequence longer than
-    ``max_length`` keeps its right end (the continuation is never cut). The logits are
-    taken as ``output_embeddings(decoder(ids))``, which is how Llama-style models
-    compute them (a model with logit soft-capping would need its own head here).
+    Requests whose contexts tokenise alike (the answers of one item) are packed into one
+    sequence of at most ``max_length`` tokens: the context is run once, which makes a
+    multiple-choice item cost one context instead of one per answer. A model with
+    sliding-window layers (Gemma3) gets a second mask for them, with the window applied to each
+    request's own positions. The result equals scoring each request on its own up to float
+    rounding (a test checks it). Packs are batched longest first with right padding. The
+    logits are taken as
+    ``output_embeddings(decoder(ids))``, which is how Llama- and Gemma3-style models compute
+    them (a model with final logit soft-capping would need its own head here, and is refused).
     """
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None):
+        raise StructbenchError("loglikelihoods: models with final logit soft-capping are not supported")
+    window = getattr(config, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or ()) and isinstance(window, int)
     device = next(model.parameters()).device
+    prefix = list(bos_prefix(tokenizer))
     encoded = []
     for context, continuation in requests:
         ctx, cont = continuation_ids(tokenizer, context, continuation)
         if not cont:
             raise ValueError(f"continuation {continuation!r} adds no tokens to its context")
-        encoded.append(((ctx + cont)[-(max_length + 1):], len(cont)))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        encoded.append((prefix + ctx, cont))
+    packs = sorted(_packs(encoded, max_length), key=lambda p: -len(p.tokens()))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dtype = next(model.parameters()).dtype
     out = [0.0] * len(encoded)
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        inputs = [encoded[i][0][:-1] for i in idx]
-        width = max(len(seq) for seq in inputs)
-        x = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, seq in enumerate(inputs):
-            x[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
-        hidden = model.get_decoder()(input_ids=x.to(device), attention_mask=mask.to(device)).last_hidden_state
-        rows, positions, targets = [], [], []
-        for r, i in enumerate(idx):
-            seq, n_cont = encoded[i]
-            rows += [r] * n_cont
-            positions += range(len(seq) - 1 - n_cont, len(seq) - 1)
-            targets += seq[-n_cont:]
+    for b in range(0, len(packs), batch_size):
+        batch = packs[b:b + batch_size]
+        width = max(len(pack.tokens()) for pack in batch)
+        x = torch.full((len(batch), width), pad, dtype=torch.long)
+        for r, pack in enumerate(batch):
+            x[r, :len(pack.tokens())] = torch.tensor(pack.tokens())
+        dtype = dtype if dtype.is_floating_point else torch.float32
+        mask, positions = _block_mask(batch, width, dtype)
+        masks: Any = mask.to(device)
+        if sliding:  # Gemma3 and its kind take one mask per attention type
+            masks = {"full_attention": masks, "sliding_attention": _block_mask(batch, width, dtype, window)[0].to(device)}
+        hidden = model.get_decoder()(input_ids=x.to(device), attention_mask=masks,
+                                     position_ids=positions.to(device)).last_hidden_state
+        rows, where, targets, owners = [], [], [], []
+        for r, pack in enumerate(batch):
+            _, blocks = pack.layout()
+            for (i, cont), (start, _) in zip(pack.continuations, blocks):
+                # the first token is predicted from the context's last position, the rest from the block
+                where += [len(pack.context) - 1, *range(start, start + len(cont) - 1)]
+                rows += [r] * len(cont)
+                targets += cont
+                owners.append((i, len(cont)))
         # the LM head only where a continuation token is predicted: it is a quarter of a
         # small model's MACs, and the log-softmax over the vocabulary at every position more
-        logp = model.get_output_embeddings()(hidden[rows, positions]).float().log_softmax(-1)
+        logp = model.get_output_embeddings()(hidden[rows, where]).float().log_softmax(-1)
         picked = logp[torch.arange(len(targets)), torch.tensor(targets, device=device)]
         start = 0
-        for r, i in enumerate(idx):
-            n_cont = encoded[i][1]
+        for i, n_cont in owners:
             out[i] = float(picked[start:start + n_cont].sum())
             start += n_cont
     return out

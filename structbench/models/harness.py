@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from structbench.errors import StructbenchError
-from structbench.models.evaluation import ChoiceScores, choice_scores
+from structbench.models.evaluation import ChoiceScores, bos_prefix, choice_scores
 from structbench.models.tasks import MultipleChoice
 
 PIP_COMMAND = "pip install lm-eval==0.4.13"
@@ -61,7 +61,9 @@ def harness_multiple_choice(model: nn.Module, tokenizer: Any, items: Sequence[Mu
         data.write_text("".join(json.dumps({"context": it.context, "choices": list(it.choices), "gold": it.gold}) + "\n"
                                 for it in items))
         (Path(tmp) / f"{TASK}.yaml").write_text(_task_yaml(data))
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # the harness's BOS handling set to this project's (evaluation.bos_prefix), so both score the same tokens
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                  add_bos_token=bool(bos_prefix(tokenizer)))
         results = simple_evaluate(model=lm, tasks=[TASK], task_manager=TaskManager(include_path=tmp),
                                   num_fewshot=0, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     samples = sorted(results["samples"][TASK], key=lambda s: s["doc_id"])

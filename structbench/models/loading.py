@@ -1,8 +1,9 @@
-"""Loading a Hugging Face causal LM and its tokenizer: the built-in SmolLM2 or any local folder.
+"""Loading a Hugging Face causal LM and its tokenizer: a built-in one (SmolLM2, Gemma3) or any
+local folder.
 
-There is no model hub on the machines this runs on: SmolLM2 comes from its pip package's GGUF,
-converted once to a safetensors cache (``structbench.models.weights``); any other model is a
-folder holding ``config.json``, weights and a tokenizer.
+There is no model hub on the machines this runs on: the built-in models come from their pip
+packages' GGUF files, converted once to a safetensors cache (``structbench.models.weights``);
+any other model is a folder holding ``config.json``, weights and a tokenizer.
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from structbench.models import weights as model_weights
 
 
 def check_model_name(name: Any, where: str) -> None:
-    """One error line unless ``name`` is the built-in SmolLM2 or an existing folder."""
-    if name not in model_weights.MODELS and not (isinstance(name, str) and Path(name).is_dir()):
-        raise StructbenchError(f"{where} {name!r}: give {model_weights.SMOLLM2} or a folder holding a "
-                               "Hugging Face causal LM (config.json, weights, tokenizer)")
+    """One error line unless ``name`` is a built-in causal LM whose files are installed intact
+    (``weights.require``) or an existing folder."""
+    if name in model_weights.CAUSAL_LMS:
+        model_weights.require(name)
+    elif not (isinstance(name, str) and Path(name).is_dir()):
+        raise StructbenchError(f"{where} {name!r}: give one of {', '.join(model_weights.CAUSAL_LMS)} or a folder "
+                               "holding a Hugging Face causal LM (config.json, weights, tokenizer)")
 
 
 def model_key(name: str) -> str:
@@ -31,17 +35,24 @@ def load_tokenizer(name: str) -> Any:
     """The model's tokenizer alone (no weights loaded), with a pad token."""
     from transformers import AutoTokenizer
 
-    folder = model_weights.ensure_smollm2_cache() if name == model_weights.SMOLLM2 else name
+    folder = model_weights.ensure_cache(name) if name in model_weights.CAUSAL_LMS else name
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def model_config(name: str) -> Any:
+    """The model's Hugging Face config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(model_weights.ensure_cache(name) if name in model_weights.CAUSAL_LMS else name))
+
+
 def load_model(name: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` in eval mode: SmolLM2 from its safetensors cache, or a folder."""
-    if name == model_weights.SMOLLM2:
-        model, tokenizer = model_weights.load_smollm2(dtype)
+    """``(model, tokenizer)`` in eval mode: a built-in model from its safetensors cache, or a folder."""
+    if name in model_weights.CAUSAL_LMS:
+        model, tokenizer = model_weights.load_builtin(name, dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -40,9 +40,6 @@ from structbench.synthetic import kinds, make_matrix
 CONFIG_PATH = Path(__file__).with_name("default.yaml")
 _TOP_KEYS = {"families", "rhos", "real_rhos", "projection", "synthetic", "real", "convergence", "objectives",
              "calibration"}
-CALIBRATED_MODELS = (model_weights.SMOLLM2,)
-"""Real models whose layers also get the calibrated objective and the activation-weighted
-error: causal LMs whose inputs come from the Wikipedia ``train`` split."""
 _SYNTHETIC_KEYS = {"kinds", "sizes", "seeds", "params"}
 _CONVERGENCE_KEYS = {
     "size", "blocks", "true_rank", "ranks", "methods", "steps", "delta0", "lr", "seeds",
@@ -189,7 +186,7 @@ def expand(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                              "in_features": n, "seed": seed}, cfg["rhos"], ["frobenius"])
     for model, layers in (cfg.get("real") or {}).items():
         indices = range(model_weights.MODELS[model].layers) if layers == "all" else layers
-        objectives = cfg["objectives"] if model in CALIBRATED_MODELS else ["frobenius"]
+        objectives = cfg["objectives"] if model in model_weights.CAUSAL_LMS else ["frobenius"]
         for layer in indices:
             for layer_type in model_weights.layer_types(model):
                 projections({"source": model, "matrix": layer_type, "layer": layer}, cfg.get("real_rhos", cfg["rhos"]),
@@ -252,8 +249,8 @@ def _source_matrix(case: dict[str, Any], ctx: RunContext) -> torch.Tensor:
         w = _synthetic(case["matrix"], case["out_features"], case["in_features"], case["seed"],
                        json.dumps(params, sort_keys=True), dtype)
     else:
-        if case["source"] == model_weights.SMOLLM2:
-            model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
+        if case["source"] in model_weights.CAUSAL_LMS:
+            model_weights.ensure_cache(case["source"], log=ctx.log)  # one-time GGUF conversion, logged
         w = _real_layer(case["source"], case["layer"], dtype)[case["matrix"]]
     return w.to(ctx.device)
 
@@ -285,13 +282,15 @@ def _calibration_grams(model: str, layers: str | tuple[int, ...], tokens: int, s
     compresses the same layers with the same draw)."""
     from structbench.models.calibration import Calibration, calibration_draws, collect_grams, grams_key, stored_grams
     from structbench.models.compress import decoder_filter
+    from structbench.models.evaluation import bos_prefix
     from structbench.models.loading import load_model, load_tokenizer
 
-    draw = calibration_draws(load_tokenizer(model), tokens)[0]
+    tokenizer = load_tokenizer(model)
+    draw = calibration_draws(tokenizer, tokens)[0]
 
     def collect() -> dict[str, torch.Tensor]:
         net, _ = load_model(model, torch.float32)
-        text = Calibration(draw.token_ids, seq_len, batch_size)
+        text = Calibration(draw.token_ids, seq_len, batch_size, prefix=bos_prefix(tokenizer))
         return collect_grams(net, text, decoder_filter(None if layers == "all" else layers))
 
     return stored_grams(cache_dir / "calibration", grams_key(model, draw.sha256, seq_len, "dense", layers), collect)[0]
@@ -299,7 +298,7 @@ def _calibration_grams(model: str, layers: str | tuple[int, ...], tokens: int, s
 
 def _gram(case: dict[str, Any], ctx: RunContext) -> torch.Tensor | None:
     """The calibration Gram of a real layer's inputs, for models that have them."""
-    if case["source"] not in CALIBRATED_MODELS:
+    if case["source"] not in model_weights.CAUSAL_LMS:
         return None
     calib, layers = ctx.config["calibration"], ctx.config["real"][case["source"]]
     grams = _calibration_grams(case["source"], layers if layers == "all" else tuple(sorted(set(layers))),

@@ -144,6 +144,8 @@ def _check_text_sizes(config: dict[str, Any]) -> None:
     if config["retrain_steps"]:
         _token_ids(config["model"], "train", config["retrain"]["tokens"], "retrain.tokens")
     ppl = config["perplexity"]
+    if ppl["protocol"] == "literature":
+        _literature_text(config["model"])
     if ppl["protocol"] == "windows" and ppl["windows"] != ALL:
         needed, held = ppl["window"] + (ppl["windows"] - 1) * ppl["stride"], len(_token_ids(config["model"], "test", None))
         if needed > held:
@@ -259,12 +261,20 @@ def _cache_file(cfg: dict[str, Any], case: dict[str, Any], ctx: RunContext, draw
     return ctx.cache_dir / "llama-compress" / f"{case['family']}-{case['rho']}-{case['objective']}-{digest}.pt"
 
 
+@functools.lru_cache(maxsize=2)
+def _prefix(model: str) -> tuple[int, ...]:
+    """What the model's tokenizer puts before every text (Gemma's BOS; nothing for SmolLM2)."""
+    from structbench.models.evaluation import bos_prefix
+
+    return bos_prefix(load_tokenizer(model))
+
+
 def _calibration(cfg: dict[str, Any], mode: str, draw: Any) -> Any:
     """A calibration draw's text and how to run it, in ``mode``."""
     from structbench.models.calibration import Calibration
 
     calib = cfg["calibration"]
-    return Calibration(draw.token_ids, calib["seq_len"], calib["batch_size"], mode)
+    return Calibration(draw.token_ids, calib["seq_len"], calib["batch_size"], mode, _prefix(cfg["model"]))
 
 
 def _dense_grams(cfg: dict[str, Any], model: Any, ctx: RunContext, draw: Any) -> tuple[dict[str, torch.Tensor], float | None]:
@@ -314,8 +324,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     cfg = ctx.config
     dtype = getattr(torch, ctx.dtype)
     torch.manual_seed(ctx.seed)
-    if cfg["model"] == model_weights.SMOLLM2:
-        model_weights.ensure_smollm2_cache(log=ctx.log)  # one-time GGUF conversion, logged
+    if cfg["model"] in model_weights.CAUSAL_LMS:
+        model_weights.ensure_cache(cfg["model"], log=ctx.log)  # one-time GGUF conversion, logged
     ensure_tasks(cfg["tasks"]["names"], cache=ctx.cache_dir, log=ctx.log)
     model, tokenizer = load_model(cfg["model"], torch.float32)
     evaluation.use_eager_attention(model)
@@ -371,15 +381,16 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         start = time.perf_counter()
         losses = finetune(model, _token_ids(cfg["model"], "train", train["tokens"], "retrain.tokens"), cfg["retrain_steps"],
                           lr=train["lr"], batch_size=train["batch_size"], seq_len=train["seq_len"], seed=ctx.seed,
+                          prefix=_prefix(cfg["model"]),
                           progress=lambda step, loss: ctx.log(f"  retrain step {step}: loss {loss:.3f}") if step % 50 == 0 else None)
         row.update({"retrain_seconds": time.perf_counter() - start, "retrain_loss_first": losses[0],
                     "retrain_loss_last": statistics.fmean(losses[-10:])})
 
     ctx.log(f"  {case['family']} rho={case['rho']}: perplexity")
     ppl_cfg = cfg["perplexity"]
-    window, stride, ids = _perplexity_text(cfg, model)
+    window, stride, ids = _perplexity_text(cfg)
     start = time.perf_counter()
-    ppl = evaluation.perplexity(model, ids, window, stride, ppl_cfg["batch_size"])
+    ppl = evaluation.perplexity(model, ids, window, stride, ppl_cfg["batch_size"], prefix=_prefix(cfg["model"]))
     interval = rate_interval(ppl.window_nll, ppl.window_tokens, seed=ctx.seed)
     row.update({"perplexity": ppl.perplexity, "ppl_low": math.exp(interval.low), "ppl_high": math.exp(interval.high),
                 "nll": ppl.nll, "ppl_tokens": ppl.tokens, "ppl_windows": ppl.windows, "ppl_protocol": ppl_cfg["protocol"],
@@ -425,18 +436,27 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     return [row]
 
 
-def _perplexity_text(cfg: dict[str, Any], model: Any) -> tuple[int, int, torch.Tensor]:
+def _perplexity_text(cfg: dict[str, Any]) -> tuple[int, int, torch.Tensor]:
     """Window, stride and test-split token ids of the configured perplexity protocol."""
     ppl = cfg["perplexity"]
     if ppl["protocol"] == "literature":
-        window = model.config.max_position_embeddings
-        ids = _token_ids(cfg["model"], "test", None)
-        if len(ids) < 2 * window:
-            raise StructbenchError(f"perplexity.protocol=literature: the test split's {len(ids)} tokens do not fill two "
-                                   f"windows of the model's context ({window} tokens)")
+        window, ids = _literature_text(cfg["model"])
         return window, window, ids
     tokens = None if ppl["windows"] == ALL else ppl["window"] + (ppl["windows"] - 1) * ppl["stride"]
     return ppl["window"], ppl["stride"], _token_ids(cfg["model"], "test", tokens)
+
+
+def _literature_text(model: str) -> tuple[int, torch.Tensor]:
+    """The literature protocol's window (the model's context length) and the whole test split,
+    which must fill at least two windows (an interval needs two)."""
+    from structbench.models.loading import model_config
+
+    window = model_config(model).max_position_embeddings
+    ids = _token_ids(model, "test", None)
+    if len(ids) < 2 * window:
+        raise StructbenchError(f"perplexity.protocol=literature: the test split's {len(ids)} tokens do not fill two "
+                               f"windows of the model's context ({window} tokens); use perplexity.protocol=windows")
+    return window, ids
 
 
 def task_label(name: str) -> str:
