@@ -133,14 +133,15 @@ def prior_rows(writer: RunWriter, suite: str) -> list[dict[str, Any]]:
     """The stored timings a session prices its cases with before they run: this run's rows from
     earlier sessions, and the rows of every other stored run of the suite (the reference runs
     and the user's, under the same results root) made on the same device with the same threads
-    and size (``--quick`` or not)."""
-    cli = writer.meta.get("cli") or {}
+    and size (``--quick`` or not), of the same model where the config names one."""
+    cli, model = writer.meta.get("cli") or {}, (writer.meta.get("config") or {}).get("model")
     root, here = results_root(writer.run_dir), writer.run_dir.resolve()
     rows = list(writer.rows)
     for base in (root, root / REFERENCE):
         for run in list_runs(base):
             other = run.meta.get("cli") or {}
             if (run.suite == suite and run.run_dir.resolve() != here
+                    and (run.meta.get("config") or {}).get("model") == model
                     and all(other.get(k) == cli.get(k) for k in ("device", "threads", "quick"))):
                 rows += run.rows
     return rows
