@@ -25,7 +25,7 @@ from structbench.report.tables import markdown, write_tables
 from structbench.results import (PROJECT_ROOT, REFERENCE, ROWS_FILE, RunData, described, list_runs, load_run,
                                  results_root, shown_status)
 from suites import reports, subtitles, summaries, tables
-from suites.which_structure import PAGE as WHICH_STRUCTURE, write_page
+from suites import cross_model, which_structure
 
 
 def generic_sections(run: RunData) -> list[Section]:
@@ -88,8 +88,10 @@ def index(root: str | Path) -> Path:
         sections.append(Section("Your runs", "Every run stored here, newest first.", tables=[_run_rows(own, root)]))
     if not own:
         sections.append(Section("No runs of yours yet", "Try: python bench.py --suite kernels --quick"))
-    header = (f"<p class='nav'><a href='{WHICH_STRUCTURE}'>Which structure? Every family across the reference "
-              "runs</a></p>" if (root / WHICH_STRUCTURE).is_file() else "")
+    pages = [(which_structure.PAGE, "Which structure? Every family across the reference runs"),
+             (cross_model.PAGE, "Across models: do the rankings hold on a second LLM?")]
+    links = " · ".join(f"<a href='{page}'>{text}</a>" for page, text in pages if (root / page).is_file())
+    header = f"<p class='nav'>{links}</p>" if links else ""
     page = render_page("structbench results", header, sections, None)
     out = root / "index.html"
     out.write_text(page)
@@ -148,10 +150,11 @@ def publish(run_dirs: Iterable[str | Path]) -> None:
 
 def publish_reference(results: Path, docs_root: Path = PROJECT_ROOT) -> list[Path]:
     """Every derived artefact of the reference runs, from their stored rows alone: each run's
-    tables and report, the "which structure" page across them, the index, and every table
+    tables and report, the "which structure" and cross-model pages across them, the index, and every table
     published in the README and docs/ (``structbench.regenerate``). Returns the markdown files
     whose tables changed."""
     publish(run.run_dir for run in list_runs(results / REFERENCE, warn=_warn))
-    write_page(results)
+    which_structure.write_page(results)
+    cross_model.write_page(results)
     index(results)
     return regenerate.rewrite(results, tables(), docs_root)

@@ -170,9 +170,9 @@ def test_publish_rebuilds_the_reference_runs_index_and_published_tables_from_row
     index_page = (results / "index.html").read_text()
     assert re.findall(r"<h2>(.*?)</h2>", index_page) == ["Reference runs", "Your runs"]
     links = _hrefs(index_page)
-    assert links == ["which-structure.html", f"reference/llama-compress/{reference.name}/report.html",
+    assert links == ["which-structure.html", "cross-model.html", f"reference/llama-compress/{reference.name}/report.html",
                      f"kernels/{own.name}/report.html"]
-    assert (results / "which-structure.html").is_file()
+    assert (results / "which-structure.html").is_file() and (results / "cross-model.html").is_file()
     assert publish_reference(results, docs_root=tmp_path) == []  # regenerating again changes nothing
 
 def test_index_shows_cases_reliability_and_families(kernels_run: tuple[Path, Path], llama_quick: Path,
