@@ -39,9 +39,11 @@ def test_kernels_rows_are_consistent(kernels_run: tuple[Path, Path]) -> None:
     assert len(ok) == 10
     for r in ok:
         assert r["rel_err"] < 1e-4 and r["runs"] == len(r["samples_s"]) == len(r["dense_samples_s"]) >= 6
-        assert math.isclose(r["median_s"], statistics.median(r["samples_s"]))
+        # samples are stored to 4 significant digits; the medians come from the full ones
+        assert all(s == float(f"{s:.4g}") for s in r["samples_s"] + r["dense_samples_s"])
+        assert math.isclose(r["median_s"], statistics.median(r["samples_s"]), rel_tol=5e-4)
         ratios = [d / f for d, f in zip(r["dense_samples_s"], r["samples_s"])]
-        assert math.isclose(r["speedup"], statistics.median(ratios))
+        assert math.isclose(r["speedup"], statistics.median(ratios), rel_tol=1e-3)
         assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"]
         assert math.isclose(r["ideal_speedup"], r["dense_macs"] / r["macs"])
         assert math.isclose(r["efficiency"], r["speedup"] / r["ideal_speedup"])

@@ -42,6 +42,16 @@ class Timing:
     def runs(self) -> int:
         return len(self.samples)
 
+    def stored(self) -> list[float]:
+        """The samples as a run stores them: to ``STORED_DIGITS`` significant digits."""
+        return [float(f"{s:.{STORED_DIGITS}g}") for s in self.samples]
+
+
+STORED_DIGITS = 4
+"""Significant digits of the per-block seconds a run stores: a block's time varies by more than
+1 % between blocks on a CPU, so digits past the fourth (at most 0.05 % of the value) are noise
+that only costs file size; medians and intervals are computed from the full samples first."""
+
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):

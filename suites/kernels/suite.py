@@ -189,8 +189,8 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     io_bytes = (x.numel() + tokens * out_f) * x.element_size()
     ideal = dense_macs / macs if macs else float("inf")
     row.update(
-        median_s=fam_t.median, iqr_s=fam_t.iqr, runs=fam_t.runs, samples_s=fam_t.samples,
-        dense_median_s=dense_t.median, dense_iqr_s=dense_t.iqr, dense_samples_s=dense_t.samples,
+        median_s=fam_t.median, iqr_s=fam_t.iqr, runs=fam_t.runs, samples_s=fam_t.stored(),
+        dense_median_s=dense_t.median, dense_iqr_s=dense_t.iqr, dense_samples_s=dense_t.stored(),
         speedup=speedup, speedup_low=low, speedup_high=high, ideal_speedup=ideal, efficiency=speedup / ideal,
         macs=macs, macs_fvcore=counted.total, macs_fvcore_tokens=min(tokens, COUNT_TOKENS), macs_agree=macs_agree,
         unsupported_ops=counted.unsupported_ops, dense_macs=dense_macs,
