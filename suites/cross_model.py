@@ -17,15 +17,13 @@ ratio, objective and re-training that both runs hold:
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from structbench.report.html import PLOTLY_FILE, Link, Section, render_page
+from structbench.report.html import PLOTLY_FILE, Link, Section, report_href, render_page
 from structbench.results import RunData, reference_runs, rows_made_at, shown_status
 from structbench.stats import BETTER, UNCLEAR, WORSE
 from suites.llama_compress.report import case_means, ordered, verdict_table
@@ -132,12 +130,8 @@ def statement(summary: pd.DataFrame, names: tuple[str, str]) -> str:
             + (f" Flips: {flipped}." if flipped else ""))
 
 
-def _report_href(run: RunData, page_dir: Path) -> str:
-    return quote(Path(os.path.relpath(run.run_dir / "report.html", page_dir)).as_posix())
-
-
 def page_sections(runs: dict[str, RunData], page_dir: Path) -> list[Section]:
-    read = pd.DataFrame([{"model": model, "run": Link(run.run_dir.name, _report_href(run, page_dir)),
+    read = pd.DataFrame([{"model": model, "run": Link(run.run_dir.name, report_href(run, page_dir)),
                           "status": shown_status(run), "commits": ", ".join(rows_made_at(run)),
                           "machine": (run.meta.get("env") or {}).get("device_name")} for model, run in runs.items()])
     sections = [Section("Reference runs read", "The newest llama-compress reference run of each model.",

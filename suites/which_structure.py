@@ -10,15 +10,13 @@ run, or a family a run did not cover, is said so, never left out silently.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 
 from structbench.families import list_families
-from structbench.report.html import PLOTLY_FILE, Link, Section, reliability_text, render_page
+from structbench.report.html import PLOTLY_FILE, Link, Section, report_href, reliability_text, render_page
 from structbench.report.plots import family_rank, lines_by_family, scatter_by_family
 from structbench.report.training import by_budget, trained_runs
 from structbench.results import REFERENCE, RunData, reference_runs, rows_made_at, shown_status
@@ -37,10 +35,6 @@ q and o are 576x576, k and v 192x576, gate and up 1536x576; Gemma3-270M: k and v
 gate and up 2048x640), so a model's latency weights each shape as the model does."""
 
 PREFILL_TOKENS, DECODE_TOKENS = 128, 1
-
-
-def _report_href(run: RunData, page_dir: Path) -> str:
-    return quote(Path(os.path.relpath(run.run_dir / "report.html", page_dir)).as_posix())
 
 
 def _ok(run: RunData) -> pd.DataFrame:
@@ -131,7 +125,7 @@ def _llama_section(run: RunData, kernels: RunData | None, page_dir: Path) -> Sec
     if not latency.empty and model is not None:
         latency = latency[latency["model"] == model].drop(columns=["model", "tokens"])
         models = models.merge(latency, on=["family", "rho"], how="left")
-    models = models.assign(link=_report_href(run, page_dir),
+    models = models.assign(link=report_href(run, page_dir),
                            label=models["family"] + " rho=" + models["rho"].map("{:g}".format))
     figures = []
     band = ("ppl_low", "ppl_high") if {"ppl_low", "ppl_high"} <= set(models) else None
@@ -199,7 +193,7 @@ def _approx_section(run: RunData, page_dir: Path) -> Section:
     errors = layer_errors(run)
     if errors.empty:
         return Section("Approximation error of real layers", "The approx reference run holds no real-layer rows.")
-    errors = errors.assign(link=_report_href(run, page_dir))
+    errors = errors.assign(link=report_href(run, page_dir))
     figures = [lines_by_family(part, "rho", "mean", band=("low", "high"), link="link",
                                title=f"{source}: {objective} error",
                                x_title="kept fraction rho", y_title=f"mean {part['error'].iloc[0]} over layers")
@@ -220,7 +214,7 @@ def _training_section(run: RunData, page_dir: Path) -> Section:
         return Section(f"{run.suite}: trained from scratch", "The reference run has no ok rows yet.")
     score = headline[0]
     higher = bool((run.meta.get("metrics") or {}).get(score, {}).get("higher_is_better"))
-    budgets = by_budget(ok, score).assign(link=_report_href(run, page_dir))
+    budgets = by_budget(ok, score).assign(link=report_href(run, page_dir))
     seeds = int(budgets["seeds"].max())
     spread = (f"mean over {seeds} seeds, error bars one standard deviation" if seeds > 1
               else "one seed per point: no interval")
@@ -304,7 +298,7 @@ def coverage(runs: dict[str, RunData]) -> pd.DataFrame:
 
 def _runs_table(runs: dict[str, RunData], page_dir: Path) -> pd.DataFrame:
     return pd.DataFrame([{
-        "suite": suite, "run": Link(run.run_dir.name, _report_href(run, page_dir)), "status": shown_status(run),
+        "suite": suite, "run": Link(run.run_dir.name, report_href(run, page_dir)), "status": shown_status(run),
         "reliability": reliability_text(run),
         "commits": ", ".join(rows_made_at(run)),
         "machine": (run.meta.get("env") or {}).get("device_name"),
@@ -325,7 +319,7 @@ def page_sections(runs: dict[str, RunData], page_dir: Path) -> list[Section]:
             tables=[glance]))
     kernels = runs.get("kernels")
     if kernels is not None:
-        sections.append(_kernels_section(kernels, _report_href(kernels, page_dir)))
+        sections.append(_kernels_section(kernels, report_href(kernels, page_dir)))
     if "llama-compress" in runs:
         sections.append(_llama_section(runs["llama-compress"], kernels, page_dir))
     if "approx" in runs:

@@ -141,6 +141,9 @@ class _Pack:
     def tokens(self) -> list[int]:
         return self.context + [t for _, cont in self.continuations for t in cont[:-1]]
 
+    def __len__(self) -> int:
+        return len(self.context) + sum(len(cont) - 1 for _, cont in self.continuations)
+
     def layout(self) -> tuple[list[int], list[tuple[int, int]]]:
         """Position ids of ``tokens()``, and each continuation's ``[start, end)`` in them."""
         positions, blocks, start = list(range(len(self.context))), [], len(self.context)
@@ -163,7 +166,7 @@ def _packs(encoded: Sequence[tuple[list[int], list[int]]], limit: int) -> list[_
         current: _Pack | None = None
         for i in members:
             cont = encoded[i][1]
-            if current is None or len(current.tokens()) + len(cont) - 1 > limit:
+            if current is None or len(current) + len(cont) - 1 > limit:
                 room = max(1, limit - (len(cont) - 1))
                 current = _Pack(list(ctx)[-room:])
                 packs.append(current)
@@ -171,12 +174,9 @@ def _packs(encoded: Sequence[tuple[list[int], list[int]]], limit: int) -> list[_
     return packs
 
 
-def _block_mask(packs: Sequence[_Pack], width: int, dtype: torch.dtype,
-                window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The additive ``(batch, 1, width, width)`` attention mask and the position ids of packs
-    padded on the right to ``width`` (a padding position attends to itself only); with
-    ``window``, a sliding-window layer's: a token also sees no key ``window`` or more positions
-    before its own, as Hugging Face's sliding layers do."""
+def _block_pattern(packs: Sequence[_Pack], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which key each query of packs padded on the right to ``width`` may see, ``(batch,
+    width, width)`` (a padding position sees itself only), and the position ids."""
     allowed = torch.zeros((len(packs), width, width), dtype=torch.bool)
     positions = torch.zeros((len(packs), width), dtype=torch.long)
     for r, pack in enumerate(packs):
@@ -188,10 +188,13 @@ def _block_mask(packs: Sequence[_Pack], width: int, dtype: torch.dtype,
         positions[r, :len(pos_ids)] = torch.tensor(pos_ids)
         used = len(pos_ids)
         allowed[r, range(used, width), range(used, width)] = True
-    if window is not None:
-        allowed &= positions[:, :, None] - positions[:, None, :] < window
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None], positions
+    return allowed, positions
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(batch, 1, q, k)`` mask to add to attention scores: 0 where allowed, the dtype's
+    lowest value elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 @torch.no_grad()
@@ -223,21 +226,24 @@ def loglikelihoods(model: nn.Module, tokenizer: Any, requests: Sequence[tuple[st
         if not cont:
             raise ValueError(f"continuation {continuation!r} adds no tokens to its context")
         encoded.append((prefix + ctx, cont))
-    packs = sorted(_packs(encoded, max_length), key=lambda p: -len(p.tokens()))
+    packs = sorted(_packs(encoded, max_length), key=lambda p: -len(p))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     dtype = next(model.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
     out = [0.0] * len(encoded)
     for b in range(0, len(packs), batch_size):
         batch = packs[b:b + batch_size]
-        width = max(len(pack.tokens()) for pack in batch)
+        width = max(len(pack) for pack in batch)
         x = torch.full((len(batch), width), pad, dtype=torch.long)
         for r, pack in enumerate(batch):
-            x[r, :len(pack.tokens())] = torch.tensor(pack.tokens())
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        mask, positions = _block_mask(batch, width, dtype)
-        masks: Any = mask.to(device)
-        if sliding:  # Gemma3 and its kind take one mask per attention type
-            masks = {"full_attention": masks, "sliding_attention": _block_mask(batch, width, dtype, window)[0].to(device)}
+            tokens = pack.tokens()
+            x[r, :len(tokens)] = torch.tensor(tokens)
+        allowed, positions = _block_pattern(batch, width)
+        masks: Any = _additive(allowed, dtype).to(device)
+        if sliding:  # Gemma3 and its kind take one mask per attention type; a sliding layer's
+            # query sees no key `window` or more of its own positions back, as Hugging Face's do
+            near = positions[:, :, None] - positions[:, None, :] < window
+            masks = {"full_attention": masks, "sliding_attention": _additive(allowed & near, dtype).to(device)}
         hidden = model.get_decoder()(input_ids=x.to(device), attention_mask=masks,
                                      position_ids=positions.to(device)).last_hidden_state
         rows, where, targets, owners = [], [], [], []

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -173,6 +174,11 @@ def ensure_plotly(root: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def report_href(run: RunData, page_dir: Path) -> str:
+    """The percent-encoded relative address of ``run``'s report from a page in ``page_dir``."""
+    return quote(Path(os.path.relpath(run.run_dir / "report.html", page_dir)).as_posix())
 
 
 def cases_done(run: RunData) -> int:
