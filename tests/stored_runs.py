@@ -31,7 +31,7 @@ def _rank(case: dict[str, Any]) -> int:
 def llama_compress_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     rho, k = float(case["rho"]), _rank(case)
     kept = rho if case["family"] == "dense" else rho - 0.01 * k
-    tasks = {"social_iqa": 1 / 3, "goal_inference": 1 / 4}
+    tasks = {"social_iqa": 1 / 3, "quartz": 1 / 2}
     ppl = 20.0 / rho + k - (2.0 if case["retrained"] else 0.0)
     row: dict[str, Any] = {"perplexity": ppl, "ppl_low": 0.97 * ppl, "ppl_high": 1.03 * ppl, "ppl_tokens": 511,
                            "ppl_windows": 2, "ppl_seconds": 3.0, "tasks_seconds": 5.0,

