@@ -261,6 +261,7 @@ def _feature_major(x: torch.Tensor, bias: torch.Tensor | None, U: torch.Tensor, 
 
 @register_family("blast")
 class BlastLinear(StructuredLinear):
+    output_factors = ("U",)
     plot_order = 40
     plot_color = "#ffa15a"
     synthetic_kind = True

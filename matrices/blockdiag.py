@@ -17,6 +17,7 @@ from structbench.structured import Promises, StructuredLinear, check_positive_in
 
 @register_family("blockdiag")
 class BlockDiagLinear(StructuredLinear):
+    output_factors = ("weight",)
     plot_order = 20
     plot_color = "#00cc96"
     synthetic_kind = True

@@ -25,7 +25,7 @@ from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, interleave_blocks, permute_last, svd_factors
 from structbench.registry import register_family
-from structbench.structured import StructuredLinear, check_positive_int, divisors
+from structbench.structured import StructuredLinear, balanced_split, check_positive_int, divisors
 
 
 def _check(out_features: int, in_features: int, in_blocks: int, out_blocks: int, rank: int) -> None:
@@ -54,6 +54,7 @@ chunked; chunks of 64 cost it 0.2-0.4."""
 class BTTLinear(StructuredLinear):
     """``in_blocks = n1`` input chunks, ``out_blocks = m2`` output groups, TT rank ``rank``."""
 
+    output_factors = ("C2",)
     plot_order = 70
     plot_color = "#b6e880"
     synthetic_kind = True
@@ -132,6 +133,12 @@ class BTTLinear(StructuredLinear):
         if best is None:
             raise NotApplicable(f"btt: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
         return best[1]
+
+    @classmethod
+    def _hparams_at_rank(cls, out_features: int, in_features: int, rank: int) -> dict[str, Any]:
+        """Balanced cores (``n1 ~ n2``, ``m1 ~ m2``, the paper's choice): ``r n1 m2 (n2 + m1)``
+        parameters, ``2 r n^1.5`` on a square ``n = s^2``."""
+        return {"in_blocks": balanced_split(in_features), "out_blocks": balanced_split(out_features), "rank": rank}
 
     def _project(self, weight: torch.Tensor) -> None:
         n1, n2, m2, m1, r = self._sizes()

@@ -16,6 +16,7 @@ from structbench.structured import StructuredLinear
 class DenseLinear(StructuredLinear):
     """The reference every row is compared with; it ignores rho (always keeps everything)."""
 
+    output_factors = ("weight",)
     plot_order = 0
     plot_color = "#636efa"
 

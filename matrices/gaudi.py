@@ -183,6 +183,8 @@ class GaudiLinear(StructuredLinear):
     with the default options on the 64-128 test shapes at rho 0.5; 0.6 leaves room for the
     seed and shape spread without admitting a failed fit (which sits at 0.8 and above)."""
 
+    output_factors = ("U",)
+
     def __init__(
         self,
         in_features: int,

@@ -32,7 +32,7 @@ from structbench.errors import NotApplicable, StructbenchError
 from structbench.initialization import unit_gain_
 from structbench.linalg import in_token_chunks, permute_last, svd_factors
 from structbench.registry import register_family
-from structbench.structured import Promises, StructuredLinear, check_positive_int, divisors
+from structbench.structured import Promises, StructuredLinear, balanced_split, check_positive_int, divisors
 
 
 def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
@@ -44,6 +44,7 @@ def _macs(m1: int, n1: int, m2: int, n2: int, rank: int) -> tuple[int, int]:
 class KroneckerLinear(StructuredLinear):
     """``out_factor = m1`` and ``in_factor = n1`` (the sizes of ``A_k``), ``rank`` terms."""
 
+    output_factors = ("A",)
     plot_order = 80
     plot_color = "#ff97ff"
     synthetic_kind = True
@@ -166,6 +167,12 @@ class KroneckerLinear(StructuredLinear):
         if best is None:
             raise NotApplicable(f"kronecker: no factorisation keeps rho <= {rho} for shape {out_features}x{in_features}")
         return best[1]
+
+    @classmethod
+    def _hparams_at_rank(cls, out_features: int, in_features: int, rank: int) -> dict[str, Any]:
+        """Balanced factors (``m1 ~ m2``, ``n1 ~ n2``): a rank-``r`` sum costs
+        ``r (m1 n1 + m2 n2)`` parameters, about ``2 r sqrt(m n)``."""
+        return {"out_factor": balanced_split(out_features), "in_factor": balanced_split(in_features), "rank": rank}
 
     def _project(self, weight: torch.Tensor) -> None:
         m1, n1, m2, n2, r = self._sizes()

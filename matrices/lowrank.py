@@ -17,6 +17,7 @@ from structbench.structured import StructuredLinear, check_positive_int
 
 @register_family("lowrank")
 class LowRankLinear(StructuredLinear):
+    output_factors = ("U",)
     plot_order = 10
     plot_color = "#ef553b"
 

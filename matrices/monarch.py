@@ -42,6 +42,7 @@ def _rows(x: torch.Tensor, bias: torch.Tensor | None, L: torch.Tensor, R: torch.
 
 @register_family("monarch")
 class MonarchLinear(StructuredLinear):
+    output_factors = ("R",)
     plot_order = 30
     plot_color = "#ab63fa"
     synthetic_kind = True

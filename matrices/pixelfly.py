@@ -56,6 +56,7 @@ def _check(out_features: int, in_features: int, tiles: int, butterfly: int, rank
 
 @register_family("pixelfly")
 class PixelflyLinear(StructuredLinear):
+    output_factors = ("tile_weight", "U")
     plot_order = 50
     plot_color = "#19d3f3"
     layout_version = 2  # each tile-row's tiles in ascending column order (k <= 1 is then block-diagonal)

@@ -8,6 +8,7 @@ items) and for the difference of two such figures measured on the very same unit
   bootstrap interval over the units (:func:`rate_interval`);
 * the difference of two rates on the same units gets a paired bootstrap interval
   (:func:`paired_rate_difference`): every resample draws the same units for both;
+* the mean over a few training seeds gets Student's t interval (:func:`t_interval`);
 * a proportion gets lm-evaluation-harness' standard error (:func:`mean_stderr`), and the
   difference of two proportions on the same items the exact McNemar test (:func:`mcnemar`).
 
@@ -121,6 +122,17 @@ def mean_stderr(values: Sequence[float]) -> float:
     if len(values) < 2:
         return math.nan
     return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """The mean of a few independent repeats (training seeds) with Student's t interval,
+    ``mean +- t(n - 1) sd / sqrt(n)``: with three seeds a bootstrap has too few units to resample,
+    while t states exactly how little three repeats pin down. NaN bounds for fewer than two."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return Interval(mean, math.nan, math.nan)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * mean_stderr(values)
+    return Interval(mean, mean - half, mean + half)
 
 
 def stderr_of_mean(stderrs: Sequence[float]) -> float:

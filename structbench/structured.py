@@ -67,6 +67,12 @@ def divisors(k: int) -> list[int]:
     return [d for d in range(1, k + 1) if k % d == 0]
 
 
+def balanced_split(k: int) -> int:
+    """The divisor ``d`` of ``k`` closest to ``sqrt(k)`` from below (``k = d * (k / d)`` with
+    the two factors as equal as ``k`` allows): the balanced cores of a fixed-rank structure."""
+    return max(d for d in divisors(k) if d * d <= k)
+
+
 def _ordinary(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a tensor autograd may record: a copy when it was made under inference mode."""
     return t.clone() if t.is_inference() else t
@@ -145,6 +151,10 @@ class StructuredLinear(nn.Module, abc.ABC):
     factors stored in another layout (projection caches, saved models) are refused or
     recomputed, never loaded wrong; per family, so one family's change leaves every other
     family's stored factors valid."""
+    output_factors: ClassVar[tuple[str, ...]] = ()
+    """The parameters that, set to zero, make the weight zero while every other factor still
+    gets a gradient (the factor applied last; each part of a sum): what a zero-initialised
+    residual output zeroes (``structbench.train.scaling``)."""
 
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -297,6 +307,30 @@ class StructuredLinear(nn.Module, abc.ABC):
         if cls.compressible and actual > rho * (1 + 1e-9):
             raise AssertionError(f"{cls.family}: hparams {hp} keep rho={actual:.6f} > target {rho}")
         return Fit(hp, actual)
+
+    @classmethod
+    def hparams_at_rank(cls, out_features: int, in_features: int, rank: int) -> dict[str, Any]:
+        """The family's most balanced structure of ``rank`` for an ``out x in`` matrix (the
+        fixed-rank regimes of the structure papers: a rank-1 Kronecker product, a rank-2 BTT),
+        for a family whose structure has a rank independent of a parameter budget; any other
+        raises ``NotApplicable``."""
+        check_positive_int("rank", rank, cls.family)
+        hp = cls._hparams_at_rank(out_features, in_features, rank)
+        try:
+            with torch.device("meta"):  # checks the shape against the rank without allocating
+                cls(in_features, out_features, **hp)
+        except StructbenchError as err:
+            raise NotApplicable(str(err)) from None
+        return hp
+
+    @classmethod
+    def has_fixed_rank(cls) -> bool:
+        """Whether ``hparams_at_rank`` gives this family a structure."""
+        return cls._hparams_at_rank.__func__ is not StructuredLinear._hparams_at_rank.__func__
+
+    @classmethod
+    def _hparams_at_rank(cls, out_features: int, in_features: int, rank: int) -> dict[str, Any]:
+        raise NotApplicable(f"{cls.family} has no fixed-rank structure; give it a rho")
 
     @classmethod
     def hparam_options(cls, out_features: int, in_features: int) -> tuple[Fit, ...]:

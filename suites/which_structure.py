@@ -22,9 +22,10 @@ from structbench.report.training import by_budget, trained_runs
 from structbench.results import REFERENCE, RunData, reference_runs, rows_made_at, shown_status
 from structbench.stats import mean_stderr, weighted_median_ratio
 from suites.llama_compress.report import case_means, ordered
+from suites.train_scaling.report import summary as compute_matched
 
 PAGE = "which-structure.html"
-SUITE_ORDER = ("kernels", "llama-compress", "approx", "train-vision", "train-lm")
+SUITE_ORDER = ("kernels", "llama-compress", "approx", "train-vision", "train-lm", "train-scaling")
 
 MODEL_LINEARS: dict[str, dict[str, int]] = {
     "smollm2": {"smollm2-q": 2, "smollm2-kv": 2, "smollm2-up": 2, "smollm2-down": 1},
@@ -325,6 +326,13 @@ def page_sections(runs: dict[str, RunData], page_dir: Path) -> list[Section]:
     if "approx" in runs:
         sections.append(_approx_section(runs["approx"], page_dir))
     sections.extend(_training_section(runs[suite], page_dir) for suite in ("train-vision", "train-lm") if suite in runs)
+    if "train-scaling" in runs:
+        run = runs["train-scaling"]
+        sections.append(Section(
+            "train-scaling: loss at equal training compute",
+            f"From the train-scaling reference run ({shown_status(run)}; its report is linked above): "
+            "each curve's held-out loss minus dense's at the same training compute, with Student's t 95 % interval over "
+            "the seeds; negative is better.", tables=[compute_matched(run)]))
     return sections
 
 

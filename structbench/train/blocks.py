@@ -14,6 +14,9 @@ from structbench.initialization import unit_gain_
 
 BLOCK_LINEARS = r"\.(qkv|proj|fc1|fc2)$"
 """Qualified-name pattern of the block linears (for ``structbench.swap.swap_linears``)."""
+RESIDUAL_LINEARS = r"\.(proj|fc2)$"
+"""The block linears whose output is added to the residual stream (what a zero-initialised
+residual output starts at zero, ``structbench.train.scaling``)."""
 
 
 class Attention(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -70,12 +70,20 @@ class History:
             self.metrics.setdefault(key, []).append(value)
 
 
-def optimizer_for(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW decaying only parameters with two or more dimensions (weights and factors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
+def optimizer_for(model: nn.Module, recipe: Recipe,
+                  lr_scale: Mapping[nn.Parameter, float] | None = None) -> torch.optim.AdamW:
+    """AdamW decaying only parameters with two or more dimensions (weights and factors); with
+    ``lr_scale`` a parameter trains at ``lr * lr_scale[p]`` (1 for one it does not hold), one
+    group per distinct (decay, scale), each group's scale in ``group["lr_scale"]``."""
+    scale = lr_scale or {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() >= 2, float(scale.get(p, 1.0))), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": recipe.weight_decay if decay else 0.0, "lr_scale": factor}
+         for (decay, factor), params in sorted(groups.items(), key=lambda item: item[0], reverse=True)],
+        lr=recipe.lr, betas=recipe.betas)
 
 
 def train(
@@ -85,12 +93,14 @@ def train(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     evaluate: Callable[[nn.Module], dict[str, float]],
     log: Callable[[str], None] | None = None,
+    lr_scale: Mapping[nn.Parameter, float] | None = None,
 ) -> History:
     """Train ``model`` for ``recipe.steps`` steps on ``batches`` (moved to the model's device);
     ``evaluate(model)`` (called in eval mode, under ``no_grad``) gives the metrics recorded at
-    each evaluation point."""
+    each evaluation point; ``lr_scale`` multiplies chosen parameters' learning rates
+    (``structbench.train.scaling``)."""
     device = next(model.parameters()).device
-    opt = optimizer_for(model, recipe)
+    opt = optimizer_for(model, recipe, lr_scale)
     hooks = [m for m in model.modules() if isinstance(m, StepHook)]
     history = History()
     points = set(recipe.eval_steps())
@@ -100,7 +110,7 @@ def train(
     for step in range(recipe.steps):
         start = time.perf_counter()
         for group in opt.param_groups:
-            group["lr"] = recipe.lr_at(step)
+            group["lr"] = recipe.lr_at(step) * group["lr_scale"]
         x, y = (t.to(device) for t in next(batches))
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ from torch import nn
 
 from structbench.measure.flops import mac_handles
 from structbench.structured import StructuredLinear
-from structbench.swap import Budget, budget, swap_linears
+from structbench.families import get_family
+from structbench.swap import Budget, budget, linear_targets, swap_linears
 
 
 @dataclass
@@ -25,10 +26,16 @@ class Structure:
     hparams: dict[str, dict[str, Any]]
 
 
-def structure_(model: nn.Module, family: str, rho: float, include: str) -> Structure:
-    """Replace the linears matching ``include`` by ``family`` at ``rho``, each with the
-    family's own from-scratch initialisation (no projection: nothing is pretrained)."""
-    records = swap_linears(model, family, rho, include=include, project=False, measure_error=False)
+def structure_(model: nn.Module, family: str, rho: float, include: str, *, rank: int | None = None) -> Structure:
+    """Replace the linears matching ``include`` by ``family`` at ``rho`` (with ``rank``: the
+    family's balanced structure of that rank, ``StructuredLinear.hparams_at_rank``), each with
+    the family's own from-scratch initialisation (no projection: nothing is pretrained)."""
+    hparams = None
+    if rank is not None:
+        cls = get_family(family)
+        hparams = {name: cls.hparams_at_rank(layer.out_features, layer.in_features, rank)
+                   for name, layer in linear_targets(model, include).items()}
+    records = swap_linears(model, family, rho, include=include, hparams=hparams, project=False, measure_error=False)
     return Structure(len(records), structured_budget(model), {r.name: r.hparams for r in records})
 
 

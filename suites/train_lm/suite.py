@@ -2,93 +2,19 @@
 block linears replaced by each family at several parameter budgets; validation perplexity (per
 byte) against the whole model's MACs relative to dense.
 
-Training windows are drawn at random from the ``train`` split; validation is a fixed prefix
-of the ``valid`` split cut into consecutive windows, the same bytes for every model (the
-split is by article title, so no article is in both). One case = one (family, rho) run.
+One recipe for every family; one case = one (family, rho, seed) training run
+(``structbench.train.task``, the task itself in ``structbench.train.language``).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Iterator
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from structbench.train.language import GPT_TASK
+from structbench.train.task import make_suite
 
-from structbench.config import optional_positive_int, positive_int
-from structbench.models.wikitext import data_file, require_text
-from structbench.suite import Metric, RunContext
-from structbench.train import task as common
-from structbench.train.blocks import BLOCK_LINEARS
-from structbench.train.data import fixed_windows, random_windows, wiki_bytes
-from structbench.train.gpt import GPT, GPTConfig
-from structbench.train.loop import Batch
-
-CONFIG_PATH = Path(__file__).with_name("default.yaml")
-EVAL_BATCH = 64
-
-
-def _build(cfg: dict[str, Any]) -> nn.Module:
-    return GPT(GPTConfig(**cfg["model"]))
-
-
-def _example(cfg: dict[str, Any]) -> torch.Tensor:
-    return torch.zeros(1, cfg["model"]["context"], dtype=torch.long)
-
-
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-
-
-def _prepare(cfg: dict[str, Any], ctx: RunContext) -> common.Prepared:
-    rec, context = cfg["recipe"], cfg["model"]["context"]
-    train_stream = wiki_bytes("train")
-    val_x, val_y = fixed_windows(wiki_bytes("valid"), context, cfg["data"]["eval_bytes"])
-    recipe = common.recipe_from(rec, rec["steps"])
-
-    def batches(gen: torch.Generator) -> Iterator[Batch]:
-        while True:
-            yield random_windows(train_stream, rec["batch_size"], context, gen)
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        total = 0.0
-        for start in range(0, len(val_x), EVAL_BATCH):
-            logits = model(val_x[start : start + EVAL_BATCH].to(device))
-            total += float(F.cross_entropy(logits.flatten(0, 1), val_y[start : start + EVAL_BATCH].to(device).flatten(),
-                                           reduction="sum"))
-        loss = total / val_y.numel()
-        return {"val_ppl": math.exp(loss), "val_loss": loss, "val_bpb": loss / math.log(2)}
-
-    return common.Prepared(recipe, batches, evaluate)
-
-
-TASK = common.Task(
-    name="train-lm",
-    model={"context": positive_int, "dim": positive_int, "depth": positive_int,
-           "heads": positive_int, "mlp_ratio": positive_int},
-    data={"eval_bytes": optional_positive_int},
-    recipe={**common.RECIPE, "steps": positive_int},
-    layers={"blocks": BLOCK_LINEARS},
-    build=_build,
-    example=_example,
-    prepare=_prepare,
-    loss=_loss,
-    inputs=lambda cfg: {"wikipedia": data_file()},
-    require=lambda cfg: require_text(),
-)
-
-
-SUITE = common.make_suite(
-    TASK,
+SUITE = make_suite(
+    "train-lm", GPT_TASK,
     description="A small byte-level GPT trained from scratch on Wikipedia text with structured block linears: "
     "validation perplexity per byte vs whole-model MACs relative to dense (fvcore) per family and parameter budget",
-    config_path=CONFIG_PATH,
-    metrics={
-        "val_ppl": Metric("", higher_is_better=False, description="validation perplexity per byte"),
-        "val_loss": Metric("nat", higher_is_better=False, description="validation cross-entropy per byte"),
-        "val_bpb": Metric("bit", higher_is_better=False, description="validation bits per byte"),
-    },
-    headline=("val_ppl", "val_loss"),
+    config_path=Path(__file__).with_name("default.yaml"),
 )
