@@ -105,6 +105,36 @@ def allocate_linears(model: nn.Module, family: str, rho: float, *,
     return allocate(family, {name: (mod.out_features, mod.in_features) for name, mod in targets.items()}, rho)
 
 
+def _same_problems(targets: list[tuple[str, nn.Linear]], cls: type[StructuredLinear], rho: float,
+                   hparams: Mapping[str, Mapping[str, Any]] | None) -> list[list[tuple[str, nn.Linear, dict[str, Any]]]]:
+    """The targets grouped into stacks one batched projection can fit: the same shape, bias,
+    dtype, device and hyperparameters (a model's 30 ``q_proj`` layers are one stack), each
+    target with its hyperparameters, groups in the order of their first layer."""
+    groups: dict[tuple[Any, ...], list[tuple[str, nn.Linear, dict[str, Any]]]] = {}
+    for name, layer in targets:
+        hp = dict(hparams[name]) if hparams is not None else cls.hparams_for(layer.out_features, layer.in_features,
+                                                                             rho).hparams
+        key = (layer.weight.shape, layer.bias is not None, layer.weight.dtype, layer.weight.device,
+               tuple(sorted(hp.items())))
+        groups.setdefault(key, []).append((name, layer, hp))
+    return list(groups.values())
+
+
+def _fit_stack(cls: type[StructuredLinear], group: list[tuple[str, nn.Linear, dict[str, Any]]],
+               grams: Mapping[str, torch.Tensor] | None, layer_progress: ProgressFn | None,
+               options: Mapping[str, Any]) -> dict[str, StructuredLinear]:
+    """Project one stack of same-shape weights at once (``from_dense_batch``: each member as it
+    would be alone, to rounding, for one iteration's overhead); layer name -> its module."""
+    layers = [layer for _, layer, _ in group]
+    dtype = layers[0].weight.dtype
+    work = torch.float64 if dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
+    weights = torch.stack([layer.weight.detach().to(work) for layer in layers])
+    biases = None if layers[0].bias is None else torch.stack([layer.bias.detach().to(work) for layer in layers])
+    gram = None if grams is None else torch.stack([grams[name].to(layers[0].weight.device) for name, _, _ in group])
+    modules = cls.from_dense_batch(weights, biases, gram=gram, progress=layer_progress, **group[0][2], **options)
+    return {name: module for (name, _, _), module in zip(group, modules)}
+
+
 def swap_linears(
     model: nn.Module,
     family: str,
@@ -125,12 +155,13 @@ def swap_linears(
     ``rho``, or with ``hparams`` (by layer name, every matched layer; ``allocate_linears``)
     by those, so that ``rho`` holds over the layers together.
 
-    With ``project`` the pretrained weight is projected onto the family (``from_dense``);
+    With ``project`` the pretrained weights are projected onto the family, every stack of
+    same-shape layers with the same hyperparameters in one batched fit (``from_dense_batch``);
     without it the new layer keeps its own from-scratch initialisation. ``grams`` maps layer
     names to their inputs' second moments (``structbench.models.calibration``): every record
     then carries the activation-weighted error, and with ``calibrated`` the projection
     minimises it (``from_dense(..., gram=)``). ``progress`` is called as
-    ``progress(layer_name, k, K)`` before each layer.
+    ``progress(layer_name, k, K)`` before each stack (its first layer, and the layers done).
     """
     cls = get_family(family)
     targets = list(linear_targets(model, include).items())
@@ -142,23 +173,21 @@ def swap_linears(
     if (grams is not None or calibrated) and (grams is None or any(name not in grams for name, _ in targets)):
         missing = [name for name, _ in targets if grams is None or name not in grams]
         raise StructbenchError(f"swap_linears: no calibration Gram for {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    fits: dict[str, StructuredLinear] = {}
+    if project:
+        for group in _same_problems(targets, cls, rho, hparams):
+            if progress is not None:
+                progress(group[0][0], len(fits), len(targets))
+            fits.update(_fit_stack(cls, group, grams if calibrated else None, layer_progress, projection_options))
     records: list[SwapRecord] = []
-    for k, (name, layer) in enumerate(targets):
-        if progress is not None:
-            progress(name, k, len(targets))
+    for name, layer in targets:
         weight = layer.weight.detach()
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
-        if hparams is not None:
-            hp = dict(hparams[name])
-        else:
-            hp = cls.hparams_for(layer.out_features, layer.in_features, rho).hparams
         if project:
-            gram = grams[name] if calibrated and grams is not None else None
-            new = cls.from_dense(
-                weight.to(work), None if layer.bias is None else layer.bias.detach().to(work),
-                gram=gram, progress=layer_progress, **hp, **projection_options,
-            )
+            new = fits[name]
         else:
+            hp = dict(hparams[name]) if hparams is not None else cls.hparams_for(layer.out_features, layer.in_features,
+                                                                                 rho).hparams
             new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **hp)
         new = new.to(device=weight.device, dtype=weight.dtype)
         err = werr = None
