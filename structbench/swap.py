@@ -105,18 +105,22 @@ def allocate_linears(model: nn.Module, family: str, rho: float, *,
     return allocate(family, {name: (mod.out_features, mod.in_features) for name, mod in targets.items()}, rho)
 
 
-def _same_problems(targets: list[tuple[str, nn.Linear]], cls: type[StructuredLinear], rho: float,
-                   hparams: Mapping[str, Mapping[str, Any]] | None) -> list[list[tuple[str, nn.Linear, dict[str, Any]]]]:
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What a layer of ``dtype`` is fitted in: a float64 model in float64, any other in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _same_problems(targets: list[tuple[str, nn.Linear]],
+                   chosen: Mapping[str, dict[str, Any]]) -> list[list[tuple[str, nn.Linear, dict[str, Any]]]]:
     """The targets grouped into stacks one batched projection can fit: the same shape, bias,
-    dtype, device and hyperparameters (a model's 30 ``q_proj`` layers are one stack), each
-    target with its hyperparameters, groups in the order of their first layer."""
+    dtype, device and hyperparameters (``chosen``, by layer name; a model's 30 ``q_proj``
+    layers are one stack), each target with its hyperparameters, groups in the order of their
+    first layer."""
     groups: dict[tuple[Any, ...], list[tuple[str, nn.Linear, dict[str, Any]]]] = {}
     for name, layer in targets:
-        hp = dict(hparams[name]) if hparams is not None else cls.hparams_for(layer.out_features, layer.in_features,
-                                                                             rho).hparams
         key = (layer.weight.shape, layer.bias is not None, layer.weight.dtype, layer.weight.device,
-               tuple(sorted(hp.items())))
-        groups.setdefault(key, []).append((name, layer, hp))
+               tuple(sorted(chosen[name].items())))
+        groups.setdefault(key, []).append((name, layer, chosen[name]))
     return list(groups.values())
 
 
@@ -126,8 +130,7 @@ def _fit_stack(cls: type[StructuredLinear], group: list[tuple[str, nn.Linear, di
     """Project one stack of same-shape weights at once (``from_dense_batch``: each member as it
     would be alone, to rounding, for one iteration's overhead); layer name -> its module."""
     layers = [layer for _, layer, _ in group]
-    dtype = layers[0].weight.dtype
-    work = torch.float64 if dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
+    work = _work_dtype(layers[0].weight.dtype)
     weights = torch.stack([layer.weight.detach().to(work) for layer in layers])
     biases = None if layers[0].bias is None else torch.stack([layer.bias.detach().to(work) for layer in layers])
     gram = None if grams is None else torch.stack([grams[name].to(layers[0].weight.device) for name, _, _ in group])
@@ -173,22 +176,20 @@ def swap_linears(
     if (grams is not None or calibrated) and (grams is None or any(name not in grams for name, _ in targets)):
         missing = [name for name, _ in targets if grams is None or name not in grams]
         raise StructbenchError(f"swap_linears: no calibration Gram for {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    chosen = {name: dict(hparams[name]) if hparams is not None else
+              cls.hparams_for(layer.out_features, layer.in_features, rho).hparams for name, layer in targets}
     fits: dict[str, StructuredLinear] = {}
     if project:
-        for group in _same_problems(targets, cls, rho, hparams):
+        for group in _same_problems(targets, chosen):
             if progress is not None:
                 progress(group[0][0], len(fits), len(targets))
             fits.update(_fit_stack(cls, group, grams if calibrated else None, layer_progress, projection_options))
     records: list[SwapRecord] = []
     for name, layer in targets:
         weight = layer.weight.detach()
-        work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # a float64 model is fitted in float64
-        if project:
-            new = fits[name]
-        else:
-            hp = dict(hparams[name]) if hparams is not None else cls.hparams_for(layer.out_features, layer.in_features,
-                                                                                 rho).hparams
-            new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **hp)
+        work = _work_dtype(weight.dtype)
+        new = fits[name] if project else cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                                             **chosen[name])
         new = new.to(device=weight.device, dtype=weight.dtype)
         err = werr = None
         if measure_error and project:

@@ -101,7 +101,8 @@ def versus_dense(ok: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (task, scaling), part in chosen.groupby(["task", "scaling"], sort=False):
         dense = part[part["curve"] == "dense"].sort_values("train_macs")
-        dense_fit = power_fit(dense)
+        dense_fit, dense_macs = power_fit(dense), list(dense["train_macs"])
+        ref = {w: seeds.get((task, scaling, "dense", w), {}) for w in dense["width"]}
         for curve, points in sorted(part.groupby("curve", sort=False),
                                     key=lambda item: (family_rank(item[1]["family"].iloc[0]), item[0])):
             if curve == "dense":
@@ -109,14 +110,12 @@ def versus_dense(ok: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
             per_seed: dict[int, list[float]] = {}
             compared = 0
             for point in points.itertuples():
-                mine = seeds.get((task, scaling, curve, point.width), {})
-                ref = {w: seeds.get((task, scaling, "dense", w), {}) for w in dense["width"]}
-                if _interpolate(point.train_macs, list(dense["train_macs"]), list(dense["eval_loss"])) is None:
+                if _interpolate(point.train_macs, dense_macs, list(dense["eval_loss"])) is None:
                     continue
                 compared += 1
-                for seed, loss in mine.items():
+                for seed, loss in seeds.get((task, scaling, curve, point.width), {}).items():
                     if all(seed in ref[w] for w in dense["width"]):
-                        at = _interpolate(point.train_macs, list(dense["train_macs"]), [ref[w][seed] for w in dense["width"]])
+                        at = _interpolate(point.train_macs, dense_macs, [ref[w][seed] for w in dense["width"]])
                         per_seed.setdefault(seed, []).append(loss - at)
             fit = power_fit(points.sort_values("train_macs"))
             row = {"task": task, "scaling": scaling, "curve": curve, "widths": len(points), "compared": compared,
